@@ -1,0 +1,92 @@
+"""Shared test helpers: the per-dtype tolerances (the only place they live) and nn.LSTM comparisons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import tritonlstm
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; CPU runs use the interpreter")
+
+
+@dataclass(frozen=True)
+class Tol:
+    atol: float
+    rtol: float
+
+
+# Tolerances against torch.nn.LSTM computed in float64. atol is scaled by max|expected| of each tensor.
+# float64 through the same maths agrees to rounding; float32 carries ~1e-7 per op; float16/bfloat16 store
+# h, gates and gradients in 11/8-bit mantissas (cell state and accumulation stay fp32).
+TOLERANCES = {
+    torch.float64: Tol(atol=1e-12, rtol=1e-10),
+    torch.float32: Tol(atol=2e-5, rtol=1e-4),
+    torch.float16: Tol(atol=1e-2, rtol=1e-2),
+    torch.bfloat16: Tol(atol=5e-2, rtol=5e-2),
+}
+# the interpreter runs fp16 fine but bf16 tl.dot wrongly: bf16 is a GPU-only dtype in the tests
+CPU_DTYPES = [torch.float64, torch.float32, torch.float16]
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, name: str = "") -> None:
+    """Compare with the tolerance of `dtype`; atol is relative to the largest expected magnitude."""
+    tol = TOLERANCES[dtype]
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert not torch.isnan(actual).any(), f"{name}: NaN in result (unwritten or poisoned element)"
+    expected = expected.to(torch.float64)
+    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
+    torch.testing.assert_close(
+        actual.to(torch.float64), expected, atol=tol.atol * scale, rtol=tol.rtol, msg=lambda m: f"{name} ({dtype}): {m}"
+    )
+
+
+def make_pair(dtype: torch.dtype = torch.float32, backend: str = "triton", **kwargs):
+    """An nn.LSTM in float64 (the oracle) and a tritonlstm.LSTM of `dtype` holding the same weights."""
+    ref = torch.nn.LSTM(**kwargs).to(device=DEVICE, dtype=torch.float64)
+    ours = tritonlstm.LSTM(**kwargs, backend=backend).to(device=DEVICE, dtype=dtype)
+    ours.load_state_dict(ref.state_dict())
+    ref.load_state_dict(ours.state_dict())  # the oracle sees exactly the weights `ours` rounded to `dtype`
+    return ref, ours
+
+
+def weighted_loss(y: torch.Tensor, h: torch.Tensor, c: torch.Tensor, seed: int = 1) -> torch.Tensor:
+    """A loss that reaches every element of every output with a distinct weight (so no gradient is trivial)."""
+    g = torch.Generator().manual_seed(seed)
+    loss = 0
+    for t in (y, h, c):
+        w = torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device)
+        loss = loss + (t.to(torch.float64) * w).sum()
+    return loss
+
+
+def run_and_grad(module, x, hx=None):
+    """Forward, weighted loss over output and final states, backward. Returns outputs and grads by name."""
+    x = x.detach().clone().requires_grad_(True)
+    if hx is not None:
+        hx = tuple(t.detach().clone().requires_grad_(True) for t in hx)
+    y, (h, c) = module(x, hx)
+    module.zero_grad(set_to_none=True)
+    weighted_loss(y, h, c).backward()
+    out = {"output": y.detach(), "h_n": h.detach(), "c_n": c.detach(), "grad_input": x.grad}
+    if hx is not None:
+        out["grad_h0"], out["grad_c0"] = hx[0].grad, hx[1].grad
+    for name, p in module.named_parameters():
+        out[f"grad_{name}"] = p.grad
+    return out
+
+
+def compare_with_nn_lstm(ref, ours, x, hx=None, dtype=torch.float32):
+    """Run both modules on the same inputs (rounded to `dtype`) and assert every output and gradient agrees."""
+    x = x.to(dtype)
+    hx = None if hx is None else tuple(t.to(dtype) for t in hx)
+    expected = run_and_grad(ref, x.to(torch.float64), None if hx is None else tuple(t.to(torch.float64) for t in hx))
+    actual = run_and_grad(ours, x.to(dtype), None if hx is None else tuple(t.to(dtype) for t in hx))
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert actual[name] is not None, f"{name}: no gradient"
+        assert actual[name].dtype == dtype, f"{name}: dtype {actual[name].dtype}"
+        assert_close(actual[name], expected[name], dtype, name)

@@ -1,0 +1,74 @@
+"""Which implementation runs a forward: the Triton kernels or the plain PyTorch reference loop.
+
+``"triton"``    the fused Triton kernels: CUDA tensors, or CPU tensors when ``TRITON_INTERPRET=1`` was set
+                before tritonlstm's kernels were first imported (Triton's interpreter, for tests).
+``"reference"`` a readable step loop in plain PyTorch (:mod:`tritonlstm.reference`), the tests' second oracle.
+``"auto"``      ``"triton"`` wherever it can run, else ``"reference"``.
+
+The default comes from the environment variable ``TRITONLSTM_BACKEND`` (``auto`` when unset). No backend
+ever calls cuDNN's or ATen's LSTM.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "reference")
+ENV_VAR = "TRITONLSTM_BACKEND"
+
+
+def validate_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def default_backend() -> str:
+    """The backend named by ``TRITONLSTM_BACKEND``, or ``"auto"``."""
+    name = os.environ.get(ENV_VAR, "auto")
+    if name not in BACKENDS:
+        raise ValueError(f"{ENV_VAR} must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def kernels():
+    """The kernel package, imported on first use (so ``TRITON_INTERPRET`` may be set until then)."""
+    return importlib.import_module("tritonlstm.kernels")
+
+
+def triton_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why the Triton kernels cannot run on tensors of this device and dtype, or ``None`` when they can."""
+    try:
+        k = kernels()
+    except ImportError as e:  # pragma: no cover - triton is a dependency; this guards broken installs
+        return f"triton could not be imported ({e})"
+    if dtype not in k.SUPPORTED_DTYPES:
+        return f"the kernels support {', '.join(map(str, k.SUPPORTED_DTYPES))}, not {dtype}"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu":
+        if not k.INTERPRETER:
+            return (
+                "CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before tritonlstm's kernels are "
+                "imported, or use CUDA tensors"
+            )
+        if dtype == torch.bfloat16:
+            return "Triton's interpreter computes tl.dot on bfloat16 operands wrongly; run bfloat16 on CUDA"
+        return None
+    return f"Triton kernels run on CUDA (or on CPU through the interpreter), not on {device.type}"
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """``"triton"`` or ``"reference"`` for a forward on tensors of ``device``/``dtype``."""
+    validate_backend(backend)
+    if backend == "reference":
+        return "reference"
+    reason = triton_unavailable_reason(device, dtype)
+    if reason is None:
+        return "triton"
+    if backend == "triton":
+        raise RuntimeError(f"backend='triton' cannot run here: {reason}")
+    return "reference"

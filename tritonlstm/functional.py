@@ -1,0 +1,126 @@
+"""Functional LSTM: the autograd Function of one layer and direction, and the multi-layer driver.
+
+:func:`lstm` mirrors ``torch._VF.lstm`` (what ``torch.nn.LSTM.forward`` calls): it takes the flat parameter
+list in ``_flat_weights_names`` order and runs every layer and direction through the chosen backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from tritonlstm import reference
+from tritonlstm.backend import kernels, resolve_backend
+
+
+class LSTMLayerFunction(torch.autograd.Function):
+    """One LSTM layer in one direction on the Triton kernels.
+
+    Tensors in, tensors out, and only tensors saved: ready to become a ``torch.library`` custom op.
+    ``forward(x [T,B,I], h0 [B,H], c0 [B,H], w_ih, w_hh, b_ih | None, b_hh | None, reverse) -> (y, h_n, c_n)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse: bool):
+        y, h_n, c_n, gates, cs = kernels().lstm_layer_forward(
+            x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=reverse, store_for_backward=True
+        )
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, y, gates, cs)
+        ctx.reverse = reverse
+        ctx.has_bias = b_ih is not None
+        ctx.set_materialize_grads(False)
+        return y, h_n, c_n
+
+    @staticmethod
+    def backward(ctx, dy, dh_n, dc_n):
+        x, h0, c0, w_ih, w_hh, y, gates, cs = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        need_db = ctx.has_bias and (n[5] or n[6])
+        dx, dh0, dc0, dw_ih, dw_hh, db = kernels().lstm_layer_backward(
+            dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs,
+            reverse=ctx.reverse, needs=(n[0], n[1], n[2], n[3], n[4], need_db),
+        )  # fmt: skip
+        db_ih = db if need_db and n[5] else None
+        db_hh = (db.clone() if db_ih is not None else db) if need_db and n[6] else None
+        return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, None
+
+
+def lstm_layer(
+    x: torch.Tensor,
+    h0: torch.Tensor,
+    c0: torch.Tensor,
+    w_ih: torch.Tensor,
+    w_hh: torch.Tensor,
+    b_ih: torch.Tensor | None = None,
+    b_hh: torch.Tensor | None = None,
+    reverse: bool = False,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One LSTM layer in one direction.
+
+    Args:
+        x: ``[T, B, I]`` time-major input.
+        h0, c0: ``[B, H]`` initial hidden and cell state.
+        w_ih, w_hh: ``[4H, I]`` and ``[4H, H]``, gates in torch.nn.LSTM's order (i, f, g, o).
+        b_ih, b_hh: ``[4H]`` biases, or both ``None``.
+        reverse: process time from the last step to the first (the reverse direction of a bidirectional LSTM).
+        backend: ``"auto"``, ``"triton"`` or ``"reference"`` (see :mod:`tritonlstm.backend`).
+
+    Returns:
+        ``(y [T, B, H], h_n [B, H], c_n [B, H])`` in the input's dtype.
+    """
+    if resolve_backend(backend, x.device, x.dtype) == "reference":
+        return reference.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse)
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return LSTMLayerFunction.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse)
+    y, h_n, c_n, _, _ = kernels().lstm_layer_forward(
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=reverse, store_for_backward=False
+    )
+    return y, h_n, c_n
+
+
+def lstm(
+    input: torch.Tensor,
+    hx: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    has_biases: bool,
+    num_layers: int,
+    dropout: float,
+    train: bool,
+    bidirectional: bool,
+    batch_first: bool,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Multi-layer, optionally bidirectional LSTM with ``torch._VF.lstm``'s arguments.
+
+    Args:
+        input: ``[T, B, I]`` (``[B, T, I]`` if ``batch_first``).
+        hx: ``(h0, c0)``, each ``[num_layers * num_directions, B, H]``.
+        params: per layer and direction ``w_ih, w_hh[, b_ih, b_hh]``, in ``torch.nn.LSTM._flat_weights`` order.
+        dropout, train: dropout on the outputs of every layer but the last, when ``train``.
+
+    Returns:
+        ``(output, h_n, c_n)`` exactly as ``torch.nn.LSTM`` returns them.
+    """
+    num_directions = 2 if bidirectional else 1
+    per_layer = 4 if has_biases else 2
+    x = input.transpose(0, 1) if batch_first else input
+    h_n, c_n = [], []
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(num_directions):
+            idx = layer * num_directions + direction
+            w = params[idx * per_layer : (idx + 1) * per_layer]
+            b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
+            y, h, c = lstm_layer(x, hx[0][idx], hx[1][idx], w[0], w[1], b_ih, b_hh, direction == 1, backend)
+            outputs.append(y)
+            h_n.append(h)
+            c_n.append(c)
+        x = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=-1)
+        if dropout > 0 and train and layer < num_layers - 1:
+            x = F.dropout(x, p=dropout, training=True)
+    output = x.transpose(0, 1) if batch_first else x
+    return output, torch.stack(h_n), torch.stack(c_n)
