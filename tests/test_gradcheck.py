@@ -1,0 +1,43 @@
+"""float64 gradcheck of the Triton autograd Function and of the whole module (Jacobians, not just vs nn.LSTM)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call
+
+import tritonlstm
+from tests.helpers import DEVICE
+from tritonlstm.functional import lstm_layer
+
+
+@pytest.mark.parametrize("reverse, bias", [(False, True), (True, False)], ids=["fwd-bias", "rev-nobias"])
+def test_gradcheck_layer(reverse, bias):
+    T, B, I, H = 3, 2, 3, 4
+
+    def leaf(*shape):
+        return (torch.randn(*shape, dtype=torch.float64, device=DEVICE) * 0.5).requires_grad_()
+
+    args = [leaf(T, B, I), leaf(B, H), leaf(B, H), leaf(4 * H, I), leaf(4 * H, H)]
+    args += [leaf(4 * H), leaf(4 * H)] if bias else [None, None]
+
+    def f(*a):
+        return lstm_layer(*a, reverse=reverse, backend="triton")
+
+    assert torch.autograd.gradcheck(f, tuple(args), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_gradcheck_module_two_layers_bidirectional():
+    m = tritonlstm.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True, backend="triton", dtype=torch.float64)
+    m.to(DEVICE)
+    names = [n for n, _ in m.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in m.parameters())
+    x = torch.randn(2, 3, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    h0 = torch.randn(4, 2, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    c0 = torch.randn(4, 2, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+
+    def f(x, h0, c0, *ps):
+        y, (h, c) = functional_call(m, dict(zip(names, ps)), (x, (h0, c0)))
+        return y, h, c
+
+    assert torch.autograd.gradcheck(f, (x, h0, c0, *params), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
