@@ -218,16 +218,19 @@ def _input_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def step_config(batch: int, hidden: int, reduce: int) -> dict:
-    """Tile sizes for one step: ``reduce`` is the length of the dot's inner dimension (H forward, 4H backward).
+def step_config(batch: int, hidden: int, reduce: int, dtype: torch.dtype = torch.float32) -> dict:
+    """Tile sizes and warps for one step; ``reduce`` is the dot's inner length (H forward, 4H backward).
 
-    Every dimension of a ``tl.dot`` must be at least 16 on the GPU, so tiles never shrink below that.
+    Every dimension of a ``tl.dot`` must be at least 16 on the GPU, so tiles never shrink below that. The warp
+    counts keep the sm_90 builds free of register spills (``benchmarks/compile_report.py``): 64 batch rows need
+    8 warps, 32 or fewer fit in 4, and float64 (gradcheck only) fits with 16 rows.
     """
+    block_b = min(16 if dtype == torch.float64 else 64, max(16, triton.next_power_of_2(batch)))
     return {
-        "BLOCK_B": min(64, max(16, triton.next_power_of_2(batch))),
+        "BLOCK_B": block_b,
         "BLOCK_H": min(32, max(4, triton.next_power_of_2(hidden))),
         "BLOCK_K": min(64, max(16, triton.next_power_of_2(reduce))),
-        "num_warps": 4,
+        "num_warps": 8 if block_b == 64 else 4,
     }
 
 
@@ -276,7 +279,7 @@ def lstm_layer_forward(
     cs = torch.empty(T if store_for_backward else 2, B, H, device=x.device, dtype=acc)
     h0 = h0.contiguous()
     c0 = c0.to(acc).contiguous()
-    cfg = _check_config(config or step_config(B, H, H))
+    cfg = _check_config(config or step_config(B, H, H, dtype))
     if B > 0:
         grid = (triton.cdiv(B, cfg["BLOCK_B"]), triton.cdiv(H, cfg["BLOCK_H"]))
         steps = range(T - 1, -1, -1) if reverse else range(T)
@@ -332,7 +335,7 @@ def lstm_layer_backward(
     dh_n = dh_n.contiguous() if dh_n is not None else None
     dc = dc_n.to(acc, copy=True).contiguous() if dc_n is not None else torch.zeros(B, H, device=x.device, dtype=acc)
     dg = torch.empty(T, B, 4 * H, device=x.device, dtype=dtype)
-    cfg = _check_config(config or step_config(B, H, 4 * H))
+    cfg = _check_config(config or step_config(B, H, 4 * H, dtype))
 
     # processing order of the backward: the forward's, reversed. `prev` of step t is the step before it in the
     # forward (t-1 forward, t+1 reverse); `first` is the time index the forward started at.
