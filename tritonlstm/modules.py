@@ -14,6 +14,14 @@ _SCALAR_TYPE_NAMES = {
     torch.bfloat16: "BFloat16",
     torch.float32: "Float",
     torch.float64: "Double",
+    torch.uint8: "Byte",
+    torch.int8: "Char",
+    torch.int16: "Short",
+    torch.int32: "Int",
+    torch.int64: "Long",
+    torch.bool: "Bool",
+    torch.complex64: "ComplexFloat",
+    torch.complex128: "ComplexDouble",
 }
 
 
@@ -23,7 +31,14 @@ def _scalar_type_name(dtype: torch.dtype) -> str:
 
 
 def _check_attributes(input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor], params: list[torch.Tensor]) -> None:
-    """The checks ATen's LSTM makes after nn.LSTM's Python ones, in the same order and with the same messages."""
+    """The checks ATen's LSTM makes after nn.LSTM's Python ones, in the same order and with the same messages.
+
+    nn.LSTM's own message for a hidden state or parameter of another dtype depends on which ATen backend the
+    call lands in (mkldnn on CPU says "get_mkldnn_dtype: unsupported data type"); ours is ATen's generic
+    check_attributes wording, with the same exception type.
+    """
+    if len(hx) != 2:
+        raise RuntimeError("lstm expects two hidden states")
     for name, tensors in (("hidden", hx), ("parameter", params)):
         for t in tensors:
             if t.device != input.device:
@@ -33,12 +48,13 @@ def _check_attributes(input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor]
                 )
     if input.size(0) == 0:  # input is time-major here
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-    for t in hx:
-        if t.dtype != input.dtype:
-            raise RuntimeError(
-                "Input and hidden tensors are not the same dtype, found input tensor with "
-                f"{_scalar_type_name(input.dtype)} and hidden tensor with {_scalar_type_name(t.dtype)}"
-            )
+    for name, tensors in (("hidden", hx), ("parameter", params)):
+        for t in tensors:
+            if t.dtype != input.dtype:
+                raise RuntimeError(
+                    f"Input and {name} tensors are not the same dtype, found input tensor with "
+                    f"{_scalar_type_name(input.dtype)} and {name} tensor with {_scalar_type_name(t.dtype)}"
+                )
 
 
 class LSTM(nn.RNNBase):

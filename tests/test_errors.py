@@ -1,0 +1,437 @@
+"""Error parity with torch.nn.LSTM: bad input raises exactly nn.LSTM's exception type and message.
+
+Every case builds an ``nn.LSTM`` and a ``tritonlstm.LSTM`` (``backend="triton"``) with the same arguments and
+weights, makes the same call on both, and requires both to raise, with the same type and the same text.
+The error cases run on CPU tensors: their messages come from nn.LSTM's Python checks and ATen's argument
+checks, which run before any kernel. Then: what still works like nn.LSTM (empty batch, hx as a list,
+non-contiguous states), what is not supported yet (clear NotImplementedError, no fallback), and backend choice.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import tritonlstm
+from tests.helpers import DEVICE, assert_close
+
+I, H = 3, 5  # input_size, hidden_size of every case
+T, B = 2, 3  # sequence length, batch size of every case
+
+
+def _pair(device="cpu", dtype=torch.float32, **kwargs):
+    """nn.LSTM and tritonlstm.LSTM(backend="triton") built with the same arguments, holding the same weights."""
+    kwargs = {"input_size": I, "hidden_size": H, **kwargs}
+    ref = nn.LSTM(**kwargs).to(device=device, dtype=dtype)
+    ours = tritonlstm.LSTM(**kwargs, backend="triton").to(device=device, dtype=dtype)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def _raised(fn, who):
+    """The exception `fn()` raises; an AssertionError (a test failure) when it raises none."""
+    try:
+        fn()
+    except Exception as e:  # any exception is the result under test: it is returned and compared
+        return e
+    raise AssertionError(f"{who} did not raise")
+
+
+def assert_same_error(ref_call, our_call):
+    """Both calls raise; same exception type, same message."""
+    expected = _raised(ref_call, "nn.LSTM")
+    actual = _raised(our_call, "tritonlstm.LSTM")
+    assert type(actual) is type(expected), f"nn.LSTM raised {expected!r}, tritonlstm raised {actual!r}"
+    assert str(actual) == str(expected)
+
+
+def x_(*shape, dtype=torch.float32, device="cpu"):
+    return torch.randn(*shape, dtype=dtype, device=device)
+
+
+def hx_(*shape, h_device="cpu", c_device="cpu", dtype=torch.float32, c_shape=None):
+    return (
+        torch.randn(*shape, dtype=dtype, device=h_device),
+        torch.randn(*(c_shape or shape), dtype=dtype, device=c_device),
+    )
+
+
+# (module kwargs, lambda -> call args); shapes are written out so every id says what it tests
+FORWARD_CASES = [
+    # input rank
+    pytest.param({}, lambda: (x_(I),), id="input-1d"),
+    pytest.param({}, lambda: (x_(T, B, 1, I),), id="input-4d"),
+    pytest.param({"batch_first": True}, lambda: (x_(B, T, 1, I),), id="input-4d-batch_first"),
+    pytest.param({}, lambda: (x_(T, B, 1, I), hx_(1, B, H)), id="input-4d-with-hx"),
+    # input.size(-1)
+    pytest.param({}, lambda: (x_(T, B, I + 1),), id="input_size-batched"),
+    pytest.param({"batch_first": True}, lambda: (x_(B, T, I + 1),), id="input_size-batched-batch_first"),
+    pytest.param({}, lambda: (x_(T, I + 1),), id="input_size-unbatched"),
+    pytest.param({}, lambda: (x_(T, B, I - 1), hx_(1, B, H)), id="input_size-batched-with-hx"),
+    pytest.param({"bidirectional": True}, lambda: (x_(T, I + 2), hx_(2, H)), id="input_size-unbatched-bidir-with-hx"),
+    # input dtype differs from the weights
+    pytest.param({}, lambda: (x_(T, B, I, dtype=torch.float64),), id="input-float64"),
+    pytest.param({}, lambda: (x_(T, I, dtype=torch.float64),), id="input-float64-unbatched"),
+    pytest.param({}, lambda: (x_(T, B, I, dtype=torch.float64), hx_(1, B, H)), id="input-float64-with-hx"),
+    pytest.param({}, lambda: (x_(T, B, I, dtype=torch.float16),), id="input-float16"),
+    pytest.param({}, lambda: (torch.zeros(T, B, I, dtype=torch.int64),), id="input-int64"),
+    # hidden[0] size
+    pytest.param({}, lambda: (x_(T, B, I), hx_(1, B - 1, H, c_shape=(1, B, H))), id="h0-batch-mismatch"),
+    pytest.param(
+        {"batch_first": True},
+        lambda: (x_(B, T, I), hx_(1, T, H, c_shape=(1, B, H))),
+        id="h0-batch-mismatch-batch_first",
+    ),
+    pytest.param({"num_layers": 2}, lambda: (x_(T, B, I), hx_(1, B, H, c_shape=(2, B, H))), id="h0-layers-mismatch"),
+    pytest.param({}, lambda: (x_(T, B, I), hx_(1, B, H + 1, c_shape=(1, B, H))), id="h0-hidden-mismatch"),
+    pytest.param(
+        {"bidirectional": True}, lambda: (x_(T, B, I), hx_(1, B, H, c_shape=(2, B, H))), id="h0-layers-bidirectional"
+    ),
+    pytest.param(
+        {"num_layers": 2, "bidirectional": True, "batch_first": True},
+        lambda: (x_(B, T, I), hx_(2, B, H)),
+        id="hx-layers-bidirectional-2layers-batch_first",
+    ),
+    pytest.param({}, lambda: (x_(T, I), hx_(1, H + 1)), id="h0-hidden-mismatch-unbatched"),
+    pytest.param({"bidirectional": True}, lambda: (x_(T, I), hx_(1, H)), id="h0-layers-unbatched-bidirectional"),
+    # hidden[1] size (hidden[0] correct)
+    pytest.param({}, lambda: (x_(T, B, I), hx_(1, B, H, c_shape=(1, B + 1, H))), id="c0-batch-mismatch"),
+    pytest.param(
+        {"batch_first": True},
+        lambda: (x_(B, T, I), hx_(1, B, H, c_shape=(1, T, H))),
+        id="c0-batch-mismatch-batch_first",
+    ),
+    pytest.param({"num_layers": 2}, lambda: (x_(T, B, I), hx_(2, B, H, c_shape=(3, B, H))), id="c0-layers-mismatch"),
+    pytest.param({}, lambda: (x_(T, B, I), hx_(1, B, H, c_shape=(1, B, H - 1))), id="c0-hidden-mismatch"),
+    pytest.param(
+        {"bidirectional": True}, lambda: (x_(T, B, I), hx_(2, B, H, c_shape=(1, B, H))), id="c0-layers-bidirectional"
+    ),
+    pytest.param({}, lambda: (x_(T, I), hx_(1, H, c_shape=(1, H + 2))), id="c0-hidden-mismatch-unbatched"),
+    # hx rank
+    pytest.param({}, lambda: (x_(T, B, I), hx_(1, H)), id="hx-2d-with-3d-input"),
+    pytest.param({}, lambda: (x_(T, B, I), hx_(1, B, H, c_shape=(1, H))), id="c0-2d-with-3d-input"),
+    pytest.param({"batch_first": True}, lambda: (x_(B, T, I), hx_(1, H)), id="hx-2d-with-3d-input-batch_first"),
+    pytest.param({}, lambda: (x_(T, I), hx_(1, 1, H)), id="hx-3d-with-2d-input"),
+    pytest.param({}, lambda: (x_(T, I), hx_(1, H, c_shape=(1, 1, H))), id="c0-3d-with-2d-input"),
+    # hx a single tensor instead of a tuple (indexing it gives nn.LSTM's IndexError / rank errors)
+    pytest.param({}, lambda: (x_(T, B, I), x_(1, B, H)), id="hx-single-tensor"),
+    pytest.param({"num_layers": 2}, lambda: (x_(T, B, I), x_(2, B, H)), id="hx-single-tensor-2layers"),
+    pytest.param({"num_layers": 2}, lambda: (x_(T, I), x_(2, H)), id="hx-single-tensor-unbatched-2layers"),
+    # hx with more than two tensors: ATen's lstm checks "lstm expects two hidden states" before anything else
+    pytest.param({}, lambda: (x_(T, B, I), (*hx_(1, B, H), x_(1, B, H))), id="hx-three-tensors"),
+    pytest.param({}, lambda: (x_(T, B, I), [*hx_(1, B, H), x_(1, B, H)]), id="hx-three-tensors-list"),
+    pytest.param(
+        {},
+        lambda: (x_(T, B, I), (*hx_(1, B, H, h_device="meta"), x_(1, B, H))),
+        id="hx-three-tensors-h0-meta",
+    ),
+    pytest.param(
+        {}, lambda: (x_(0, B, I), (*hx_(1, B, H), x_(1, B, H))), id="hx-three-tensors-seq-len-0"
+    ),
+    pytest.param({}, lambda: (x_(T, B, I), (x_(1, B, H),)), id="hx-one-tensor-tuple"),
+    # sequence length 0
+    pytest.param({}, lambda: (x_(0, B, I),), id="seq-len-0"),
+    pytest.param({}, lambda: (x_(0, B, I), hx_(1, B, H)), id="seq-len-0-with-hx"),
+    pytest.param({"batch_first": True}, lambda: (x_(B, 0, I),), id="seq-len-0-batch_first"),
+    pytest.param({"batch_first": True}, lambda: (x_(B, 0, I), hx_(1, B, H)), id="seq-len-0-batch_first-with-hx"),
+    pytest.param({}, lambda: (x_(0, I),), id="seq-len-0-unbatched"),
+    pytest.param({}, lambda: (x_(0, I), hx_(1, H)), id="seq-len-0-unbatched-with-hx"),
+    pytest.param(
+        {"num_layers": 2, "bidirectional": True}, lambda: (x_(0, B, I), hx_(4, B, H)), id="seq-len-0-bidir-2layers"
+    ),
+    pytest.param({}, lambda: (x_(0, 0, I),), id="seq-len-0-batch-0"),
+    # devices: "meta" stands in for a second device
+    pytest.param({}, lambda: (x_(T, B, I), hx_(1, B, H, h_device="meta")), id="h0-meta"),
+    pytest.param({}, lambda: (x_(T, B, I), hx_(1, B, H, c_device="meta")), id="c0-meta"),
+    pytest.param({}, lambda: (x_(T, B, I), hx_(1, B, H, h_device="meta", c_device="meta")), id="hx-meta"),
+    pytest.param(
+        {"batch_first": True, "bidirectional": True},
+        lambda: (x_(B, T, I), hx_(2, B, H, c_device="meta")),
+        id="c0-meta-batch_first-bidir",
+    ),
+    pytest.param({}, lambda: (x_(T, I), hx_(1, H, h_device="meta")), id="h0-meta-unbatched"),
+    pytest.param({}, lambda: (x_(0, B, I), hx_(1, B, H, h_device="meta")), id="h0-meta-seq-len-0"),
+    pytest.param({}, lambda: (x_(T, B, I, device="meta"),), id="input-meta"),
+    pytest.param({}, lambda: (x_(T, I, device="meta"),), id="input-meta-unbatched"),
+    pytest.param({"batch_first": True}, lambda: (x_(B, T, I, device="meta"),), id="input-meta-batch_first"),
+    pytest.param({}, lambda: (x_(T, B, I, device="meta"), hx_(1, B, H)), id="input-meta-hx-cpu"),
+    pytest.param(
+        {},
+        lambda: (x_(T, B, I, device="meta"), hx_(1, B, H, h_device="meta", c_device="meta")),
+        id="input-meta-hx-meta",
+    ),
+    pytest.param({}, lambda: (x_(0, B, I, device="meta"),), id="input-meta-seq-len-0"),
+]
+
+
+@pytest.mark.parametrize("kwargs, make_args", FORWARD_CASES)
+def test_forward_error_matches_nn_lstm(kwargs, make_args):
+    ref, ours = _pair(**kwargs)
+    args = make_args()
+    assert_same_error(lambda: ref(*args), lambda: ours(*args))
+
+
+@pytest.mark.parametrize(
+    "kwargs, make_args",
+    [
+        pytest.param({}, lambda: (x_(T, B, I), hx_(1, B, H, dtype=torch.float64)), id="hx-float64"),
+        pytest.param({}, lambda: (x_(T, B, I), (x_(1, B, H, dtype=torch.float64), x_(1, B, H))), id="h0-float64"),
+        pytest.param({}, lambda: (x_(T, B, I), (x_(1, B, H), x_(1, B, H, dtype=torch.float64))), id="c0-float64"),
+        pytest.param({"batch_first": True}, lambda: (x_(B, T, I), hx_(1, B, H, dtype=torch.float64)), id="batch_first"),
+        pytest.param({}, lambda: (x_(T, I), hx_(1, H, dtype=torch.float64)), id="unbatched"),
+    ],
+)
+def test_hidden_dtype_mismatch(kwargs, make_args):
+    # nn.LSTM's message for this case depends on the CPU backend ATen picks (through mkldnn it is
+    # "get_mkldnn_dtype: unsupported data type"), so only its exception type is compared; ours must say exactly
+    # what ATen's own check_attributes says for it.
+    ref, ours = _pair(**kwargs)
+    args = make_args()
+    expected = _raised(lambda: ref(*args), "nn.LSTM")
+    actual = _raised(lambda: ours(*args), "tritonlstm.LSTM")
+    assert type(expected) is RuntimeError
+    assert type(actual) is type(expected)
+    assert str(actual) == (
+        "Input and hidden tensors are not the same dtype, found input tensor with Float and hidden tensor with Double"
+    )
+
+
+def _set_param(name, dtype=None, device=None):
+    """A module edit: replace parameter `name` by a copy in another dtype or on another device."""
+
+    def edit(module):
+        old = getattr(module, name).detach()
+        setattr(module, name, nn.Parameter(old.to(dtype=dtype or old.dtype, device=device or old.device)))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, exact",
+    [
+        # nn.LSTM checks weight_ih_l0's dtype against the input in Python: same type and text
+        pytest.param(_set_param("weight_ih_l0", dtype=torch.float64), True, id="weight_ih_l0-float64"),
+        # ATen's device check of every parameter: same type and text
+        pytest.param(_set_param("weight_hh_l1", device="meta"), True, id="weight_hh_l1-meta"),
+        pytest.param(_set_param("bias_ih_l0_reverse", device="meta"), True, id="bias_ih_l0_reverse-meta"),
+        # any other parameter in another dtype: nn.LSTM's message depends on the CPU backend (mkldnn says
+        # "get_mkldnn_dtype: unsupported data type", ATen's own loop a matmul dtype error): type only
+        pytest.param(
+            _set_param("weight_hh_l0", dtype=torch.float64), False, id="weight_hh_l0-float64"
+        ),
+        pytest.param(
+            _set_param("weight_hh_l1", dtype=torch.float64), False, id="weight_hh_l1-float64"
+        ),
+        pytest.param(_set_param("weight_ih_l1", dtype=torch.float64), False, id="weight_ih_l1-float64"),
+        pytest.param(_set_param("bias_hh_l0", dtype=torch.float64), False, id="bias_hh_l0-float64"),
+        pytest.param(_set_param("bias_ih_l1_reverse", dtype=torch.float64), False, id="bias_ih_l1_reverse-float64"),
+    ],
+)
+def test_parameter_dtype_or_device_mismatch(edit, exact):
+    ref, ours = _pair(num_layers=2, bidirectional=True)
+    edit(ref)
+    edit(ours)
+    x = x_(T, B, I)
+    if exact:
+        assert_same_error(lambda: ref(x), lambda: ours(x))
+    else:
+        expected = _raised(lambda: ref(x), "nn.LSTM")
+        actual = _raised(lambda: ours(x), "tritonlstm.LSTM")
+        assert type(expected) is RuntimeError
+        assert type(actual) is type(expected), f"nn.LSTM raised {expected!r}, tritonlstm raised {actual!r}"
+        # ATen's generic check_attributes wording (see tritonlstm.modules._check_attributes)
+        assert str(actual) == (
+            "Input and parameter tensors are not the same dtype, found input tensor with Float and parameter "
+            "tensor with Double"
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"dropout": 2}, id="dropout=2"),
+        pytest.param({"dropout": True}, id="dropout=True"),
+        pytest.param({"dropout": -0.1}, id="dropout=-0.1"),
+        pytest.param({"dropout": "0.5"}, id="dropout=str"),
+        pytest.param({"hidden_size": 0}, id="hidden_size=0"),
+        pytest.param({"hidden_size": 1.5}, id="hidden_size=1.5"),
+        pytest.param({"input_size": 0}, id="input_size=0"),
+        pytest.param({"input_size": 3.0}, id="input_size=3.0"),
+        pytest.param({"num_layers": 0}, id="num_layers=0"),
+        pytest.param({"proj_size": -1}, id="proj_size=-1"),
+        pytest.param({"proj_size": H}, id="proj_size=hidden_size"),
+        pytest.param({"proj_size": H + 1}, id="proj_size>hidden_size"),
+        pytest.param({"bias": 1}, id="bias=1"),
+        pytest.param({"batch_first": 1}, id="batch_first=1"),
+    ],
+)
+def test_constructor_error_matches_nn_lstm(kwargs):
+    kwargs = {"input_size": I, "hidden_size": H, **kwargs}
+    assert_same_error(lambda: nn.LSTM(**kwargs), lambda: tritonlstm.LSTM(**kwargs, backend="triton"))
+
+
+def test_dropout_with_one_layer_warns_like_nn_lstm():
+    kwargs = {"input_size": I, "hidden_size": H, "dropout": 0.5, "num_layers": 1}
+    caught = {}
+    for name, cls in (("ref", nn.LSTM), ("ours", tritonlstm.LSTM)):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            cls(**kwargs)
+        caught[name] = [(w.category, str(w.message)) for w in record]
+    assert len(caught["ref"]) == 1 and caught["ref"][0][0] is UserWarning
+    assert caught["ours"] == caught["ref"]
+
+
+# ---------------------------------------------------------------- what still works like nn.LSTM
+
+
+def _pair64(**kwargs):
+    return _pair(device=DEVICE, dtype=torch.float64, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, with_hx",
+    [
+        pytest.param({}, False, id="plain"),
+        pytest.param({}, True, id="with-hx"),
+        pytest.param({"batch_first": True}, True, id="batch_first-with-hx"),
+        pytest.param({"num_layers": 2, "bidirectional": True}, False, id="bidir-2layers"),
+        pytest.param(
+            {"num_layers": 2, "bidirectional": True, "batch_first": True}, True, id="bidir-2layers-bf-with-hx"
+        ),
+    ],
+)
+def test_batch_size_zero_returns_empty_outputs(kwargs, with_hx):
+    ref, ours = _pair64(**kwargs)
+    states = ref.num_layers * (2 if ref.bidirectional else 1)
+    x = torch.randn((0, T, I) if ref.batch_first else (T, 0, I), dtype=torch.float64, device=DEVICE)
+    hx = tuple(torch.randn(states, 0, H, dtype=torch.float64, device=DEVICE) for _ in range(2)) if with_hx else None
+    y_ref, (h_ref, c_ref) = ref(x, hx)
+    y, (h, c) = ours(x, hx)
+    for name, got, exp in (("output", y, y_ref), ("h_n", h, h_ref), ("c_n", c, c_ref)):
+        assert got.shape == exp.shape, f"{name}: {tuple(got.shape)} != nn.LSTM's {tuple(exp.shape)}"
+        assert got.numel() == 0 and got.dtype == exp.dtype and got.device == exp.device, name
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+def test_hx_as_list(batched):
+    ref, ours = _pair64(num_layers=2)
+    x = torch.randn((T, B, I) if batched else (T, I), dtype=torch.float64, device=DEVICE)
+    shape = (2, B, H) if batched else (2, H)
+    hx = [torch.randn(shape, dtype=torch.float64, device=DEVICE) for _ in range(2)]
+    y_ref, (h_ref, c_ref) = ref(x, hx)
+    y, (h, c) = ours(x, hx)
+    for name, got, exp in (("output", y, y_ref), ("h_n", h, h_ref), ("c_n", c, c_ref)):
+        assert_close(got, exp, torch.float64, name)
+
+
+def test_unbatched_hx_with_extra_tensor_works_like_nn_lstm():
+    """Unbatched, nn.LSTM rebuilds hx from hx[0] and hx[1] before ATen sees it, so a third tensor is ignored."""
+    ref, ours = _pair64(num_layers=2)
+    x = torch.randn(T, I, dtype=torch.float64, device=DEVICE)
+    hx = tuple(torch.randn(2, H, dtype=torch.float64, device=DEVICE) for _ in range(3))
+    y_ref, (h_ref, c_ref) = ref(x, hx)
+    y, (h, c) = ours(x, hx)
+    for name, got, exp in (("output", y, y_ref), ("h_n", h, h_ref), ("c_n", c, c_ref)):
+        assert_close(got, exp, torch.float64, name)
+
+
+def _strided(shape, layout, requires_grad=True):
+    """A float64 leaf and a non-contiguous view of it with `shape`: transposed, or every other element."""
+    if layout == "transposed":  # (d0, d1, d2) stored as (d1, d0, d2)
+        base = torch.randn(shape[1], shape[0], *shape[2:], dtype=torch.float64, device=DEVICE)
+        base.requires_grad_(requires_grad)
+        view = base.transpose(0, 1)
+    else:  # "step": every other element of the last dimension
+        base = torch.randn(*shape[:-1], 2 * shape[-1], dtype=torch.float64, device=DEVICE)
+        base.requires_grad_(requires_grad)
+        view = base[..., ::2]
+    assert view.shape == shape and not view.is_contiguous()
+    return base, view
+
+
+@pytest.mark.parametrize("layout", ["transposed", "step"])
+@pytest.mark.parametrize("what", ["hx", "input"])
+def test_non_contiguous_inputs(what, layout):
+    """Non-contiguous hx (or input): same outputs and same gradients (of the strided leaves) as nn.LSTM."""
+    ref, ours = _pair64(num_layers=2, bidirectional=True)
+    results = []
+    for module in (ref, ours):
+        torch.manual_seed(1)
+        if what == "hx":
+            x_leaf = x_view = torch.randn(T, B, I, dtype=torch.float64, device=DEVICE, requires_grad=True)
+            (h_leaf, h_view), (c_leaf, c_view) = _strided((4, B, H), layout), _strided((4, B, H), layout)
+        else:
+            x_leaf, x_view = _strided((T, B, I), layout)
+            h_leaf = h_view = torch.randn(4, B, H, dtype=torch.float64, device=DEVICE, requires_grad=True)
+            c_leaf = c_view = torch.randn(4, B, H, dtype=torch.float64, device=DEVICE, requires_grad=True)
+        y, (h, c) = module(x_view, (h_view, c_view))
+        g = torch.Generator().manual_seed(3)
+        loss = sum((t * torch.randn(t.shape, generator=g, dtype=torch.float64).to(DEVICE)).sum() for t in (y, h, c))
+        loss.backward()
+        results.append({"output": y, "h_n": h, "c_n": c, "grad_x": x_leaf.grad, "grad_h0": h_leaf.grad,
+                        "grad_c0": c_leaf.grad})  # fmt: skip
+    expected, actual = results
+    for name in expected:
+        assert actual[name] is not None, f"{name}: no gradient"
+        assert_close(actual[name].detach(), expected[name].detach(), torch.float64, name)
+
+
+# ---------------------------------------------------------------- not supported yet: clear errors, no fallback
+
+
+def test_packed_sequence_not_implemented():
+    ref, ours = _pair(batch_first=True)
+    packed = pack_padded_sequence(x_(B, T, I), lengths=[T, T - 1, 1], batch_first=True)
+    ref(packed)  # nn.LSTM takes it: the gap is ours
+    with pytest.raises(NotImplementedError, match="PackedSequence"):
+        ours(packed)
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+def test_proj_size_not_implemented_at_forward():
+    kwargs = {"input_size": I, "hidden_size": H, "proj_size": 2}
+    ref = nn.LSTM(**kwargs)
+    ours = tritonlstm.LSTM(**kwargs, backend="triton")  # constructing works, with nn.LSTM's parameters
+    ours.load_state_dict(ref.state_dict())
+    assert {n: p.shape for n, p in ours.named_parameters()} == {n: p.shape for n, p in ref.named_parameters()}
+    x = x_(T, B, I)
+    ref(x)
+    with pytest.raises(NotImplementedError, match="proj_size"):
+        ours(x)
+
+
+# ---------------------------------------------------------------- backend choice
+
+
+def test_invalid_backend_argument():
+    with pytest.raises(ValueError, match="backend"):
+        tritonlstm.LSTM(I, H, backend="nope")
+
+
+def test_invalid_backend_env_var(monkeypatch):
+    monkeypatch.setenv("TRITONLSTM_BACKEND", "nope")
+    with pytest.raises(ValueError, match="TRITONLSTM_BACKEND"):
+        tritonlstm.LSTM(I, H)
+
+
+def test_backend_env_var_reference(monkeypatch):
+    monkeypatch.setenv("TRITONLSTM_BACKEND", "reference")
+    assert tritonlstm.LSTM(I, H).backend == "reference"
+    assert tritonlstm.LSTM(I, H, backend="triton").backend == "triton"  # the argument wins over the env var
+
+
+def test_backend_env_var_unset_is_auto(monkeypatch):
+    monkeypatch.delenv("TRITONLSTM_BACKEND", raising=False)
+    assert tritonlstm.LSTM(I, H).backend == "auto"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="bfloat16 runs on CUDA; the CPU interpreter refuses it")
+def test_triton_backend_refuses_bfloat16_on_cpu():
+    ours = tritonlstm.LSTM(I, H, backend="triton", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        ours(x_(T, B, I, dtype=torch.bfloat16))
