@@ -48,6 +48,31 @@ def _tanh(x):
 
 
 @triton.jit
+def _tile(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Offsets and masks of this program's tile: batch rows, interleaved gate columns, hidden units."""
+    o_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    o_g = tl.program_id(1).to(tl.int64) * (4 * BLOCK_H) + tl.arange(0, 4 * BLOCK_H)
+    o_u = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
+    return o_b, o_g, o_u, o_b < B, o_g < 4 * H, o_u < H
+
+
+@triton.jit
+def _split_gates(b_x, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """[BLOCK_B, 4*BLOCK_H] interleaved -> the i, f, g, o tiles, each [BLOCK_B, BLOCK_H]."""
+    # column 4j+k -> [BLOCK_B, BLOCK_H, k1, k2] with k = 2*k1 + k2; splitting k2 then k1 separates the gates
+    b_ig, b_fo = tl.split(tl.reshape(b_x, (BLOCK_B, BLOCK_H, 2, 2)))
+    b_i, b_g = tl.split(b_ig)
+    b_f, b_o = tl.split(b_fo)
+    return b_i, b_f, b_g, b_o
+
+
+@triton.jit
+def _join_gates(b_i, b_f, b_g, b_o, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Inverse of _split_gates."""
+    return tl.reshape(tl.join(tl.join(b_i, b_g), tl.join(b_f, b_o)), (BLOCK_B, 4 * BLOCK_H))
+
+
+@triton.jit
 def _lstm_fwd_step_kernel(
     gx_ptr,  # [B, G]  x_t W_ih^T + b for this step (interleaved); overwritten by the activated gates if STORE_GATES
     w_ptr,  # [H, G]  W_hh^T with interleaved columns
@@ -69,14 +94,7 @@ def _lstm_fwd_step_kernel(
     ACC_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    i_b = tl.program_id(0).to(tl.int64)
-    i_h = tl.program_id(1).to(tl.int64)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    o_g = i_h * (4 * BLOCK_H) + tl.arange(0, 4 * BLOCK_H)
-    o_u = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    m_b = o_b < B
-    m_g = o_g < 4 * H
-    m_u = o_u < H
+    o_b, o_g, o_u, m_b, m_g, m_u = _tile(B, H, BLOCK_B, BLOCK_H)
 
     # recurrent product: [BLOCK_B, H] @ [H, 4*BLOCK_H] -> all four gates of BLOCK_H units
     b_acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), dtype=ACC_DTYPE)
@@ -91,10 +109,7 @@ def _lstm_fwd_step_kernel(
     p_gx = gx_ptr + o_b[:, None] * stride_gx + o_g[None, :]
     b_acc += tl.load(p_gx, mask=m_bg, other=0.0).to(ACC_DTYPE)
 
-    # columns 4j+k -> [BLOCK_B, BLOCK_H, k1, k2] with k = 2*k1 + k2; splitting k2 then k1 separates i, f, g, o
-    b_ig, b_fo = tl.split(tl.reshape(b_acc, (BLOCK_B, BLOCK_H, 2, 2)))
-    b_i, b_g = tl.split(b_ig)
-    b_f, b_o = tl.split(b_fo)
+    b_i, b_f, b_g, b_o = _split_gates(b_acc, BLOCK_B, BLOCK_H)
     b_i = tl.sigmoid(b_i)
     b_f = tl.sigmoid(b_f)
     b_g = _tanh(b_g)
@@ -107,7 +122,7 @@ def _lstm_fwd_step_kernel(
     tl.store(c_ptr + o_b[:, None] * stride_c + o_u[None, :], b_c.to(c_ptr.dtype.element_ty), mask=m_bu)
     tl.store(h_ptr + o_b[:, None] * stride_h + o_u[None, :], b_h.to(h_ptr.dtype.element_ty), mask=m_bu)
     if STORE_GATES:
-        b_gates = tl.reshape(tl.join(tl.join(b_i, b_g), tl.join(b_f, b_o)), (BLOCK_B, 4 * BLOCK_H))
+        b_gates = _join_gates(b_i, b_f, b_g, b_o, BLOCK_B, BLOCK_H)
         tl.store(p_gx, b_gates.to(gx_ptr.dtype.element_ty), mask=m_bg)
 
 
@@ -141,14 +156,7 @@ def _lstm_bwd_step_kernel(
     ACC_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    i_b = tl.program_id(0).to(tl.int64)
-    i_h = tl.program_id(1).to(tl.int64)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    o_g = i_h * (4 * BLOCK_H) + tl.arange(0, 4 * BLOCK_H)
-    o_u = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    m_b = o_b < B
-    m_g = o_g < 4 * H
-    m_u = o_u < H
+    o_b, o_g, o_u, m_b, m_g, m_u = _tile(B, H, BLOCK_B, BLOCK_H)
     m_bu = m_b[:, None] & m_u[None, :]
 
     # dh_t = dy_t + dh_n (first step only) + dG_{next} @ W_hh  ([BLOCK_B, G] @ [G, BLOCK_H])
@@ -167,9 +175,7 @@ def _lstm_bwd_step_kernel(
 
     m_bg = m_b[:, None] & m_g[None, :]
     b_gates = tl.load(gates_ptr + o_b[:, None] * stride_gates + o_g[None, :], mask=m_bg, other=0.0).to(ACC_DTYPE)
-    b_ig, b_fo = tl.split(tl.reshape(b_gates, (BLOCK_B, BLOCK_H, 2, 2)))
-    b_i, b_g = tl.split(b_ig)
-    b_f, b_o = tl.split(b_fo)
+    b_i, b_f, b_g, b_o = _split_gates(b_gates, BLOCK_B, BLOCK_H)
 
     b_c = tl.load(c_ptr + o_b[:, None] * stride_c + o_u[None, :], mask=m_bu, other=0.0).to(ACC_DTYPE)
     b_cp = tl.load(c_prev_ptr + o_b[:, None] * stride_cp + o_u[None, :], mask=m_bu, other=0.0).to(ACC_DTYPE)
@@ -181,7 +187,7 @@ def _lstm_bwd_step_kernel(
     b_df = b_dc * b_cp * b_f * (1.0 - b_f)
     b_dgg = b_dc * b_i * (1.0 - b_g * b_g)
     b_do = b_dh * b_tc * b_o * (1.0 - b_o)
-    b_dg = tl.reshape(tl.join(tl.join(b_di, b_dgg), tl.join(b_df, b_do)), (BLOCK_B, 4 * BLOCK_H))
+    b_dg = _join_gates(b_di, b_df, b_dgg, b_do, BLOCK_B, BLOCK_H)
     tl.store(dg_ptr + o_b[:, None] * stride_dg + o_g[None, :], b_dg.to(dg_ptr.dtype.element_ty), mask=m_bg)
     tl.store(p_dc, (b_dc * b_f).to(dc_ptr.dtype.element_ty), mask=m_bu)
 
