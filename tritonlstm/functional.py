@@ -19,15 +19,16 @@ class LSTMLayerFunction(torch.autograd.Function):
     """One LSTM layer in one direction on the Triton kernels.
 
     Tensors in, tensors out, and only tensors saved: ready to become a ``torch.library`` custom op.
-    ``forward(x [T,B,I], h0 [B,H], c0 [B,H], w_ih, w_hh, b_ih | None, b_hh | None, reverse) -> (y, h_n, c_n)``.
+    ``forward(x [T,B,I], h0 [B,R], c0 [B,H], w_ih, w_hh, b_ih | None, b_hh | None, w_hr | None,
+    lengths | None, reverse) -> (y [T,B,R], h_n [B,R], c_n [B,H])``.
     """
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse: bool):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: bool):
         y, h_n, c_n, gates, cs = kernels().lstm_layer_forward(
-            x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=reverse, store_for_backward=True
+            x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse=reverse, store_for_backward=True
         )
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, y, gates, cs)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, lengths, y, gates, cs)
         ctx.reverse = reverse
         ctx.has_bias = b_ih is not None
         ctx.set_materialize_grads(False)
@@ -35,16 +36,16 @@ class LSTMLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n):
-        x, h0, c0, w_ih, w_hh, y, gates, cs = ctx.saved_tensors
+        x, h0, c0, w_ih, w_hh, w_hr, lengths, y, gates, cs = ctx.saved_tensors
         n = ctx.needs_input_grad
         need_db = ctx.has_bias and (n[5] or n[6])
-        dx, dh0, dc0, dw_ih, dw_hh, db = kernels().lstm_layer_backward(
-            dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs,
-            reverse=ctx.reverse, needs=(n[0], n[1], n[2], n[3], n[4], need_db),
+        dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = kernels().lstm_layer_backward(
+            dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths,
+            reverse=ctx.reverse, needs=(n[0], n[1], n[2], n[3], n[4], need_db, n[7]),
         )  # fmt: skip
         db_ih = db if need_db and n[5] else None
         db_hh = (db.clone() if db_ih is not None else db) if need_db and n[6] else None
-        return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, None
+        return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None
 
 
 def lstm_layer(
@@ -55,6 +56,8 @@ def lstm_layer(
     w_hh: torch.Tensor,
     b_ih: torch.Tensor | None = None,
     b_hh: torch.Tensor | None = None,
+    w_hr: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
     reverse: bool = False,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -62,22 +65,26 @@ def lstm_layer(
 
     Args:
         x: ``[T, B, I]`` time-major input.
-        h0, c0: ``[B, H]`` initial hidden and cell state.
-        w_ih, w_hh: ``[4H, I]`` and ``[4H, H]``, gates in torch.nn.LSTM's order (i, f, g, o).
+        h0: ``[B, R]`` initial hidden state (R = P with a projection, else H); c0: ``[B, H]`` initial cell state.
+        w_ih, w_hh: ``[4H, I]`` and ``[4H, R]``, gates in torch.nn.LSTM's order (i, f, g, o).
         b_ih, b_hh: ``[4H]`` biases, or both ``None``.
-        reverse: process time from the last step to the first (the reverse direction of a bidirectional LSTM).
+        w_hr: ``[P, H]`` projection (``proj_size > 0``), or ``None``.
+        lengths: ``[B]`` integer sequence lengths (1 <= len <= T, validated by the caller), or ``None``: a row
+            stops updating past its length, its output is zero there, and ``h_n``/``c_n`` are its last step's.
+        reverse: process time from the last step to the first (the reverse direction of a bidirectional LSTM);
+            with ``lengths`` each row starts at its own last step.
         backend: ``"auto"``, ``"triton"`` or ``"reference"`` (see :mod:`tritonlstm.backend`).
 
     Returns:
-        ``(y [T, B, H], h_n [B, H], c_n [B, H])`` in the input's dtype.
+        ``(y [T, B, R], h_n [B, R], c_n [B, H])`` in the input's dtype.
     """
     if resolve_backend(backend, x.device, x.dtype) == "reference":
-        return reference.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse)
-    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        return reference.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return LSTMLayerFunction.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse)
+        return LSTMLayerFunction.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
     y, h_n, c_n, _, _ = kernels().lstm_layer_forward(
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=reverse, store_for_backward=False
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse=reverse, store_for_backward=False
     )
     return y, h_n, c_n
 
@@ -93,20 +100,24 @@ def lstm(
     bidirectional: bool,
     batch_first: bool,
     backend: str = "auto",
+    lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Multi-layer, optionally bidirectional LSTM with ``torch._VF.lstm``'s arguments.
 
     Args:
         input: ``[T, B, I]`` (``[B, T, I]`` if ``batch_first``).
-        hx: ``(h0, c0)``, each ``[num_layers * num_directions, B, H]``.
-        params: per layer and direction ``w_ih, w_hh[, b_ih, b_hh]``, in ``torch.nn.LSTM._flat_weights`` order.
+        hx: ``(h0, c0)``: ``[num_layers * num_directions, B, R]`` and ``[..., B, H]``.
+        params: per layer and direction ``w_ih, w_hh[, b_ih, b_hh][, w_hr]``, in ``torch.nn.LSTM._flat_weights``
+            order; a projection is recognised, as ``_VF.lstm`` does, by the number of tensors per layer.
         dropout, train: dropout on the outputs of every layer but the last, when ``train``.
+        lengths: ``[B]`` sequence lengths of a padded batch (validated by the caller), or ``None``.
 
     Returns:
-        ``(output, h_n, c_n)`` exactly as ``torch.nn.LSTM`` returns them.
+        ``(output, h_n, c_n)`` exactly as ``torch.nn.LSTM`` returns them for a padded (or packed) batch.
     """
     num_directions = 2 if bidirectional else 1
-    per_layer = 4 if has_biases else 2
+    per_layer = len(params) // (num_layers * num_directions)
+    has_proj = per_layer == (5 if has_biases else 3)
     x = input.transpose(0, 1) if batch_first else input
     h_n, c_n = [], []
     for layer in range(num_layers):
@@ -115,7 +126,10 @@ def lstm(
             idx = layer * num_directions + direction
             w = params[idx * per_layer : (idx + 1) * per_layer]
             b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
-            y, h, c = lstm_layer(x, hx[0][idx], hx[1][idx], w[0], w[1], b_ih, b_hh, direction == 1, backend)
+            w_hr = w[-1] if has_proj else None
+            y, h, c = lstm_layer(
+                x, hx[0][idx], hx[1][idx], w[0], w[1], b_ih, b_hh, w_hr, lengths, direction == 1, backend
+            )
             outputs.append(y)
             h_n.append(h)
             c_n.append(c)
@@ -124,3 +138,23 @@ def lstm(
             x = F.dropout(x, p=dropout, training=True)
     output = x.transpose(0, 1) if batch_first else x
     return output, torch.stack(h_n), torch.stack(c_n)
+
+
+def packed_layout(batch_sizes: torch.Tensor, sorted_indices: torch.Tensor | None, device: torch.device):
+    """Where each row of a PackedSequence's data sits in the padded ``[T, B]`` batch, and every sequence's length.
+
+    Returns ``(t_index, b_index, lengths)``: ``data[k]`` is ``padded[t_index[k], b_index[k]]`` and ``lengths[b]``
+    the length of the sequence in batch column ``b`` (columns in the caller's original order).
+    """
+    batch_sizes = batch_sizes.to("cpu", torch.int64)
+    T, B = len(batch_sizes), int(batch_sizes[0])
+    t_index = torch.repeat_interleave(torch.arange(T), batch_sizes)
+    slot = torch.cat([torch.arange(int(n)) for n in batch_sizes])  # position in the sorted batch
+    lengths_sorted = (batch_sizes[None, :] > torch.arange(B)[:, None]).sum(1)
+    if sorted_indices is None:
+        b_index, lengths = slot, lengths_sorted
+    else:
+        order = sorted_indices.to("cpu", torch.int64)
+        b_index = order[slot]
+        lengths = torch.empty_like(lengths_sorted).scatter_(0, order, lengths_sorted)
+    return t_index.to(device), b_index.to(device), lengths.to(device)

@@ -71,13 +71,13 @@ class LSTM(nn.RNNBase):
 
     Args:
         input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size, device, dtype:
-            as for ``torch.nn.LSTM``. ``proj_size > 0`` is not supported yet and raises ``NotImplementedError``
-            at forward.
+            as for ``torch.nn.LSTM`` (``proj_size > 0`` included: LSTMP, projected in the same step pass).
         backend: ``"auto"`` (Triton wherever it can run, else the PyTorch reference loop), ``"triton"`` or
             ``"reference"``; ``None`` reads ``TRITONLSTM_BACKEND`` (default ``"auto"``). May be reassigned later.
 
-    Inputs: ``input, (h_0, c_0)`` as for ``torch.nn.LSTM`` (a tensor, batched 3-D or unbatched 2-D;
-    ``PackedSequence`` is not supported yet and raises ``NotImplementedError``).
+    Inputs: ``input, (h_0, c_0)`` as for ``torch.nn.LSTM``: batched 3-D, unbatched 2-D, or a ``PackedSequence``
+    (sorted or not). Extension: ``lengths=`` (keyword) gives per-sequence lengths of a padded batch, the fast
+    variable-length path: same numbers as the packed input, no PackedSequence built.
 
     Outputs: ``output, (h_n, c_n)`` as for ``torch.nn.LSTM``.
 
@@ -87,6 +87,7 @@ class LSTM(nn.RNNBase):
         >>> y, (h_n, c_n) = lstm(torch.randn(8, 100, 64, device="cuda"))
         >>> y.shape, h_n.shape
         (torch.Size([8, 100, 256]), torch.Size([2, 8, 256]))
+        >>> y, (h_n, c_n) = lstm(x_padded, lengths=torch.tensor([100, 37, 5, 80, 1, 64, 99, 100]))
     """
 
     def __init__(
@@ -122,17 +123,23 @@ class LSTM(nn.RNNBase):
         s = super().extra_repr()
         return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
 
-    def forward(self, input, hx=None):
-        self._update_flat_weights()
-        if isinstance(input, PackedSequence):
-            raise NotImplementedError(
-                "tritonlstm.LSTM does not accept PackedSequence input yet; pass the padded tensor "
-                "(torch.nn.utils.rnn.pad_packed_sequence) instead"
-            )
-        if self.proj_size > 0:
-            raise NotImplementedError(f"tritonlstm.LSTM does not support proj_size > 0 yet (got proj_size={self.proj_size})")
+    def forward(self, input, hx=None, *, lengths=None):
+        """``torch.nn.LSTM.forward``, plus ``lengths``: per-sequence lengths of a padded batch.
 
+        With ``lengths`` (an integer tensor of shape ``(B,)``, on the CPU or the input's device, 1 <= len <= T),
+        the output is zero past each sequence's length and ``(h_n, c_n)`` are taken at each sequence's own last
+        step (the reverse direction starts there): the numbers nn.LSTM gives for the same batch packed, without
+        building a PackedSequence.
+        """
+        self._update_flat_weights()
         num_directions = 2 if self.bidirectional else 1
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        params = [getattr(self, name) for name in self._flat_weights_names]
+        if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise ValueError("lengths= cannot be combined with PackedSequence input: the PackedSequence holds them")
+            return self._forward_packed(input, hx, params, real_hidden_size)
+
         if input.dim() not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
         is_batched = input.dim() == 3
@@ -141,11 +148,7 @@ class LSTM(nn.RNNBase):
             input = input.unsqueeze(batch_dim)
         max_batch_size = input.size(0) if self.batch_first else input.size(1)
         if hx is None:
-            zeros = torch.zeros(
-                self.num_layers * num_directions, max_batch_size, self.hidden_size,
-                dtype=input.dtype, device=input.device,
-            )  # fmt: skip
-            hx = (zeros, zeros)
+            hx = self._zero_state(input, max_batch_size, real_hidden_size)
             self.check_forward_args(input, hx, None)
         else:
             if is_batched:
@@ -163,13 +166,162 @@ class LSTM(nn.RNNBase):
                 hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
             self.check_forward_args(input, hx, None)
 
-        params = [getattr(self, name) for name in self._flat_weights_names]
         _check_attributes(input.transpose(0, 1) if self.batch_first else input, hx, params)
+        if lengths is not None:
+            if not is_batched:
+                raise ValueError("lengths= needs batched (3-D) input")
+            lengths = _check_lengths(lengths, input, self.batch_first)
         output, h_n, c_n = functional.lstm(
             input, hx, params, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
-            self.batch_first, backend=self.backend,
+            self.batch_first, backend=self.backend, lengths=lengths,
         )  # fmt: skip
         if not is_batched:
             output = output.squeeze(batch_dim)
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return output, (h_n, c_n)
+
+    def _zero_state(self, input: torch.Tensor, batch: int, real_hidden_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        h = torch.zeros(layers, batch, real_hidden_size, dtype=input.dtype, device=input.device)
+        c = torch.zeros(layers, batch, self.hidden_size, dtype=input.dtype, device=input.device)
+        return h, c
+
+    def _forward_packed(self, input: PackedSequence, hx, params, real_hidden_size: int):
+        """PackedSequence in and out, computed on the padded batch with per-sequence lengths (original order)."""
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        max_batch_size = int(batch_sizes[0])
+        hx = self._zero_state(data, max_batch_size, real_hidden_size) if hx is None else hx
+        # nn.LSTM sorts hx into the packed order; here the batch stays in the caller's order, so hx is used as given
+        self.check_forward_args(data, hx, batch_sizes)
+        _check_attributes(data.unsqueeze(0), hx, params)
+        t_index, b_index, lengths = functional.packed_layout(batch_sizes, sorted_indices, data.device)
+        padded = data.new_zeros(len(batch_sizes), max_batch_size, data.size(-1)).index_put((t_index, b_index), data)
+        output, h_n, c_n = functional.lstm(
+            padded, hx, params, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
+            False, backend=self.backend, lengths=lengths,
+        )  # fmt: skip
+        return PackedSequence(output[t_index, b_index], batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
+
+
+def _check_lengths(lengths, input: torch.Tensor, batch_first: bool) -> torch.Tensor:
+    """Validate ``lengths=`` for a padded batch; returns it as an int64 tensor on the input's device."""
+    T, B = (input.size(1), input.size(0)) if batch_first else (input.size(0), input.size(1))
+    lengths = torch.as_tensor(lengths)
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
+    if lengths.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},), one length per batch element, got {tuple(lengths.shape)}")
+    if lengths.device.type != "cpu" and lengths.device != input.device:
+        raise ValueError(f"lengths must be on the CPU or on the input's device ({input.device}), got {lengths.device}")
+    if B > 0:
+        low, high = int(lengths.min()), int(lengths.max())
+        if low < 1 or high > T:
+            raise ValueError(
+                f"lengths must lie between 1 and the sequence length {T}, got values from {low} to {high}"
+            )
+    return lengths.to(device=input.device, dtype=torch.int64)
+
+
+class LSTMCell(nn.RNNCellBase):
+    r"""One LSTM step with ``torch.nn.LSTMCell``'s constructor, parameters, inputs, outputs and errors, computed
+    by the same fused Triton step kernel as :class:`LSTM` (forward and backward).
+
+    Args:
+        input_size, hidden_size, bias, device, dtype: as for ``torch.nn.LSTMCell``.
+        backend: ``"auto"``, ``"triton"`` or ``"reference"``; ``None`` reads ``TRITONLSTM_BACKEND``.
+
+    Inputs: ``input`` ``(B, input_size)`` or unbatched ``(input_size,)``, and optional ``(h_0, c_0)``.
+    Outputs: ``(h_1, c_1)``.
+
+    Example::
+
+        >>> cell = tritonlstm.LSTMCell(10, 20).cuda()
+        >>> h, c = cell(torch.randn(3, 10, device="cuda"))
+        >>> for _ in range(5):          # state carried step to step, e.g. autoregressive decoding
+        ...     h, c = cell(torch.randn(3, 10, device="cuda"), (h, c))
+    """
+
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *, backend: str | None = None
+    ) -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
+        self.backend = validate_backend(backend) if backend is not None else default_backend()
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+
+    def forward(self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+            hx = (zeros, zeros)
+        else:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if not is_batched else hx
+        self._check_cell_args(input, hx)
+        _, h, c = functional.lstm_layer(
+            input.unsqueeze(0), hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+            backend=self.backend,
+        )  # fmt: skip
+        if not is_batched:
+            h, c = h.squeeze(0), c.squeeze(0)
+        return h, c
+
+    def _check_cell_args(self, input: torch.Tensor, hx) -> None:
+        """ATen's lstm_cell checks, in its order and with its messages.
+
+        Device and dtype mismatches fail inside nn.LSTMCell's first matmul on the CPU; the messages below are
+        those matmuls' (which operand is named first depends on the operation, hence the asymmetry). One case
+        differs on purpose: a c_0 of another dtype, which nn.LSTMCell's CPU path silently promotes, is an error.
+        """
+        if isinstance(hx, torch.Tensor):
+            raise TypeError("lstm_cell(): argument 'hx' (position 2) must be tuple of Tensors, not Tensor")
+        if len(hx) != 2:
+            raise RuntimeError("lstm_cell expects two hidden states")
+        if input.size(1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
+        for idx, h in enumerate(hx):
+            if input.size(0) != h.size(0):
+                raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{idx} batch size {h.size(0)}")
+            if h.size(1) != self.hidden_size:
+                raise RuntimeError(f"hidden{idx} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}")
+
+        def device_error(found: torch.device, expected: torch.device) -> RuntimeError:
+            return RuntimeError(f"Tensor on device {found} is not on the expected device {expected}!")
+
+        if self.weight_ih.device != input.device:
+            raise device_error(self.weight_ih.device, input.device)
+        if hx[0].device != input.device:
+            raise device_error(input.device, hx[0].device)
+        for t in (hx[1], self.weight_hh, self.bias_ih, self.bias_hh):
+            if t is not None and t.device != input.device:
+                raise device_error(t.device, input.device)
+
+        def dtype_error(first: str, a: torch.dtype, b: torch.dtype) -> RuntimeError:
+            return RuntimeError(
+                f"{first} and mat2 must have the same dtype, but got {_scalar_type_name(a)} and {_scalar_type_name(b)}"
+            )
+
+        w_ih, w_hh = self.weight_ih.dtype, self.weight_hh.dtype
+        if input.dtype != w_ih:  # the input is the odd one out when the weights agree, else the weight is
+            raise dtype_error("mat1" if w_ih == w_hh else "self", input.dtype, w_ih)
+        if w_hh != input.dtype:
+            raise dtype_error("self", input.dtype, w_hh)
+        if hx[0].dtype != w_hh:
+            raise dtype_error("mat1", hx[0].dtype, w_hh)
+        for b in (self.bias_ih, self.bias_hh):
+            if b is not None and b.dtype != input.dtype:  # addmm(bias, ...) names the bias "self"
+                raise dtype_error("self", b.dtype, input.dtype)
+        if hx[1].dtype != input.dtype:
+            raise RuntimeError(
+                "Input and hidden tensors are not the same dtype, found input tensor with "
+                f"{_scalar_type_name(input.dtype)} and hidden tensor with {_scalar_type_name(hx[1].dtype)}"
+            )
