@@ -41,3 +41,33 @@ def test_gradcheck_module_two_layers_bidirectional():
         return y, h, c
 
     assert torch.autograd.gradcheck(f, (x, h0, c0, *params), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_gradcheck_layer_projection_and_lengths(reverse):
+    T, B, I, H, P = 3, 3, 2, 4, 2
+
+    def leaf(*shape):
+        return (torch.randn(*shape, dtype=torch.float64, device=DEVICE) * 0.5).requires_grad_()
+
+    args = (leaf(T, B, I), leaf(B, P), leaf(B, H), leaf(4 * H, I), leaf(4 * H, P), leaf(4 * H), leaf(4 * H), leaf(P, H))
+    lengths = torch.tensor([3, 1, 2], device=DEVICE)
+
+    def f(*a):
+        return lstm_layer(*a, lengths=lengths, reverse=reverse, backend="triton")
+
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+
+
+def test_gradcheck_lstm_cell():
+    cell = tritonlstm.LSTMCell(3, 4, backend="triton", dtype=torch.float64).to(DEVICE)
+    names = [n for n, _ in cell.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in cell.parameters())
+    x = torch.randn(2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    h = torch.randn(2, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    c = torch.randn(2, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+
+    def f(x, h, c, *ps):
+        return functional_call(cell, dict(zip(names, ps)), (x, (h, c)))
+
+    assert torch.autograd.gradcheck(f, (x, h, c, *params), eps=1e-6, atol=1e-7, rtol=1e-5)

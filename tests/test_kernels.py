@@ -19,25 +19,33 @@ from tritonlstm.kernels import (
 SMALL_TILES = {"BLOCK_B": 16, "BLOCK_H": 4, "BLOCK_K": 16, "num_warps": 4}
 
 
-def _layer_inputs(T, B, I, H, dtype, bias=True):
+def _layer_inputs(T, B, I, H, dtype, bias=True, P=0):
     def r(*shape):
         return (torch.randn(*shape, device=DEVICE, dtype=torch.float64) * 0.5).to(dtype)
 
+    R = P or H
     return {
         "x": r(T, B, I),
-        "h0": r(B, H),
+        "h0": r(B, R),
         "c0": r(B, H),
         "w_ih": r(4 * H, I),
-        "w_hh": r(4 * H, H),
+        "w_hh": r(4 * H, R),
         "b_ih": r(4 * H) if bias else None,
         "b_hh": r(4 * H) if bias else None,
+        "w_hr": r(P, H) if P else None,
     }
 
 
-def _reference_grads(inp, reverse, dy, dh_n, dc_n):
+def _backward(inp, y, gates, cs, ups, **kwargs):
+    return lstm_layer_backward(
+        *ups, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], y, gates, cs, inp["w_hr"], **kwargs
+    )
+
+
+def _reference_grads(inp, reverse, dy, dh_n, dc_n, lengths=None):
     """Outputs and gradients of the float64 reference loop for the given upstream gradients."""
     leaves = {k: (v.to(torch.float64).requires_grad_() if v is not None else None) for k, v in inp.items()}
-    y, h_n, c_n = reference.lstm_layer(*leaves.values(), reverse=reverse)
+    y, h_n, c_n = reference.lstm_layer(*leaves.values(), lengths=lengths, reverse=reverse)
     outs, grads = [], []
     for o, g in ((y, dy), (h_n, dh_n), (c_n, dc_n)):
         if g is not None:
@@ -45,6 +53,28 @@ def _reference_grads(inp, reverse, dy, dh_n, dc_n):
             grads.append(g.to(torch.float64))
     torch.autograd.backward(outs, grads)
     return (y, h_n, c_n), {k: (v.grad if v is not None else None) for k, v in leaves.items()}
+
+
+GRAD_NAMES = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db", "dw_hr")
+REF_NAMES = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "w_hr")
+
+
+def _check_layer(inp, dtype, reverse, config, lengths=None):
+    """Forward and backward on the launchers against the float64 reference loop, every output and gradient."""
+    y, h_n, c_n, gates, cs = lstm_layer_forward(**inp, lengths=lengths, reverse=reverse, config=config)
+    dy, dh_n, dc_n = (torch.randn_like(t) for t in (y, h_n, c_n))
+    grads = _backward(inp, y, gates, cs, (dy, dh_n, dc_n), lengths=lengths, reverse=reverse, config=config)
+    (ry, rh, rc), rg = _reference_grads(inp, reverse, dy, dh_n, dc_n, lengths)
+    pairs = [("y", y, ry), ("h_n", h_n, rh), ("c_n", c_n, rc)]
+    pairs += [(n, g, rg[r]) for n, g, r in zip(GRAD_NAMES, grads, REF_NAMES) if inp[r] is not None]
+    pairs += [("db_hh", grads[5], rg["b_hh"])] if inp["b_hh"] is not None else []
+    for name, a, e in pairs:
+        assert a is not None, name
+        assert a.dtype == dtype, name
+        assert_close(a, e, dtype, name)
+    if inp["w_hr"] is None:
+        assert grads[6] is None
+    assert cs.dtype == (torch.float64 if dtype == torch.float64 else torch.float32), "cell state must be fp32/fp64"
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=str)
@@ -58,22 +88,53 @@ def _reference_grads(inp, reverse, dy, dh_n, dc_n):
     ],
 )
 def test_layer_matches_reference(T, B, I, H, config, reverse, dtype):
-    inp = _layer_inputs(T, B, I, H, dtype)
-    y, h_n, c_n, gates, cs = lstm_layer_forward(**inp, reverse=reverse, config=config)
-    dy, dh_n, dc_n = (torch.randn_like(t) for t in (y, h_n, c_n))
-    dx, dh0, dc0, dw_ih, dw_hh, db = lstm_layer_backward(
-        dy, dh_n, dc_n, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], y, gates, cs,
-        reverse=reverse, config=config,
-    )  # fmt: skip
-    (ry, rh, rc), rg = _reference_grads(inp, reverse, dy, dh_n, dc_n)
-    for name, a, e in [
-        ("y", y, ry), ("h_n", h_n, rh), ("c_n", c_n, rc), ("dx", dx, rg["x"]), ("dh0", dh0, rg["h0"]),
-        ("dc0", dc0, rg["c0"]), ("dw_ih", dw_ih, rg["w_ih"]), ("dw_hh", dw_hh, rg["w_hh"]),
-        ("db_ih", db, rg["b_ih"]), ("db_hh", db, rg["b_hh"]),
-    ]:  # fmt: skip
-        assert a.dtype == dtype, name
-        assert_close(a, e, dtype, name)
-    assert cs.dtype == (torch.float64 if dtype == torch.float64 else torch.float32), "cell state must be fp32/fp64"
+    _check_layer(_layer_inputs(T, B, I, H, dtype), dtype, reverse, config)
+
+
+# with a projection a program holds whole rows of h_t and loops over hidden-unit tiles of 16
+PROJ_TILES = {"BLOCK_B": 16, "BLOCK_H": 16, "BLOCK_K": 16, "BLOCK_P": 16, "num_warps": 4}
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES, ids=str)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize(
+    "T, B, I, H, P, bias, config",
+    [
+        pytest.param(4, 3, 5, 7, 3, True, None, id="T4-B3-I5-H7-P3-default"),
+        pytest.param(3, 20, 4, 37, 11, False, PROJ_TILES, id="T3-B20-I4-H37-P11-nobias-tiled"),
+        pytest.param(1, 2, 3, 6, 1, True, None, id="T1-B2-H6-P1"),
+    ],
+)
+def test_projected_layer_matches_reference(T, B, I, H, P, bias, config, reverse, dtype):
+    _check_layer(_layer_inputs(T, B, I, H, dtype, bias=bias, P=P), dtype, reverse, config)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize(
+    "P, config", [pytest.param(0, SMALL_TILES, id="plain-tiled"), pytest.param(3, None, id="proj")]
+)
+def test_lengths_match_reference(P, config, reverse, dtype):
+    """Rows stop at their own length: zeros past it, final states from their last step, gradients carried."""
+    T, B = 5, 19
+    lengths = torch.randint(1, T + 1, (B,), device=DEVICE)
+    lengths[:3] = torch.tensor([1, T, 2])
+    _check_layer(_layer_inputs(T, B, 4, 6, dtype, P=P), dtype, reverse, config, lengths)
+
+
+def test_full_lengths_equal_no_lengths():
+    """lengths == T everywhere must give bitwise the same numbers as no lengths at all (both directions)."""
+    inp = _layer_inputs(4, 3, 5, 6, torch.float32)
+    for reverse in (False, True):
+        a = lstm_layer_forward(**inp, reverse=reverse)
+        b = lstm_layer_forward(**inp, lengths=torch.full((3,), 4, device=DEVICE), reverse=reverse)
+        for x, z in zip(a, b):
+            assert torch.equal(x, z)
+        ups = [torch.randn_like(t) for t in a[:3]]
+        ga = _backward(inp, a[0], a[3], a[4], ups, reverse=reverse)
+        gb = _backward(inp, b[0], b[3], b[4], ups, reverse=reverse, lengths=torch.full((3,), 4, device=DEVICE))
+        for name, x, z in zip(GRAD_NAMES[:6], ga, gb):
+            assert torch.equal(x, z), name
 
 
 @pytest.mark.parametrize(
@@ -84,24 +145,25 @@ def test_none_upstream_gradients(given):
     inp = _layer_inputs(3, 2, 3, 5, torch.float64)
     y, h_n, c_n, gates, cs = lstm_layer_forward(**inp)
     ups = {name: (torch.randn_like(t) if name in given else None) for name, t in zip(("dy", "dh_n", "dc_n"), (y, h_n, c_n))}
-    grads = lstm_layer_backward(*ups.values(), inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], y, gates, cs)
+    grads = _backward(inp, y, gates, cs, ups.values())
+    assert grads[6] is None  # no projection
     if not given:
-        for g in grads:
+        for g in grads[:6]:
             assert torch.equal(g, torch.zeros_like(g))
         return
     _, rg = _reference_grads(inp, False, *ups.values())
-    for name, g in zip(("x", "h0", "c0", "w_ih", "w_hh", "b_ih"), grads):
+    for name, g in zip(REF_NAMES[:6], grads):
         assert_close(g, rg[name], torch.float64, name)
 
 
 def test_needs_selects_gradients():
-    inp = _layer_inputs(3, 2, 3, 5, torch.float32, bias=False)
+    inp = _layer_inputs(3, 2, 3, 5, torch.float32, bias=True, P=2)
     y, h_n, c_n, gates, cs = lstm_layer_forward(**inp)
-    args = (torch.randn_like(y), None, None, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], y, gates, cs)
-    full = lstm_layer_backward(*args)
-    for k in range(6):
-        needs = tuple(i == k for i in range(6))
-        part = lstm_layer_backward(*args, needs=needs)
+    ups = (torch.randn_like(y), None, None)
+    full = _backward(inp, y, gates, cs, ups)
+    for k in range(7):
+        needs = tuple(i == k for i in range(7))
+        part = _backward(inp, y, gates, cs, ups, needs=needs)
         assert all(p is None for i, p in enumerate(part) if i != k)
         assert torch.equal(part[k], full[k])
 
@@ -121,9 +183,9 @@ def test_batch_zero():
     inp = _layer_inputs(3, 0, 4, 5, torch.float32)
     y, h_n, c_n, gates, cs = lstm_layer_forward(**inp)
     assert y.shape == (3, 0, 5) and h_n.shape == (0, 5) and c_n.shape == (0, 5)
-    grads = lstm_layer_backward(torch.zeros_like(y), None, None, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], y, gates, cs)
+    grads = _backward(inp, y, gates, cs, (torch.zeros_like(y), None, None))
     assert grads[0].shape == (3, 0, 4)
-    for g in grads[3:]:
+    for g in grads[3:6]:
         assert torch.equal(g, torch.zeros_like(g))
 
 
@@ -139,13 +201,19 @@ def test_interleave_roundtrip_and_layout():
     assert torch.equal(deinterleave_gates(interleave_gates(b)), b)
 
 
+@pytest.mark.parametrize("P", [0, 1, 100])
 @pytest.mark.parametrize("B, H, K", [(1, 1, 1), (3, 5, 20), (1000, 1024, 4096)])
-def test_step_config_respects_dot_minimum(B, H, K):
-    cfg = step_config(B, H, K)
+def test_step_config_respects_dot_minimum(B, H, K, P):
+    cfg = step_config(B, H, K, proj_size=min(P, H))
     assert cfg["BLOCK_B"] >= 16 and 4 * cfg["BLOCK_H"] >= 16 and cfg["BLOCK_K"] >= 16
+    if P:
+        assert cfg["BLOCK_H"] >= 16 and cfg["BLOCK_P"] >= max(16, min(P, H))
 
 
 def test_config_below_dot_minimum_is_rejected():
     inp = _layer_inputs(2, 2, 3, 4, torch.float32)
     with pytest.raises(ValueError, match="tl.dot needs every tile dimension >= 16"):
         lstm_layer_forward(**inp, config={"BLOCK_B": 8, "BLOCK_H": 4, "BLOCK_K": 16, "num_warps": 4})
+    inp = _layer_inputs(2, 2, 3, 8, torch.float32, P=20)
+    with pytest.raises(ValueError, match="BLOCK_P"):
+        lstm_layer_forward(**inp, config=PROJ_TILES)

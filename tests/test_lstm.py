@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tritonlstm
-from tests.helpers import CPU_DTYPES, DEVICE, assert_close, compare_with_nn_lstm, make_pair, run_and_grad
+from tests.helpers import CPU_DTYPES, DEVICE, assert_close, compare_with_nn_lstm, make_pair, run_and_grad, weighted_loss
 from tritonlstm.backend import resolve_backend
 
 CONFIGS = [
@@ -16,6 +16,8 @@ CONFIGS = [
     pytest.param(dict(input_size=6, hidden_size=6, num_layers=2, bidirectional=True, bias=False, batch_first=True), id="L2-bi-bf-nobias-H6"),
     pytest.param(dict(input_size=17, hidden_size=100, bidirectional=True), id="L1-bi-I17-H100"),
     pytest.param(dict(input_size=5, hidden_size=4, num_layers=3, bidirectional=True), id="L3-bi-I5-H4"),
+    pytest.param(dict(input_size=5, hidden_size=9, proj_size=4, num_layers=2, bidirectional=True, batch_first=True), id="L2-bi-bf-H9-P4"),
+    pytest.param(dict(input_size=3, hidden_size=6, proj_size=2, bias=False), id="L1-nobias-H6-P2"),
 ]
 
 
@@ -26,8 +28,12 @@ def _input(cfg, T, B, dtype=torch.float64):
 
 def _hx(cfg, B, dtype=torch.float64):
     layers = cfg.get("num_layers", 1) * (2 if cfg.get("bidirectional") else 1)
-    shape = (layers, B, cfg["hidden_size"]) if B is not None else (layers, cfg["hidden_size"])
-    return torch.randn(shape, device=DEVICE, dtype=dtype), torch.randn(shape, device=DEVICE, dtype=dtype)
+    batch = (B,) if B is not None else ()
+    h_size = cfg.get("proj_size") or cfg["hidden_size"]
+    return (
+        torch.randn(layers, *batch, h_size, device=DEVICE, dtype=dtype),
+        torch.randn(layers, *batch, cfg["hidden_size"], device=DEVICE, dtype=dtype),
+    )
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=str)
@@ -42,20 +48,21 @@ def test_matches_nn_lstm(cfg, with_hx, dtype):
 @pytest.mark.parametrize(
     "T, B", [pytest.param(1, 1, id="T1-B1"), pytest.param(1, 4, id="T1-B4"), pytest.param(6, 1, id="T6-B1"), pytest.param(4, 0, id="T4-B0")]
 )
-@pytest.mark.parametrize("cfg", [CONFIGS[1], CONFIGS[2]])
+@pytest.mark.parametrize("cfg", [CONFIGS[1], CONFIGS[2], CONFIGS[7]])
 def test_edge_shapes(cfg, T, B, backend):
     ref, ours = make_pair(torch.float32, backend=backend, **cfg)
     compare_with_nn_lstm(ref, ours, _input(cfg, T, B), _hx(cfg, B), torch.float32)
 
 
 @pytest.mark.parametrize("with_hx", [False, True], ids=["no_hx", "hx"])
-@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1], CONFIGS[5]])
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1], CONFIGS[5], CONFIGS[6]])
 def test_unbatched(cfg, with_hx):
     ref, ours = make_pair(torch.float64, **cfg)
     x = torch.randn(4, cfg["input_size"], device=DEVICE, dtype=torch.float64)
     hx = _hx(cfg, None) if with_hx else None
     expected, actual = run_and_grad(ref, x, hx), run_and_grad(ours, x, hx)
-    assert actual["output"].shape == (4, cfg["hidden_size"] * (2 if cfg.get("bidirectional") else 1))
+    out_size = cfg.get("proj_size") or cfg["hidden_size"]
+    assert actual["output"].shape == (4, out_size * (2 if cfg.get("bidirectional") else 1))
     for name in expected:
         assert_close(actual[name], expected[name], torch.float64, name)
 
@@ -209,3 +216,144 @@ def test_never_calls_aten_lstm(monkeypatch):
         m = tritonlstm.LSTM(2, 3, num_layers=2, bidirectional=True, backend=backend)
         y, _ = m(torch.randn(3, 2, 2, requires_grad=True))
         y.sum().backward()
+
+
+# ------------------------------------------------------------------ variable lengths: PackedSequence and lengths=
+
+LENGTH_CONFIGS = [
+    pytest.param(dict(input_size=4, hidden_size=6), id="L1-H6"),
+    pytest.param(dict(input_size=3, hidden_size=5, num_layers=2, bidirectional=True, batch_first=True), id="L2-bi-bf-H5"),
+    pytest.param(dict(input_size=4, hidden_size=7, proj_size=3, num_layers=2, bidirectional=True, bias=False), id="L2-bi-nobias-H7-P3"),
+]
+
+
+def _varlen_batch(cfg, T, lengths):
+    B = len(lengths)
+    x = _input(cfg, T, B)
+    return x, _hx(cfg, B), torch.tensor(lengths)
+
+
+def _grads_of(module, fn, x, hx):
+    """Run fn(module, x, hx) -> (output, h_n, c_n); weighted loss; outputs and every gradient."""
+    x = x.detach().clone().requires_grad_()
+    hx = tuple(t.detach().clone().requires_grad_() for t in hx)
+    module.zero_grad(set_to_none=True)
+    y, h, c = fn(module, x, hx)
+    weighted_loss(y, h, c).backward()
+    out = {"output": y.detach(), "h_n": h.detach(), "c_n": c.detach(), "grad_input": x.grad,
+           "grad_h0": hx[0].grad, "grad_c0": hx[1].grad}  # fmt: skip
+    out.update({f"grad_{n}": p.grad for n, p in module.named_parameters()})
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("cfg", LENGTH_CONFIGS)
+def test_lengths_match_packed_nn_lstm(cfg, dtype):
+    """lengths= on a padded batch gives nn.LSTM's packed numbers: output (zero-padded), final states, gradients."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    T, bf = 6, cfg.get("batch_first", False)
+    x, hx, lengths = _varlen_batch(cfg, T, [3, 6, 1, 4, 6])
+    ref, ours = make_pair(dtype, **cfg)
+
+    def packed_ref(m, x, hx):
+        out, (h, c) = m(pack_padded_sequence(x, lengths, batch_first=bf, enforce_sorted=False), hx)
+        return pad_packed_sequence(out, batch_first=bf, total_length=T)[0], h, c
+
+    def with_lengths(m, x, hx):
+        y, (h, c) = m(x, hx, lengths=lengths)
+        return y, h, c
+
+    expected = _grads_of(ref, packed_ref, x, hx)
+    actual = _grads_of(ours, with_lengths, x.to(dtype), tuple(t.to(dtype) for t in hx))
+    for name in expected:
+        assert_close(actual[name], expected[name], dtype, name)
+    past_end = torch.arange(T)[None, :] >= lengths[:, None]  # [B, T]
+    if not bf:
+        past_end = past_end.t()
+    assert torch.all(actual["output"][past_end] == 0), "output must be zero past each length"
+    assert torch.all(actual["grad_input"][past_end] == 0), "padding gets no gradient"
+
+
+@pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
+@pytest.mark.parametrize("cfg", LENGTH_CONFIGS)
+def test_packed_sequence_matches_nn_lstm(cfg, enforce_sorted):
+    from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+    T, bf = 5, cfg.get("batch_first", False)
+    lens = [5, 4, 4, 2, 1] if enforce_sorted else [2, 5, 1, 4, 4]
+    x, hx, lengths = _varlen_batch(cfg, T, lens)
+    ref, ours = make_pair(torch.float64, **cfg)
+    meta = {}
+
+    def packed(m, x, hx):
+        out, (h, c) = m(pack_padded_sequence(x, lengths, batch_first=bf, enforce_sorted=enforce_sorted), hx)
+        assert isinstance(out, PackedSequence)
+        meta[m is ours] = (out.batch_sizes, out.sorted_indices, out.unsorted_indices)
+        return out.data, h, c
+
+    expected, actual = _grads_of(ref, packed, x, hx), _grads_of(ours, packed, x, hx)
+    for name in expected:
+        assert_close(actual[name], expected[name], torch.float64, name)
+    for a, e in zip(meta[True], meta[False]):
+        assert (a is None and e is None) or torch.equal(a, e)
+
+
+def test_lengths_on_tensor_list_and_full_length():
+    """lengths may be a list or a CPU tensor; all lengths == T equals no lengths, bitwise."""
+    cfg = dict(input_size=3, hidden_size=5, bidirectional=True)
+    _, ours = make_pair(torch.float32, **cfg)
+    x = _input(cfg, 4, 3, torch.float32)
+    y, (h, c) = ours(x)
+    for lengths in ([4, 4, 4], torch.tensor([4, 4, 4], dtype=torch.int32)):
+        y2, (h2, c2) = ours(x, lengths=lengths)
+        assert torch.equal(y, y2) and torch.equal(h, h2) and torch.equal(c, c2)
+
+
+# ------------------------------------------------------------------ LSTMCell
+
+
+def _cell_pair(dtype, **kwargs):
+    ref = torch.nn.LSTMCell(**kwargs).to(device=DEVICE, dtype=torch.float64)
+    ours = tritonlstm.LSTMCell(**kwargs, backend="triton").to(device=DEVICE, dtype=dtype)
+    ours.load_state_dict(ref.state_dict())
+    ref.load_state_dict(ours.state_dict())
+    return ref, ours
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES, ids=str)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("batch", [3, None], ids=["B3", "unbatched"])
+def test_lstm_cell_matches_nn_lstm_cell(batch, bias, dtype):
+    """Three steps with the state carried, as a decoder runs: final state and every gradient."""
+    ref, ours = _cell_pair(dtype, input_size=5, hidden_size=7, bias=bias)
+    b = (batch,) if batch else ()
+    xs = torch.randn(3, *b, 5, device=DEVICE, dtype=torch.float64)
+    hx = (torch.randn(*b, 7, device=DEVICE, dtype=torch.float64), torch.randn(*b, 7, device=DEVICE, dtype=torch.float64))
+    results = []
+    for m, dt in ((ref, torch.float64), (ours, dtype)):
+        x = xs.to(dt).detach().clone().requires_grad_()
+        h0, c0 = (t.to(dt).detach().clone().requires_grad_() for t in hx)
+        h, c = h0, c0
+        for step in range(3):
+            h, c = m(x[step], (h, c))
+        weighted_loss(h, c, x[0]).backward()
+        results.append([h.detach(), c.detach(), x.grad, h0.grad, c0.grad] + [p.grad for p in m.parameters()])
+    for i, (e, a) in enumerate(zip(*results)):
+        assert a.dtype == dtype
+        assert_close(a, e.to(torch.float64), dtype, f"cell result {i}")
+
+
+def test_lstm_cell_without_hx_and_module_parity():
+    torch.manual_seed(5)
+    ref = torch.nn.LSTMCell(4, 6)
+    torch.manual_seed(5)
+    ours = tritonlstm.LSTMCell(4, 6)
+    assert [(n, p.shape) for n, p in ref.named_parameters()] == [(n, p.shape) for n, p in ours.named_parameters()]
+    for a, b in zip(ref.parameters(), ours.parameters()):
+        assert torch.equal(a, b), "same seed must give nn.LSTMCell's initialisation"
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    assert repr(ours) == repr(ref) == "LSTMCell(4, 6)"
+    x = torch.randn(2, 4, device=DEVICE)
+    for a, b in zip(ref.to(DEVICE)(x), ours.to(DEVICE)(x)):
+        assert_close(b, a, torch.float32, "no-hx step")
