@@ -132,7 +132,6 @@ class LSTM(nn.RNNBase):
         building a PackedSequence.
         """
         self._update_flat_weights()
-        num_directions = 2 if self.bidirectional else 1
         real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         params = [getattr(self, name) for name in self._flat_weights_names]
         if isinstance(input, PackedSequence):
