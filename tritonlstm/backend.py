@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 import torch
 
@@ -39,18 +40,30 @@ def kernels():
     return importlib.import_module("tritonlstm.kernels")
 
 
+# the kernels' dtypes (tritonlstm.kernels.SUPPORTED_DTYPES; repeated so that choosing a backend imports nothing)
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _interpreter_active() -> bool:
+    # the kernels read TRITON_INTERPRET once, when first imported; before that, the variable says what they will do
+    module = sys.modules.get("tritonlstm.kernels.lstm")
+    if module is not None:
+        return module.INTERPRETER
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def triton_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why the Triton kernels cannot run on tensors of this device and dtype, or ``None`` when they can."""
-    try:
-        k = kernels()
-    except ImportError as e:  # pragma: no cover - triton is a dependency; this guards broken installs
-        return f"triton could not be imported ({e})"
-    if dtype not in k.SUPPORTED_DTYPES:
-        return f"the kernels support {', '.join(map(str, k.SUPPORTED_DTYPES))}, not {dtype}"
+    """Why the Triton kernels cannot run on tensors of this device and dtype, or ``None`` when they can.
+
+    Imports nothing and depends only on the device type, the dtype and the interpreter flag, so torch.compile
+    traces it into a constant.
+    """
+    if dtype not in _KERNEL_DTYPES:
+        return f"the kernels support {', '.join(map(str, _KERNEL_DTYPES))}, not {dtype}"
     if device.type == "cuda":
         return None
     if device.type == "cpu":
-        if not k.INTERPRETER:
+        if not _interpreter_active():
             return (
                 "CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before tritonlstm's kernels are "
                 "imported, or use CUDA tensors"

@@ -1,6 +1,7 @@
-"""Functional LSTM: the autograd Function of one layer and direction, and the multi-layer driver.
+"""Functional LSTM: one layer and direction (:func:`lstm_layer`), and the multi-layer driver.
 
-:func:`lstm` mirrors ``torch._VF.lstm`` (what ``torch.nn.LSTM.forward`` calls): it takes the flat parameter
+On the Triton backend a layer is the custom op ``torch.ops.tritonlstm.layer_forward`` (:mod:`tritonlstm.ops`),
+whose registered autograd runs ``layer_backward``. :func:`lstm` mirrors ``torch._VF.lstm`` (what ``torch.nn.LSTM.forward`` calls): it takes the flat parameter
 list in ``_flat_weights_names`` order and runs every layer and direction through the chosen backend.
 """
 
@@ -11,41 +12,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from tritonlstm import reference
-from tritonlstm.backend import kernels, resolve_backend
-
-
-class LSTMLayerFunction(torch.autograd.Function):
-    """One LSTM layer in one direction on the Triton kernels.
-
-    Tensors in, tensors out, and only tensors saved: ready to become a ``torch.library`` custom op.
-    ``forward(x [T,B,I], h0 [B,R], c0 [B,H], w_ih, w_hh, b_ih | None, b_hh | None, w_hr | None,
-    lengths | None, reverse) -> (y [T,B,R], h_n [B,R], c_n [B,H])``.
-    """
-
-    @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: bool):
-        y, h_n, c_n, gates, cs = kernels().lstm_layer_forward(
-            x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse=reverse, store_for_backward=True
-        )
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, lengths, y, gates, cs)
-        ctx.reverse = reverse
-        ctx.has_bias = b_ih is not None
-        ctx.set_materialize_grads(False)
-        return y, h_n, c_n
-
-    @staticmethod
-    def backward(ctx, dy, dh_n, dc_n):
-        x, h0, c0, w_ih, w_hh, w_hr, lengths, y, gates, cs = ctx.saved_tensors
-        n = ctx.needs_input_grad
-        need_db = ctx.has_bias and (n[5] or n[6])
-        dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = kernels().lstm_layer_backward(
-            dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths,
-            reverse=ctx.reverse, needs=(n[0], n[1], n[2], n[3], n[4], need_db, n[7]),
-        )  # fmt: skip
-        db_ih = db if need_db and n[5] else None
-        db_hh = (db.clone() if db_ih is not None else db) if need_db and n[6] else None
-        return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None
+from tritonlstm import ops, reference
+from tritonlstm.backend import resolve_backend
 
 
 def lstm_layer(
@@ -81,11 +49,8 @@ def lstm_layer(
     if resolve_backend(backend, x.device, x.dtype) == "reference":
         return reference.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return LSTMLayerFunction.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
-    y, h_n, c_n, _, _ = kernels().lstm_layer_forward(
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse=reverse, store_for_backward=False
-    )
+    need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    y, h_n, c_n, _, _ = ops.layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, need_grad)
     return y, h_n, c_n
 
 

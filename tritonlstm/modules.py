@@ -57,6 +57,18 @@ def _check_attributes(input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor]
                 )
 
 
+def _autocast(tensors, device: torch.device):
+    """Under torch.autocast, the recurrent op runs in the autocast dtype like a matmul: cast its float inputs.
+
+    The casts are differentiable, so gradients reach fp32 master weights in fp32. The cell state stays fp32
+    inside the kernels whatever the dtype.
+    """
+    if not (torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type)):
+        return list(tensors)
+    dtype = torch.get_autocast_dtype(device.type)
+    return [t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors]
+
+
 class LSTM(nn.RNNBase):
     r"""Multi-layer LSTM with ``torch.nn.LSTM``'s constructor, parameters, state_dict, inputs, outputs and errors,
     computed by fused Triton kernels.
@@ -165,6 +177,8 @@ class LSTM(nn.RNNBase):
                 hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
             self.check_forward_args(input, hx, None)
 
+        hx = tuple(_autocast(hx, input.device))
+        input, *params = _autocast([input, *params], input.device)
         _check_attributes(input.transpose(0, 1) if self.batch_first else input, hx, params)
         if lengths is not None:
             if not is_batched:
@@ -192,6 +206,8 @@ class LSTM(nn.RNNBase):
         hx = self._zero_state(data, max_batch_size, real_hidden_size) if hx is None else hx
         # nn.LSTM sorts hx into the packed order; here the batch stays in the caller's order, so hx is used as given
         self.check_forward_args(data, hx, batch_sizes)
+        hx = tuple(_autocast(hx, data.device))
+        data, *params = _autocast([data, *params], data.device)
         _check_attributes(data.unsqueeze(0), hx, params)
         t_index, b_index, lengths = functional.packed_layout(batch_sizes, sorted_indices, data.device)
         padded = data.new_zeros(len(batch_sizes), max_batch_size, data.size(-1)).index_put((t_index, b_index), data)
@@ -212,9 +228,15 @@ def _check_lengths(lengths, input: torch.Tensor, batch_first: bool) -> torch.Ten
         raise ValueError(f"lengths must have shape ({B},), one length per batch element, got {tuple(lengths.shape)}")
     if lengths.device.type != "cpu" and lengths.device != input.device:
         raise ValueError(f"lengths must be on the CPU or on the input's device ({input.device}), got {lengths.device}")
-    if B > 0:
-        low, high = int(lengths.min()), int(lengths.max())
-        if low < 1 or high > T:
+    # the value check reads the lengths on the host: impossible while a CUDA graph is being captured (skipped
+    # there), and a runtime assert in the graph under torch.compile / torch.export
+    capturing = lengths.is_cuda and torch.cuda.is_current_stream_capturing()
+    if B > 0 and not capturing:
+        low, high = lengths.min().item(), lengths.max().item()  # symbolic (unbacked) under compile and export
+        if torch.compiler.is_compiling():
+            torch._check(low >= 1, lambda: f"lengths must lie between 1 and the sequence length {T}")
+            torch._check(high <= T, lambda: f"lengths must lie between 1 and the sequence length {T}")
+        elif low < 1 or high > T:
             raise ValueError(
                 f"lengths must lie between 1 and the sequence length {T}, got values from {low} to {high}"
             )
@@ -265,16 +287,17 @@ class LSTMCell(nn.RNNCellBase):
             hx = (zeros, zeros)
         else:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if not is_batched else hx
-        self._check_cell_args(input, hx)
-        _, h, c = functional.lstm_layer(
-            input.unsqueeze(0), hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-            backend=self.backend,
-        )  # fmt: skip
+        params = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
+        if not isinstance(hx, torch.Tensor):
+            hx = tuple(_autocast(hx, input.device))
+        input, *params = _autocast([input, *params], input.device)
+        self._check_cell_args(input, hx, *params)
+        _, h, c = functional.lstm_layer(input.unsqueeze(0), hx[0], hx[1], *params, backend=self.backend)
         if not is_batched:
             h, c = h.squeeze(0), c.squeeze(0)
         return h, c
 
-    def _check_cell_args(self, input: torch.Tensor, hx) -> None:
+    def _check_cell_args(self, input: torch.Tensor, hx, weight_ih, weight_hh, bias_ih, bias_hh) -> None:
         """ATen's lstm_cell checks, in its order and with its messages.
 
         Device and dtype mismatches fail inside nn.LSTMCell's first matmul on the CPU; the messages below are
@@ -296,11 +319,11 @@ class LSTMCell(nn.RNNCellBase):
         def device_error(found: torch.device, expected: torch.device) -> RuntimeError:
             return RuntimeError(f"Tensor on device {found} is not on the expected device {expected}!")
 
-        if self.weight_ih.device != input.device:
-            raise device_error(self.weight_ih.device, input.device)
+        if weight_ih.device != input.device:
+            raise device_error(weight_ih.device, input.device)
         if hx[0].device != input.device:
             raise device_error(input.device, hx[0].device)
-        for t in (hx[1], self.weight_hh, self.bias_ih, self.bias_hh):
+        for t in (hx[1], weight_hh, bias_ih, bias_hh):
             if t is not None and t.device != input.device:
                 raise device_error(t.device, input.device)
 
@@ -309,14 +332,14 @@ class LSTMCell(nn.RNNCellBase):
                 f"{first} and mat2 must have the same dtype, but got {_scalar_type_name(a)} and {_scalar_type_name(b)}"
             )
 
-        w_ih, w_hh = self.weight_ih.dtype, self.weight_hh.dtype
+        w_ih, w_hh = weight_ih.dtype, weight_hh.dtype
         if input.dtype != w_ih:  # the input is the odd one out when the weights agree, else the weight is
             raise dtype_error("mat1" if w_ih == w_hh else "self", input.dtype, w_ih)
         if w_hh != input.dtype:
             raise dtype_error("self", input.dtype, w_hh)
         if hx[0].dtype != w_hh:
             raise dtype_error("mat1", hx[0].dtype, w_hh)
-        for b in (self.bias_ih, self.bias_hh):
+        for b in (bias_ih, bias_hh):
             if b is not None and b.dtype != input.dtype:  # addmm(bias, ...) names the bias "self"
                 raise dtype_error("self", b.dtype, input.dtype)
         if hx[1].dtype != input.dtype:
