@@ -1,6 +1,12 @@
 """ONNX export of models holding tritonlstm layers (installed as ``tritonlstm.export``).
 
-Not implemented yet: the export API (``export_onnx``, ``verify_onnx``) is the subject of a later issue.
+    from tritonlstm.export import export_onnx, verify_onnx
+    proto = export_onnx(model, (x,), "model.onnx")     # one call; batch and time dimensions dynamic
+    report = verify_onnx(model, "model.onnx", (x,))    # onnxruntime against PyTorch, raises on mismatch
+
+Needs the ``onnx`` extra (``pip install "tritonlstm[onnx]"``): onnx, onnxscript, onnxruntime.
 """
 
-__all__: list[str] = []
+from tritonlstm.export.onnx_export import MIN_OPSET, VerifyReport, export_onnx, verify_onnx
+
+__all__ = ["MIN_OPSET", "VerifyReport", "export_onnx", "verify_onnx"]
