@@ -12,7 +12,6 @@ custom op ``tritonlstm::layer_forward``, is translated through the exporter's ``
 ``torch.nn.LSTM``/``LSTMCell`` submodules are swapped for their tritonlstm twins (same state_dict) before export.
 """
 
-from __future__ import annotations
 
 import copy
 import dataclasses
