@@ -1,6 +1,6 @@
 """GPU-only: the compiled kernels (not the interpreter) against nn.LSTM, in float32, float16 and bfloat16.
 
-Skipped, with the reason, on machines without CUDA; run them with `bash benchmarks/gpu_check.sh` on a GPU.
+Skipped, with the reason, on machines without CUDA; run them with `bash benchmarks/gpu_run.sh` on a GPU.
 """
 
 from __future__ import annotations
