@@ -134,6 +134,8 @@ def _prepare(model: torch.nn.Module, args: tuple) -> tuple[torch.nn.Module, tupl
             )
     model = copy.deepcopy(model).eval()
     _swap_torch_rnns(model)
+    device = next(model.parameters()).device
+    args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
     low = {p.dtype for p in model.parameters()} - {torch.float32}
     if low:
         warnings.warn(
@@ -270,8 +272,10 @@ def verify_onnx(
         call = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in call)
         tensors = [a for a in call if isinstance(a, torch.Tensor)]
         feeds = {n: t.detach().cpu().numpy() for n, t in zip(names, tensors)}
+        device = next(model.parameters()).device
         with torch.no_grad():
-            expected = [t.detach().cpu().numpy() for t in _flatten(model(*call))]
+            outputs = model(*(a.to(device) if isinstance(a, torch.Tensor) else a for a in call))
+            expected = [t.detach().cpu().numpy() for t in _flatten(outputs)]
         actual = session.run(None, feeds)
         shapes = "x".join(str(tuple(t.shape)) for t in tensors)
         for k, (a, e) in enumerate(zip(actual, expected)):
