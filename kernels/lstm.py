@@ -93,6 +93,54 @@ def _load_h_prev(h_prev_ptr, h0_ptr, o_b, o_k, m_row, m_k, v_prev, stride_hp, st
 
 
 @triton.jit
+def _gate_preactivations(
+    gx_ptr, w_ptr, h_prev_ptr, h0_ptr, o_b, o_g, m_b, m_g, v_prev, R, H, stride_gx, stride_hp, stride_h0,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """[BLOCK_B, 4*BLOCK_H] pre-activations of the gate columns o_g: h_{t-1} @ W_hh^T[:, o_g] + x_t W_ih^T + b."""
+    b_acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), dtype=ACC_DTYPE)
+    for k in range(0, R, BLOCK_K):
+        o_k = k + tl.arange(0, BLOCK_K)
+        m_k = o_k < R
+        b_hp = _load_h_prev(h_prev_ptr, h0_ptr, o_b, o_k, m_b, m_k, v_prev, stride_hp, stride_h0, HAS_LENGTHS)
+        b_w = tl.load(w_ptr + o_k[:, None] * (4 * H) + o_g[None, :], mask=m_k[:, None] & m_g[None, :], other=0.0)
+        b_acc += tl.dot(b_hp, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+    p_gx = gx_ptr + o_b[:, None] * stride_gx + o_g[None, :]
+    m_bg = m_b[:, None] & m_g[None, :]
+    return b_acc + tl.load(p_gx, mask=m_bg, other=0.0).to(ACC_DTYPE), p_gx, m_bg
+
+
+@triton.jit
+def _grad_into_h(
+    dg_next_ptr, w_ptr, dy_ptr, dcarry_ptr, o_b, o_c, m_b, m_c, v_t, H, ld_w, stride_dgn, stride_dy, stride_dcarry,
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, HAS_NEXT: tl.constexpr,
+    HAS_DY: tl.constexpr, HAS_LENGTHS: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """Gradient reaching h_t[:, o_c] (hidden units, or projected features): returns (through the state, all).
+
+    Through the state: dG_{next} @ W_hh[:, o_c] ([BLOCK_B, G] @ [G, BLOCK_C], W_hh's leading dimension ld_w)
+    plus what reached it without a gate (h_n's gradient on the first step, skipped steps' with lengths). All:
+    that plus dy_t, the gradient of this step's output, for the rows the step belongs to.
+    """
+    m_bc = m_b[:, None] & m_c[None, :]
+    b_rec = tl.zeros((BLOCK_B, BLOCK_C), dtype=ACC_DTYPE)
+    if HAS_NEXT:
+        for k in range(0, 4 * H, BLOCK_K):
+            o_k = k + tl.arange(0, BLOCK_K)
+            m_k = o_k < 4 * H
+            b_dgn = tl.load(dg_next_ptr + o_b[:, None] * stride_dgn + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+            b_w = tl.load(w_ptr + o_k[:, None] * ld_w + o_c[None, :], mask=m_k[:, None] & m_c[None, :], other=0.0)
+            b_rec += tl.dot(b_dgn, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+    if HAS_LENGTHS or not HAS_NEXT:
+        b_rec += tl.load(dcarry_ptr + o_b[:, None] * stride_dcarry + o_c[None, :], mask=m_bc, other=0.0).to(ACC_DTYPE)
+    b_dh = b_rec
+    if HAS_DY:
+        b_dh += tl.load(dy_ptr + o_b[:, None] * stride_dy + o_c[None, :], mask=m_bc & v_t[:, None], other=0.0).to(ACC_DTYPE)
+    return b_rec, b_dh
+
+
+@triton.jit
 def _cell_forward(b_pre, b_c_prev, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """Gate pre-activations [BLOCK_B, 4*BLOCK_H] and c_{t-1} -> (activated gates interleaved, c_t, o*tanh(c_t))."""
     b_i, b_f, b_g, b_o = _split_gates(b_pre, BLOCK_B, BLOCK_H)
@@ -151,18 +199,11 @@ def _lstm_fwd_step_kernel(
     m_b, m_g, m_u = o_b < B, o_g < 4 * H, o_u < H
     v_t, v_prev = _row_validity(len_ptr, o_b, m_b, t, t_prev, HAS_LENGTHS)
 
-    # recurrent product: [BLOCK_B, H] @ [H, 4*BLOCK_H] -> all four gates of BLOCK_H units
-    b_acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), dtype=ACC_DTYPE)
-    for k in range(0, H, BLOCK_K):
-        o_k = k + tl.arange(0, BLOCK_K)
-        m_k = o_k < H
-        b_hp = _load_h_prev(h_prev_ptr, h0_ptr, o_b, o_k, m_b, m_k, v_prev, stride_hp, stride_h0, HAS_LENGTHS)
-        b_w = tl.load(w_ptr + o_k[:, None] * (4 * H) + o_g[None, :], mask=m_k[:, None] & m_g[None, :], other=0.0)
-        b_acc += tl.dot(b_hp, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
-
-    m_bg = m_b[:, None] & m_g[None, :]
-    p_gx = gx_ptr + o_b[:, None] * stride_gx + o_g[None, :]
-    b_acc += tl.load(p_gx, mask=m_bg, other=0.0).to(ACC_DTYPE)
+    # recurrent product: [BLOCK_B, H] @ [H, 4*BLOCK_H] -> all four gates of BLOCK_H units, plus the projection
+    b_acc, p_gx, m_bg = _gate_preactivations(
+        gx_ptr, w_ptr, h_prev_ptr, h0_ptr, o_b, o_g, m_b, m_g, v_prev, H, H, stride_gx, stride_hp, stride_h0,
+        BLOCK_B, BLOCK_H, BLOCK_K, HAS_LENGTHS, ACC_DTYPE, INPUT_PRECISION,
+    )  # fmt: skip
 
     m_bu = m_b[:, None] & m_u[None, :]
     b_cp = tl.load(c_prev_ptr + o_b[:, None] * stride_cp + o_u[None, :], mask=m_bu, other=0.0).to(ACC_DTYPE)
@@ -217,16 +258,10 @@ def _lstmp_fwd_step_kernel(
         o_g = 4 * u + tl.arange(0, 4 * BLOCK_H)
         o_u = u + tl.arange(0, BLOCK_H)
         m_g, m_u = o_g < 4 * H, o_u < H
-        b_acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), dtype=ACC_DTYPE)
-        for k in range(0, P, BLOCK_K):
-            o_k = k + tl.arange(0, BLOCK_K)
-            m_k = o_k < P
-            b_hp = _load_h_prev(h_prev_ptr, h0_ptr, o_b, o_k, m_b, m_k, v_prev, stride_hp, stride_h0, HAS_LENGTHS)
-            b_w = tl.load(w_ptr + o_k[:, None] * (4 * H) + o_g[None, :], mask=m_k[:, None] & m_g[None, :], other=0.0)
-            b_acc += tl.dot(b_hp, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
-        m_bg = m_b[:, None] & m_g[None, :]
-        p_gx = gx_ptr + o_b[:, None] * stride_gx + o_g[None, :]
-        b_acc += tl.load(p_gx, mask=m_bg, other=0.0).to(ACC_DTYPE)
+        b_acc, p_gx, m_bg = _gate_preactivations(
+            gx_ptr, w_ptr, h_prev_ptr, h0_ptr, o_b, o_g, m_b, m_g, v_prev, P, H, stride_gx, stride_hp, stride_h0,
+            BLOCK_B, BLOCK_H, BLOCK_K, HAS_LENGTHS, ACC_DTYPE, INPUT_PRECISION,
+        )  # fmt: skip
 
         m_bu = m_b[:, None] & m_u[None, :]
         b_cp = tl.load(c_prev_ptr + o_b[:, None] * stride_cp + o_u[None, :], mask=m_bu, other=0.0).to(ACC_DTYPE)
@@ -285,21 +320,11 @@ def _lstm_bwd_step_kernel(
     m_bg = m_b[:, None] & m_g[None, :]
     v_t, _ = _row_validity(len_ptr, o_b, m_b, t, t, HAS_LENGTHS)
 
-    # gradient reaching h_t through the recurrence: dG_{next} @ W_hh ([BLOCK_B, G] @ [G, BLOCK_H]) + carried
-    b_rec = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
-    if HAS_NEXT:
-        for k in range(0, 4 * H, BLOCK_K):
-            o_k = k + tl.arange(0, BLOCK_K)
-            m_k = o_k < 4 * H
-            b_dgn = tl.load(dg_next_ptr + o_b[:, None] * stride_dgn + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
-            b_w = tl.load(w_ptr + o_k[:, None] * H + o_u[None, :], mask=m_k[:, None] & m_u[None, :], other=0.0)
-            b_rec += tl.dot(b_dgn, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+    b_rec, b_dh = _grad_into_h(
+        dg_next_ptr, w_ptr, dy_ptr, dcarry_ptr, o_b, o_u, m_b, m_u, v_t, H, H, stride_dgn, stride_dy, stride_dcarry,
+        BLOCK_B, BLOCK_H, BLOCK_K, HAS_NEXT, HAS_DY, HAS_LENGTHS, ACC_DTYPE, INPUT_PRECISION,
+    )  # fmt: skip
     p_dcarry = dcarry_ptr + o_b[:, None] * stride_dcarry + o_u[None, :]
-    if HAS_LENGTHS or not HAS_NEXT:
-        b_rec += tl.load(p_dcarry, mask=m_bu, other=0.0).to(ACC_DTYPE)
-    b_dh = b_rec
-    if HAS_DY:
-        b_dh += tl.load(dy_ptr + o_b[:, None] * stride_dy + o_u[None, :], mask=m_bu & v_t[:, None], other=0.0).to(ACC_DTYPE)
 
     b_gates = tl.load(gates_ptr + o_b[:, None] * stride_gates + o_g[None, :], mask=m_bg, other=0.0).to(ACC_DTYPE)
     b_c = tl.load(c_ptr + o_b[:, None] * stride_c + o_u[None, :], mask=m_bu, other=0.0).to(ACC_DTYPE)
@@ -357,20 +382,11 @@ def _lstmp_bwd_step_kernel(
     m_bp = m_b[:, None] & m_p[None, :]
     v_t, _ = _row_validity(len_ptr, o_b, m_b, t, t, HAS_LENGTHS)
 
-    b_rec = tl.zeros((BLOCK_B, BLOCK_P), dtype=ACC_DTYPE)
-    if HAS_NEXT:
-        for k in range(0, 4 * H, BLOCK_K):
-            o_k = k + tl.arange(0, BLOCK_K)
-            m_k = o_k < 4 * H
-            b_dgn = tl.load(dg_next_ptr + o_b[:, None] * stride_dgn + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
-            b_w = tl.load(w_ptr + o_k[:, None] * P + o_p[None, :], mask=m_k[:, None] & m_p[None, :], other=0.0)
-            b_rec += tl.dot(b_dgn, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+    b_rec, b_dh = _grad_into_h(
+        dg_next_ptr, w_ptr, dy_ptr, dcarry_ptr, o_b, o_p, m_b, m_p, v_t, H, P, stride_dgn, stride_dy, stride_dcarry,
+        BLOCK_B, BLOCK_P, BLOCK_K, HAS_NEXT, HAS_DY, HAS_LENGTHS, ACC_DTYPE, INPUT_PRECISION,
+    )  # fmt: skip
     p_dcarry = dcarry_ptr + o_b[:, None] * stride_dcarry + o_p[None, :]
-    if HAS_LENGTHS or not HAS_NEXT:
-        b_rec += tl.load(p_dcarry, mask=m_bp, other=0.0).to(ACC_DTYPE)
-    b_dh = b_rec
-    if HAS_DY:
-        b_dh += tl.load(dy_ptr + o_b[:, None] * stride_dy + o_p[None, :], mask=m_bp & v_t[:, None], other=0.0).to(ACC_DTYPE)
     if HAS_LENGTHS:
         b_dh = tl.where(v_t[:, None], b_dh, 0.0)
         tl.store(p_dcarry, tl.where(v_t[:, None], 0.0, b_rec).to(dcarry_ptr.dtype.element_ty), mask=m_bp)
