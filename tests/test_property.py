@@ -34,12 +34,11 @@ def _state_sizes(config) -> tuple[int, int]:
     return (config.get("proj_size") or hidden), hidden
 
 
-@st.composite
-def lstm_cases(draw):
-    """A module configuration plus the shapes of one call: batched or unbatched, with or without hx."""
-    hidden = draw(st.integers(1, 24), label="hidden_size")
-    config = {
-        "input_size": draw(st.integers(1, 12), label="input_size"),
+def _draw_config(draw, max_input: int, max_hidden: int) -> dict:
+    """nn.LSTM constructor arguments: every option, sizes up to the given bounds."""
+    hidden = draw(st.integers(1, max_hidden), label="hidden_size")
+    return {
+        "input_size": draw(st.integers(1, max_input), label="input_size"),
         "hidden_size": hidden,
         "num_layers": draw(st.integers(1, 3), label="num_layers"),
         "bias": draw(st.booleans(), label="bias"),
@@ -47,6 +46,12 @@ def lstm_cases(draw):
         "bidirectional": draw(st.booleans(), label="bidirectional"),
         "proj_size": draw(_proj_sizes(hidden), label="proj_size"),
     }
+
+
+@st.composite
+def lstm_cases(draw):
+    """A module configuration plus the shapes of one call: batched or unbatched, with or without hx."""
+    config = _draw_config(draw, max_input=12, max_hidden=24)
     batched = draw(st.booleans(), label="batched")
     batch = draw(st.integers(0, 4), label="batch") if batched else None
     seq_len = draw(st.integers(1, 5), label="seq_len")
@@ -164,16 +169,7 @@ class VarlenCase:
 
 @st.composite
 def varlen_cases(draw, sorted_option: bool = False):
-    hidden = draw(st.integers(1, 16), label="hidden_size")
-    config = {
-        "input_size": draw(st.integers(1, 8), label="input_size"),
-        "hidden_size": hidden,
-        "num_layers": draw(st.integers(1, 3), label="num_layers"),
-        "bias": draw(st.booleans(), label="bias"),
-        "batch_first": draw(st.booleans(), label="batch_first"),
-        "bidirectional": draw(st.booleans(), label="bidirectional"),
-        "proj_size": draw(_proj_sizes(hidden), label="proj_size"),
-    }
+    config = _draw_config(draw, max_input=8, max_hidden=16)
     seq_len = draw(st.integers(1, 6), label="T")
     batch = draw(st.integers(1, 5), label="B")
     lengths = draw(st.lists(st.integers(1, seq_len), min_size=batch, max_size=batch), label="lengths")
