@@ -34,6 +34,12 @@ def _label(r: dict) -> str:
     return f"{r['provider']} {r['dtype']}" + (" graph" if r["cuda_graph"] == "True" else "")
 
 
+def _save(fig, out: str) -> None:
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def plot_time_per_step(rows: list[dict], out: str) -> None:
     hiddens = sorted({int(r["hidden_size"]) for r in rows})
     modes = sorted({r["mode"] for r in rows})
@@ -52,9 +58,7 @@ def plot_time_per_step(rows: list[dict], out: str) -> None:
             ax.grid(True, which="both", alpha=0.3)
             if series:
                 ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def plot_speedup(rows: list[dict], out: str) -> None:
@@ -79,9 +83,7 @@ def plot_speedup(rows: list[dict], out: str) -> None:
     ax.set(ylabel="speed-up over best cuDNN (x)", title="tritonlstm vs the best cuDNN time of the same shape")
     if dtypes:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def plot_memory(rows: list[dict], out: str) -> None:
@@ -96,9 +98,7 @@ def plot_memory(rows: list[dict], out: str) -> None:
     ax.tick_params(axis="x", labelrotation=60, labelsize=7)
     if series:
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def main(argv: list[str] | None = None) -> list[str]:
