@@ -1,15 +1,18 @@
 """ONNX export of models holding tritonlstm layers, and verification in onnxruntime.
 
-The whole model goes through ``torch.onnx.export`` (the dynamo exporter). Each tritonlstm layer/direction, the
-custom op ``tritonlstm::layer_forward``, is translated through the exporter's ``custom_translation_table``:
+The whole model goes through plain ``torch.onnx.export`` (the dynamo exporter), exactly as a user would call it:
+tritonlstm's layers write their own ONNX while the exporter traces (:mod:`tritonlstm.onnx_graph`), so every layer
+becomes
 
-* without a projection, into the native ONNX ``LSTM`` operator (gates reordered from PyTorch's i, f, g, o to
-  ONNX's i, o, f, c; W, R and B packed as ONNX wants; ``direction`` forward or reverse; ``sequence_lens`` from
+* without a projection, ONNX's native ``LSTM`` operator (gates reordered from PyTorch's i, f, g, o to ONNX's
+  i, o, f, c; one node per layer, ``direction`` forward, reverse or bidirectional; ``sequence_lens`` from
   ``lengths=``; initial states always wired, from the zeros the module makes when none are given);
-* with ``proj_size > 0``, which ONNX's LSTM lacks, into an ONNX ``Loop`` over time (MatMul, Sigmoid, Tanh, Mul,
-  Add, Where) that keeps the sequence length dynamic and honours ``lengths``.
+* with ``proj_size > 0``, which ONNX's LSTM lacks, an ONNX ``Loop`` over time per direction, dynamic in T and
+  honouring ``lengths``.
 
-``torch.nn.LSTM``/``LSTMCell`` submodules are swapped for their tritonlstm twins (same state_dict) before export.
+:func:`export_onnx` adds the conveniences: an eval-mode float32 copy, ``torch.nn.LSTM``/``LSTMCell`` submodules
+swapped for their tritonlstm twins (same state_dict), batch and time dimensions dynamic, a full ONNX check, and a
+check that no layer was unrolled.
 """
 
 
@@ -23,88 +26,11 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 import torch
-from onnxscript import FLOAT, script
-from onnxscript import opset18 as op
 from torch.nn.utils.rnn import PackedSequence
 
 import tritonlstm
 
 MIN_OPSET = 18
-_INT64_MIN = -(2**63)
-
-
-@script()
-def _lstmp_loop(
-    gx: FLOAT["T", "B", "G"],
-    keep: FLOAT["T", "B", 1],
-    h0: FLOAT["B", "P"],
-    c0: FLOAT["B", "H"],
-    r_t: FLOAT["P", "G"],
-    wr_t: FLOAT["H", "P"],
-) -> tuple[FLOAT["T", "B", "P"], FLOAT["B", "P"], FLOAT["B", "H"]]:
-    """LSTM with projection over time; gx holds x W_ih^T + biases, keep is 1 where a step belongs to its row."""
-    n = op.Squeeze(op.Shape(gx, start=0, end=1))
-    h = h0
-    c = c0
-    ys = op.SequenceEmpty(dtype=1)
-    for t in range(n):
-        gates = op.Add(op.Gather(gx, t, axis=0), op.MatMul(h, r_t))
-        i, f, g, o = op.Split(gates, num_outputs=4, axis=-1)
-        c_new = op.Add(op.Mul(op.Sigmoid(f), c), op.Mul(op.Sigmoid(i), op.Tanh(g)))
-        h_new = op.MatMul(op.Mul(op.Sigmoid(o), op.Tanh(c_new)), wr_t)
-        k = op.Gather(keep, t, axis=0)
-        own = op.Cast(k, to=9)
-        h = op.Where(own, h_new, h)
-        c = op.Where(own, c_new, c)
-        ys = op.SequenceInsert(ys, op.Mul(k, h_new))
-    y = op.ConcatFromSequence(ys, axis=0, new_axis=1)
-    return y, h, c
-
-
-def _empty():
-    return op.Constant(value=onnx.helper.make_tensor("empty", onnx.TensorProto.FLOAT, [0], []))
-
-
-def _gate_order(hidden: int):
-    """Row indices taking PyTorch's gate blocks (i, f, g, o) to ONNX's (i, o, f, c)."""
-    blocks = [np.arange(k * hidden, (k + 1) * hidden) for k in (0, 3, 1, 2)]
-    return op.Constant(value_ints=np.concatenate(blocks).tolist())
-
-
-def _translate_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: bool, store_for_backward: bool):
-    """ONNX for ``tritonlstm::layer_forward``: (y [T,B,R], h_n [B,R], c_n [B,H], and two unused empties)."""
-    hidden = w_hh.shape[0] // 4
-    if w_hr is None:
-        order = _gate_order(hidden)
-        W = op.Unsqueeze(op.Gather(w_ih, order, axis=0), [0])
-        R = op.Unsqueeze(op.Gather(w_hh, order, axis=0), [0])
-        B = None
-        if b_ih is not None:
-            B = op.Unsqueeze(op.Concat(op.Gather(b_ih, order, axis=0), op.Gather(b_hh, order, axis=0), axis=0), [0])
-        seq = op.Cast(lengths, to=onnx.TensorProto.INT32) if lengths is not None else None
-        Y, Y_h, Y_c = op.LSTM(
-            x, W, R, B, seq, op.Unsqueeze(h0, [0]), op.Unsqueeze(c0, [0]),
-            hidden_size=hidden, direction="reverse" if reverse else "forward", layout=0,
-        )  # fmt: skip
-        return op.Squeeze(Y, [1]), op.Squeeze(Y_h, [0]), op.Squeeze(Y_c, [0]), _empty(), _empty()
-
-    gx = op.MatMul(x, op.Transpose(w_ih, perm=[1, 0]))
-    if b_ih is not None:
-        gx = op.Add(gx, op.Add(b_ih, b_hh))
-    if lengths is not None:
-        steps = op.Range(op.Constant(value_int=0), op.Squeeze(op.Shape(x, start=0, end=1), [0]), op.Constant(value_int=1))
-        keep = op.Cast(op.Less(op.Unsqueeze(steps, [1]), op.Unsqueeze(op.Cast(lengths, to=7), [0])), to=1)
-    else:
-        keep = op.Expand(op.Constant(value_float=1.0), op.Shape(x, start=0, end=2))
-    keep = op.Unsqueeze(keep, [2])
-    r_t, wr_t = op.Transpose(w_hh, perm=[1, 0]), op.Transpose(w_hr, perm=[1, 0])
-    if reverse:  # run the reversed sequence forward, then reverse its outputs back
-        flip = lambda v: op.Slice(v, [-1], [_INT64_MIN], [0], [-1])  # noqa: E731
-        y, h_n, c_n = _lstmp_loop(flip(gx), flip(keep), h0, c0, r_t, wr_t)
-        y = flip(y)
-    else:
-        y, h_n, c_n = _lstmp_loop(gx, keep, h0, c0, r_t, wr_t)
-    return y, h_n, c_n, _empty(), _empty()
 
 
 def _swap_torch_rnns(model: torch.nn.Module) -> None:
@@ -201,19 +127,60 @@ def export_onnx(
         raise ValueError(f"tritonlstm's ONNX export needs opset >= {MIN_OPSET} (the LSTM translation uses it), got {opset}")
     args = args if isinstance(args, tuple) else (args,)
     model, args = _prepare(model, args)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"torch\.onnx")  # progress notes and torchvision absences
         program = torch.onnx.export(
             model, args, dynamo=True, opset_version=opset,
             dynamic_shapes=_dynamic_shapes(model, args) if dynamic else None,
             input_names=list(input_names) if input_names else None,
-            output_names=list(output_names) if output_names else None,
-            custom_translation_table={torch.ops.tritonlstm.layer_forward.default: _translate_layer},
+            output_names=list(output_names) if output_names else None, verbose=False,
         )  # fmt: skip
     proto = program.model_proto
     onnx.checker.check_model(proto, full_check=True)
+    _check_not_unrolled(model, proto)
+    if dynamic:
+        _check_dynamic(args, proto)
     if f is not None:
         onnx.save(proto, os.fspath(f))
     return proto
+
+
+def _check_dynamic(args: tuple, proto: onnx.ModelProto) -> None:
+    """Refuse a graph that fixed a batch or time dimension to the example's size."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    for tensor, graph_input in zip(tensors, proto.graph.input):
+        dims = graph_input.type.tensor_type.shape.dim
+        for d, spec in (_dynamic_shape(tensor) or {}).items():
+            if d < len(dims) and not dims[d].dim_param:
+                raise RuntimeError(
+                    f"tritonlstm export: input {graph_input.name!r} dimension {d} was fixed to {dims[d].dim_value} "
+                    "(the example's size) while tracing, so the graph would reject any other batch size or "
+                    "sequence length. No file was written; if the model really needs that size fixed, pass "
+                    "dynamic=False."
+                )
+
+
+def _expected_recurrent_nodes(model: torch.nn.Module) -> int:
+    """How many LSTM/Loop nodes the graph must hold: one per layer, or one Loop per direction with a projection."""
+    count = 0
+    for m in model.modules():
+        if isinstance(m, tritonlstm.LSTM):
+            per_layer = (2 if m.bidirectional else 1) if m.proj_size else 1
+            count += m.num_layers * per_layer
+        elif isinstance(m, tritonlstm.LSTMCell):
+            count += 1
+    return count
+
+
+def _check_not_unrolled(model: torch.nn.Module, proto: onnx.ModelProto) -> None:
+    """Refuse a graph in which some LSTM layer was traced step by step (its T fixed to the example's)."""
+    found = sum(node.op_type in ("LSTM", "Loop") for node in proto.graph.node)
+    expected = _expected_recurrent_nodes(model)
+    if found < expected:
+        raise RuntimeError(
+            f"tritonlstm export: the graph has {found} LSTM/Loop nodes where the model's layers need {expected}; "
+            "some LSTM was traced step by step, which fixes the sequence length. No file was written."
+        )
 
 
 @dataclasses.dataclass

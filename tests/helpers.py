@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -10,7 +11,20 @@ import torch
 import tritonlstm
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; CPU runs use the interpreter")
+HAS_CUDA = torch.cuda.is_available()
+# what the Triton kernels can run on here: CUDA tensors on a GPU machine, CPU tensors under Triton's interpreter
+INTERPRETER = os.environ.get("TRITON_INTERPRET", "0") == "1"
+TRITON_DEVICE = "cuda" if HAS_CUDA else ("cpu" if INTERPRETER else None)
+
+requires_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+requires_interpreter = pytest.mark.skipif(
+    not INTERPRETER, reason="runs the Triton kernels on CPU tensors: needs TRITON_INTERPRET=1 (CI's interpreter leg)"
+)
+requires_triton = pytest.mark.skipif(
+    TRITON_DEVICE is None, reason="needs the Triton kernels: a CUDA GPU, or TRITON_INTERPRET=1 on a CPU"
+)
+# both implementations behind the op, for tests that check each one against an oracle
+BACKENDS = ["reference", pytest.param("triton", marks=requires_triton)]
 
 
 @dataclass(frozen=True)
@@ -44,7 +58,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     )
 
 
-def make_pair(dtype: torch.dtype = torch.float32, backend: str = "triton", **kwargs):
+def make_pair(dtype: torch.dtype = torch.float32, backend: str = "auto", **kwargs):
     """An nn.LSTM in float64 (the oracle) and a tritonlstm.LSTM of `dtype` holding the same weights."""
     ref = torch.nn.LSTM(**kwargs).to(device=DEVICE, dtype=torch.float64)
     ours = tritonlstm.LSTM(**kwargs, backend=backend).to(device=DEVICE, dtype=dtype)

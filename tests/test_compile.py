@@ -7,33 +7,35 @@ import torch
 from torch.export import Dim
 
 import tritonlstm
-from tests.helpers import DEVICE, assert_close, requires_gpu, weighted_loss
+from tests.helpers import BACKENDS, DEVICE, assert_close, requires_gpu, weighted_loss
 from tritonlstm import ops
 from tritonlstm.backend import _KERNEL_DTYPES
 from tritonlstm.kernels import SUPPORTED_DTYPES
 
 
-def _layer_args(T=3, B=2, I=3, H=4, P=0, lengths=None, store=True, dtype=torch.float64):
+def _layer_args(T=3, B=2, I=3, H=4, P=0, D=1, lengths=None, store=True, dtype=torch.float64, backend="auto"):
     def r(*shape):
         return torch.randn(*shape, device=DEVICE, dtype=dtype, requires_grad=store)
 
     R = P or H
-    return (r(T, B, I), r(B, R), r(B, H), r(4 * H, I), r(4 * H, R), r(4 * H), r(4 * H), r(P, H) if P else None,
-            lengths, False, store)  # fmt: skip
+    return (r(T, B, I), r(D, B, R), r(D, B, H), r(D, 4 * H, I), r(D, 4 * H, R), r(D, 4 * H), r(D, 4 * H),
+            r(D, P, H) if P else None, lengths, False, store, backend)  # fmt: skip
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "kwargs",
     [
         pytest.param({}, id="plain"),
         pytest.param({"P": 2}, id="proj"),
+        pytest.param({"D": 2, "P": 2}, id="bidirectional-proj"),
         pytest.param({"lengths": torch.tensor([3, 1])}, id="lengths"),
         pytest.param({"store": False}, id="inference"),
     ],
 )
-def test_opcheck_layer_forward(kwargs):
+def test_opcheck_layer_forward(kwargs, backend):
     """Schema, fake (meta) implementation, autograd registration and AOT dispatch of the custom op."""
-    torch.library.opcheck(torch.ops.tritonlstm.layer_forward.default, _layer_args(**kwargs))
+    torch.library.opcheck(torch.ops.tritonlstm.layer_forward.default, _layer_args(**kwargs, backend=backend))
 
 
 def test_backend_dtype_list_matches_kernels():

@@ -1,6 +1,6 @@
 """Error parity with torch.nn.LSTM / nn.LSTMCell: bad input raises exactly torch's exception type and message.
 
-Every parity case builds the torch module and the tritonlstm one (``backend="triton"``) with the same arguments
+Every parity case builds the torch module and the tritonlstm one (``backend="auto"``) with the same arguments
 and weights, makes the same call on both, and requires both to raise, with the same type and the same text.
 The error cases run on CPU tensors: their messages come from torch's Python checks and ATen's argument
 checks, which run before any kernel. Then: what still works like nn.LSTM (empty batch, hx as a list,
@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import tritonlstm
-from tests.helpers import DEVICE, assert_close
+from tests.helpers import DEVICE, assert_close, requires_interpreter
 
 I, H = 3, 5  # input_size, hidden_size of every case
 T, B = 2, 3  # sequence length, batch size of every case (T != B, so a swapped dimension is caught)
@@ -26,10 +26,10 @@ P = 2  # proj_size of the projection cases
 
 
 def _pair(device="cpu", dtype=torch.float32, **kwargs):
-    """nn.LSTM and tritonlstm.LSTM(backend="triton") built with the same arguments, holding the same weights."""
+    """nn.LSTM and tritonlstm.LSTM(backend="auto") built with the same arguments, holding the same weights."""
     kwargs = {"input_size": I, "hidden_size": H, **kwargs}
     ref = nn.LSTM(**kwargs).to(device=device, dtype=dtype)
-    ours = tritonlstm.LSTM(**kwargs, backend="triton").to(device=device, dtype=dtype)
+    ours = tritonlstm.LSTM(**kwargs, backend="auto").to(device=device, dtype=dtype)
     ours.load_state_dict(ref.state_dict())
     return ref, ours
 
@@ -296,7 +296,7 @@ def test_parameter_dtype_or_device_mismatch(edit, exact):
 )
 def test_constructor_error_matches_nn_lstm(kwargs):
     kwargs = {"input_size": I, "hidden_size": H, **kwargs}
-    assert_same_error(lambda: nn.LSTM(**kwargs), lambda: tritonlstm.LSTM(**kwargs, backend="triton"))
+    assert_same_error(lambda: nn.LSTM(**kwargs), lambda: tritonlstm.LSTM(**kwargs, backend="auto"))
 
 
 def test_dropout_with_one_layer_warns_like_nn_lstm():
@@ -634,10 +634,10 @@ CELL_NAMES = ("nn.LSTMCell", "tritonlstm.LSTMCell")
 
 
 def _cell_pair(**kwargs):
-    """nn.LSTMCell and tritonlstm.LSTMCell(backend="triton") with the same arguments, holding the same weights."""
+    """nn.LSTMCell and tritonlstm.LSTMCell(backend="auto") with the same arguments, holding the same weights."""
     kwargs = {"input_size": I, "hidden_size": H, **kwargs}
     ref = nn.LSTMCell(**kwargs)
-    ours = tritonlstm.LSTMCell(**kwargs, backend="triton")
+    ours = tritonlstm.LSTMCell(**kwargs, backend="auto")
     ours.load_state_dict(ref.state_dict())
     return ref, ours
 
@@ -724,7 +724,7 @@ def test_cell_parameter_dtype_or_device_mismatch(edit):
 def test_cell_constructor_error_matches_nn_lstmcell(kwargs):
     kwargs = {"input_size": I, "hidden_size": H, **kwargs}
     assert_same_error(
-        lambda: nn.LSTMCell(**kwargs), lambda: tritonlstm.LSTMCell(**kwargs, backend="triton"), CELL_NAMES
+        lambda: nn.LSTMCell(**kwargs), lambda: tritonlstm.LSTMCell(**kwargs, backend="auto"), CELL_NAMES
     )
 
 
@@ -784,7 +784,7 @@ def test_backend_env_var_unset_is_auto(monkeypatch):
     assert tritonlstm.LSTM(I, H).backend == "auto"
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="bfloat16 runs on CUDA; the CPU interpreter refuses it")
+@requires_interpreter
 def test_triton_backend_refuses_bfloat16_on_cpu():
     ours = tritonlstm.LSTM(I, H, backend="triton", dtype=torch.bfloat16)
     with pytest.raises(RuntimeError, match="bfloat16"):

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 
-import onnx
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-import tritonlstm
-from tritonlstm.export import MIN_OPSET, export_onnx, verify_onnx
+onnx = pytest.importorskip("onnx", reason="ONNX export needs the onnx extra: pip install -e '.[onnx]'")
+ort = pytest.importorskip("onnxruntime", reason="ONNX verification needs the onnx extra: pip install -e '.[onnx]'")
+
+import tritonlstm  # noqa: E402
+from tritonlstm import functional  # noqa: E402
+from tritonlstm.export import MIN_OPSET, export_onnx, verify_onnx  # noqa: E402
 
 
 class Tagger(torch.nn.Module):
@@ -84,15 +88,25 @@ def test_export_runs_in_onnxruntime_at_any_batch_and_length(kwargs, with_state, 
     assert len({r["shapes"] for r in report.rows}) == 3, "example plus two other (B, T)"
 
 
-def test_lstm_weights_become_initializers():
-    """The gate reordering folds into the weights: no Gather over weights is left for run time."""
+def _computed_from_constants(proto, name: str) -> bool:
+    """True when the value `name` depends on initializers and constants only (never on a graph input)."""
+    if name in {i.name for i in proto.graph.initializer}:
+        return True
+    if name in {i.name for i in proto.graph.input}:
+        return False
+    producer = next(n for n in proto.graph.node if name in n.output)
+    return all(_computed_from_constants(proto, i) for i in producer.input if i)
+
+
+def test_one_lstm_node_per_layer_with_weights_from_initializers():
+    """A bidirectional layer is one direction="bidirectional" node; W, R, B depend on the weights alone."""
     proto = export_onnx(Tagger(num_layers=2, bidirectional=True), _inputs({}, 3, 5))
     lstm_nodes = [n for n in proto.graph.node if n.op_type == "LSTM"]
-    assert len(lstm_nodes) == 4  # 2 layers x 2 directions
-    initializers = {i.name for i in proto.graph.initializer}
+    assert len(lstm_nodes) == 2  # 2 layers, both directions in each node
     for node in lstm_nodes:
-        assert node.input[1] in initializers and node.input[2] in initializers, "W and R must be constants"
-        assert {a.name: a for a in node.attribute}["hidden_size"].i == 6
+        attrs = {a.name: a for a in node.attribute}
+        assert attrs["hidden_size"].i == 6 and attrs["direction"].s == b"bidirectional"
+        assert all(_computed_from_constants(proto, name) for name in node.input[1:4]), "W, R, B must be constants"
 
 
 def test_batch_first_uses_layout_zero_with_transposes():
@@ -149,7 +163,7 @@ def test_torch_nn_lstm_model_exports_as_native_lstm():
     kwargs = dict(num_layers=2, bidirectional=True, batch_first=True)
     args = _inputs(kwargs, 3, 5)
     proto = export_onnx(model, args)
-    assert sum(n.op_type == "LSTM" for n in proto.graph.node) == 4
+    assert sum(n.op_type == "LSTM" for n in proto.graph.node) == 2  # one bidirectional node per layer
     verify_onnx(model, proto, args, other_args=[_inputs(kwargs, 6, 8)])
 
 
@@ -206,3 +220,124 @@ def test_names_and_mismatch_detection():
         model.head.bias.add_(1e-3)  # the PyTorch model drifts from the exported file
     with pytest.raises(AssertionError, match="ONNX output differs from PyTorch"):
         verify_onnx(model, proto, args)
+
+
+# ------------------------------------------------------------------ plain torch.onnx.export, as nn.LSTM users call it
+
+
+def _run_onnx(proto, args):
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)})
+
+
+def _assert_matches_torch(model, proto, calls):
+    for args in calls:
+        with torch.no_grad():
+            expected = [t.numpy() for t in functional_outputs(model, args)]
+        actual = _run_onnx(proto, args)
+        assert len(actual) == len(expected)
+        for a, e in zip(actual, expected):
+            assert a.shape == e.shape
+            torch.testing.assert_close(torch.from_numpy(a), torch.from_numpy(e), atol=1e-5, rtol=1e-4)
+
+
+def functional_outputs(model, args):
+    out = model(*args)
+    return list(out) if isinstance(out, tuple) else [out]
+
+
+def _dims(kwargs, with_lengths):
+    B, T = torch.export.Dim("B"), torch.export.Dim("T")
+    x = {0: B, 1: T} if kwargs.get("batch_first") else {0: T, 1: B}
+    return (x, ({0: B},)) if with_lengths else (x,)  # Tagger.forward(x, *rest)
+
+
+PLAIN_CASES = [
+    pytest.param(dict(num_layers=2, bidirectional=True, batch_first=True), False, id="L2-bi-bf"),
+    pytest.param(dict(num_layers=2, bidirectional=True), True, id="L2-bi-lengths"),
+    pytest.param(dict(proj_size=3, num_layers=2, bidirectional=True), True, id="proj-L2-bi-lengths"),
+    pytest.param(dict(proj_size=2, batch_first=True), False, id="proj-bf"),
+]
+
+
+@pytest.mark.parametrize("kwargs, with_lengths", PLAIN_CASES)
+def test_plain_torch_onnx_export_dynamo(kwargs, with_lengths):
+    """torch.onnx.export(model, args, dynamic_shapes=...) with no tritonlstm helper: native LSTM, or a Loop."""
+    model = Tagger(**kwargs).eval()
+    args = _inputs(kwargs, 3, 5, with_lengths=with_lengths)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = torch.onnx.export(model, args, dynamo=True, dynamic_shapes=_dims(kwargs, with_lengths)).model_proto
+    ops = [n.op_type for n in proto.graph.node]
+    if kwargs.get("proj_size"):
+        assert ops.count("Loop") == kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
+    else:
+        assert ops.count("LSTM") == kwargs.get("num_layers", 1) and "Loop" not in ops
+    _assert_matches_torch(model, proto, [_inputs(kwargs, b, t, with_lengths=with_lengths) for b, t in ((3, 5), (7, 2), (1, 11))])
+
+
+@pytest.mark.parametrize(
+    "kwargs, with_lengths",
+    [
+        pytest.param(dict(num_layers=2, bidirectional=True, batch_first=True), False, id="L2-bi-bf"),
+        pytest.param(dict(num_layers=2, bidirectional=True), True, id="L2-bi-lengths"),
+    ],
+)
+def test_plain_torch_onnx_export_torchscript(kwargs, with_lengths):
+    """The deprecated TorchScript exporter (dynamo=False) with dynamic_axes: native LSTM nodes."""
+    model = Tagger(**kwargs).eval()
+    args = _inputs(kwargs, 3, 5, with_lengths=with_lengths)
+    bf = kwargs.get("batch_first")
+    axes = {"x": {0: "B", 1: "T"} if bf else {0: "T", 1: "B"}, "lengths": {0: "B"}}
+    names = ["x", "lengths"] if with_lengths else ["x"]
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, args, f, dynamo=False, opset_version=18, input_names=names,
+                          dynamic_axes={k: v for k, v in axes.items() if k in names})  # fmt: skip
+    proto = onnx.load_from_string(f.getvalue())
+    assert [n.op_type for n in proto.graph.node].count("LSTM") == 2
+    _assert_matches_torch(model, proto, [_inputs(kwargs, b, t, with_lengths=with_lengths) for b, t in ((3, 5), (7, 2), (1, 11))])
+
+
+def test_torchscript_exporter_refuses_projections_with_a_pointer():
+    model = Tagger(proj_size=3).eval()
+    with pytest.raises(RuntimeError, match="dynamo=True"):
+        torch.onnx.export(model, _inputs({}, 3, 5), io.BytesIO(), dynamo=False, opset_version=18)
+
+
+def test_export_onnx_refuses_an_unrolled_graph(monkeypatch, tmp_path):
+    """Were a layer ever traced step by step, export_onnx raises instead of writing a T-specialised file."""
+
+    def unrolled(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, backend):
+        from tritonlstm.reference import lstm_layer as loop
+
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+        y, h, c = loop(x, h0[0], c0[0], w_ih[0], w_hh[0], b_ih[0], b_hh[0], None, lengths, reverse)
+        return y, h[None], c[None]
+
+    monkeypatch.setattr(functional, "_layer", unrolled)
+    path = tmp_path / "unrolled.onnx"
+    with pytest.raises(RuntimeError, match="traced step by step"):
+        export_onnx(Tagger(), _inputs({}, 3, 5), path)
+    assert not path.exists()
+
+
+def test_tagger_graph_is_small_and_native():
+    """The README's Tagger: one LSTM node per layer and a handful of shape ops, whatever T the example had."""
+    model = ReadmeTagger()
+    x, lengths = torch.randn(4, 20, 16), torch.tensor([20, 7, 13, 1])
+    proto = export_onnx(model, (x, lengths))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("LSTM") == 2 and len(ops) < 40, ops
+
+
+class ReadmeTagger(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = tritonlstm.LSTM(16, 32, num_layers=2, bidirectional=True, batch_first=True)
+        self.head = torch.nn.Linear(64, 5)
+
+    def forward(self, x, lengths):
+        y, _ = self.lstm(x, lengths=lengths)
+        return self.head(y)

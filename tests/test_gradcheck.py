@@ -1,4 +1,4 @@
-"""float64 gradcheck of the Triton autograd Function and of the whole module (Jacobians, not just vs nn.LSTM)."""
+"""float64 gradcheck of the op (each implementation behind it) and of the whole module (Jacobians, not just vs nn.LSTM)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import torch
 from torch.func import functional_call
 
 import tritonlstm
-from tests.helpers import DEVICE
+from tests.helpers import BACKENDS, DEVICE
 from tritonlstm.functional import lstm_layer
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reverse, bias", [(False, True), (True, False)], ids=["fwd-bias", "rev-nobias"])
-def test_gradcheck_layer(reverse, bias):
+def test_gradcheck_layer(reverse, bias, backend):
     T, B, I, H = 3, 2, 3, 4
 
     def leaf(*shape):
@@ -22,13 +23,14 @@ def test_gradcheck_layer(reverse, bias):
     args += [leaf(4 * H), leaf(4 * H)] if bias else [None, None]
 
     def f(*a):
-        return lstm_layer(*a, reverse=reverse, backend="triton")
+        return lstm_layer(*a, reverse=reverse, backend=backend)
 
     assert torch.autograd.gradcheck(f, tuple(args), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
-def test_gradcheck_module_two_layers_bidirectional():
-    m = tritonlstm.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True, backend="triton", dtype=torch.float64)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_module_two_layers_bidirectional(backend):
+    m = tritonlstm.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True, backend=backend, dtype=torch.float64)
     m.to(DEVICE)
     names = [n for n, _ in m.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_() for p in m.parameters())
@@ -43,8 +45,9 @@ def test_gradcheck_module_two_layers_bidirectional():
     assert torch.autograd.gradcheck(f, (x, h0, c0, *params), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_gradcheck_layer_projection_and_lengths(reverse):
+def test_gradcheck_layer_projection_and_lengths(reverse, backend):
     T, B, I, H, P = 3, 3, 2, 4, 2
 
     def leaf(*shape):
@@ -54,13 +57,14 @@ def test_gradcheck_layer_projection_and_lengths(reverse):
     lengths = torch.tensor([3, 1, 2], device=DEVICE)
 
     def f(*a):
-        return lstm_layer(*a, lengths=lengths, reverse=reverse, backend="triton")
+        return lstm_layer(*a, lengths=lengths, reverse=reverse, backend=backend)
 
     assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
 
 
-def test_gradcheck_lstm_cell():
-    cell = tritonlstm.LSTMCell(3, 4, backend="triton", dtype=torch.float64).to(DEVICE)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_lstm_cell(backend):
+    cell = tritonlstm.LSTMCell(3, 4, backend=backend, dtype=torch.float64).to(DEVICE)
     names = [n for n, _ in cell.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_() for p in cell.parameters())
     x = torch.randn(2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)

@@ -6,7 +6,17 @@ import pytest
 import torch
 
 import tritonlstm
-from tests.helpers import CPU_DTYPES, DEVICE, assert_close, compare_with_nn_lstm, make_pair, run_and_grad, weighted_loss
+from tests.helpers import (
+    CPU_DTYPES,
+    DEVICE,
+    TRITON_DEVICE,
+    assert_close,
+    compare_with_nn_lstm,
+    make_pair,
+    requires_triton,
+    run_and_grad,
+    weighted_loss,
+)
 from tritonlstm.backend import resolve_backend
 
 CONFIGS = [
@@ -44,7 +54,7 @@ def test_matches_nn_lstm(cfg, with_hx, dtype):
     compare_with_nn_lstm(ref, ours, _input(cfg, 5, 3), _hx(cfg, 3) if with_hx else None, dtype)
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=requires_triton)])
 @pytest.mark.parametrize(
     "T, B", [pytest.param(1, 1, id="T1-B1"), pytest.param(1, 4, id="T1-B4"), pytest.param(6, 1, id="T6-B1"), pytest.param(4, 0, id="T4-B0")]
 )
@@ -192,7 +202,8 @@ def test_dropout_between_layers():
 
 
 def test_backend_choice():
-    assert resolve_backend("auto", torch.device(DEVICE), torch.float32) == "triton"
+    expected = "triton" if TRITON_DEVICE == DEVICE else "reference"
+    assert resolve_backend("auto", torch.device(DEVICE), torch.float32) == expected
     assert resolve_backend("reference", torch.device(DEVICE), torch.float32) == "reference"
     assert tritonlstm.LSTM(2, 3).backend == "auto"
 
@@ -212,9 +223,9 @@ def test_never_calls_aten_lstm(monkeypatch):
     monkeypatch.setattr(torch._VF, "lstm", boom)
     with pytest.raises(AssertionError, match="_VF.lstm was called"):
         torch.nn.LSTM(2, 3)(torch.randn(2, 1, 2))  # the patch is effective
-    for backend in ("triton", "reference"):
-        m = tritonlstm.LSTM(2, 3, num_layers=2, bidirectional=True, backend=backend)
-        y, _ = m(torch.randn(3, 2, 2, requires_grad=True))
+    for backend in ("triton", "reference") if TRITON_DEVICE else ("reference",):
+        m = tritonlstm.LSTM(2, 3, num_layers=2, bidirectional=True, backend=backend).to(DEVICE)
+        y, _ = m(torch.randn(3, 2, 2, device=DEVICE, requires_grad=True))
         y.sum().backward()
 
 
@@ -315,7 +326,7 @@ def test_lengths_on_tensor_list_and_full_length():
 
 def _cell_pair(dtype, **kwargs):
     ref = torch.nn.LSTMCell(**kwargs).to(device=DEVICE, dtype=torch.float64)
-    ours = tritonlstm.LSTMCell(**kwargs, backend="triton").to(device=DEVICE, dtype=dtype)
+    ours = tritonlstm.LSTMCell(**kwargs, backend="auto").to(device=DEVICE, dtype=dtype)
     ours.load_state_dict(ref.state_dict())
     ref.load_state_dict(ours.state_dict())
     return ref, ours

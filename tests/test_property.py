@@ -80,7 +80,7 @@ def _inputs(config, batch, seq_len, with_hx):
 @given(case=lstm_cases())
 def test_matches_nn_lstm(case):
     config, batch, seq_len, with_hx, dtype = case
-    ref, ours = make_pair(dtype=dtype, backend="triton", **config)
+    ref, ours = make_pair(dtype=dtype, backend="auto", **config)
     x, hx = _inputs(config, batch, seq_len, with_hx)
     # compare_with_nn_lstm is shape-agnostic: it passes x/hx straight to both modules, so it covers the
     # unbatched (T, I) / (L*D, H) call as well; it asserts every output and every gradient is present and close
@@ -99,7 +99,7 @@ def test_partial_requires_grad_and_inference(case, data):
     """Only some leaves require grad and the loss reaches only some outputs (so the backward gets None for the
     others); which gradients exist and their values must match nn.LSTM's. A no-grad forward must match too."""
     config, batch, seq_len, with_hx, dtype = case
-    ref, ours = make_pair(dtype=dtype, backend="triton", **config)
+    ref, ours = make_pair(dtype=dtype, backend="auto", **config)
     x, hx = _inputs(config, batch, seq_len, with_hx)
     x = x.to(dtype)
     hx = None if hx is None else tuple(t.to(dtype) for t in hx)
@@ -262,7 +262,7 @@ def test_lengths_match_packed_nn_lstm(case: VarlenCase):
     """Ours on the padded batch with `lengths=` gives nn.LSTM's numbers for the same batch packed: padded output
     (zero past each length), h_n/c_n at each sequence's own last step, and every gradient."""
     dtype = case.dtype
-    ref, ours = make_pair(dtype=dtype, backend="triton", **case.config)
+    ref, ours = make_pair(dtype=dtype, backend="auto", **case.config)
     x, hx = _varlen_inputs(case)
     expected = _run_nn_lstm_packed(ref, x, hx, case)
 
@@ -295,7 +295,7 @@ def test_packed_matches_nn_lstm(case: VarlenCase):
     its batch_sizes/sorted_indices/unsorted_indices, h_n, c_n (in the caller's batch order) and every gradient."""
     dtype = case.dtype
     bf = case.config["batch_first"]
-    ref, ours = make_pair(dtype=dtype, backend="triton", **case.config)
+    ref, ours = make_pair(dtype=dtype, backend="auto", **case.config)
     x, hx = _varlen_inputs(case)
 
     def run(module, dt):
@@ -349,7 +349,7 @@ def test_lstm_cell_matches(case):
     every parameter (the loss reaches every step's h and the final c)."""
     config, batch, steps, with_hx, dtype = case
     ref = torch.nn.LSTMCell(**config).to(device=DEVICE, dtype=torch.float64)
-    ours = tritonlstm.LSTMCell(**config, backend="triton").to(device=DEVICE, dtype=dtype)
+    ours = tritonlstm.LSTMCell(**config, backend="auto").to(device=DEVICE, dtype=dtype)
     ours.load_state_dict(ref.state_dict())
     ref.load_state_dict(ours.state_dict())  # the oracle sees exactly the weights ours rounded to dtype
 

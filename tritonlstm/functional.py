@@ -1,8 +1,11 @@
-"""Functional LSTM: one layer and direction (:func:`lstm_layer`), and the multi-layer driver.
+"""Functional LSTM: one layer and direction (:func:`lstm_layer`), and the multi-layer driver (:func:`lstm`).
 
-On the Triton backend a layer is the custom op ``torch.ops.tritonlstm.layer_forward`` (:mod:`tritonlstm.ops`),
-whose registered autograd runs ``layer_backward``. :func:`lstm` mirrors ``torch._VF.lstm`` (what ``torch.nn.LSTM.forward`` calls): it takes the flat parameter
-list in ``_flat_weights_names`` order and runs every layer and direction through the chosen backend.
+Every layer goes through the custom op ``torch.ops.tritonlstm.layer_forward`` (:mod:`tritonlstm.ops`), whose
+registered autograd runs ``layer_backward``; the op picks the Triton kernels or the reference loop behind it. The
+one exception is ``torch.onnx.export`` with the dynamo exporter, which has no translation for our op: there each
+layer is written as the ONNX graph itself (:mod:`tritonlstm.onnx_graph`: the native ``LSTM`` operator, or a
+``Loop`` for projections). :func:`lstm` mirrors ``torch._VF.lstm`` (what ``torch.nn.LSTM.forward`` calls): it takes
+the flat parameter list in ``_flat_weights_names`` order.
 """
 
 from __future__ import annotations
@@ -12,8 +15,28 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from tritonlstm import ops, reference
-from tritonlstm.backend import resolve_backend
+from tritonlstm import ops
+
+
+def _exporting_with_dynamo() -> bool:
+    # torch.onnx.export(dynamo=True); the TorchScript exporter (dynamo=False) traces the op and uses its symbolic
+    return torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+
+
+def _layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, backend):
+    """One layer, parameters stacked over its D directions: ``(y [T,B,D*R], h_n [D,B,R], c_n [D,B,H])``."""
+    if _exporting_with_dynamo():
+        from tritonlstm import onnx_graph
+
+        return onnx_graph.layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    y, h_n, c_n, _, _ = ops.layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, need_grad, backend)
+    return y, h_n, c_n
+
+
+def _one(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t.unsqueeze(0) if t is not None else None
 
 
 def lstm_layer(
@@ -46,12 +69,10 @@ def lstm_layer(
     Returns:
         ``(y [T, B, R], h_n [B, R], c_n [B, H])`` in the input's dtype.
     """
-    if resolve_backend(backend, x.device, x.dtype) == "reference":
-        return reference.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
-    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    y, h_n, c_n, _, _ = ops.layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, need_grad)
-    return y, h_n, c_n
+    y, h_n, c_n = _layer(
+        x, _one(h0), _one(c0), _one(w_ih), _one(w_hh), _one(b_ih), _one(b_hh), _one(w_hr), lengths, reverse, backend
+    )
+    return y, h_n[0], c_n[0]
 
 
 def lstm(
@@ -66,6 +87,7 @@ def lstm(
     batch_first: bool,
     backend: str = "auto",
     lengths: torch.Tensor | None = None,
+    reverse: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Multi-layer, optionally bidirectional LSTM with ``torch._VF.lstm``'s arguments.
 
@@ -76,33 +98,34 @@ def lstm(
             order; a projection is recognised, as ``_VF.lstm`` does, by the number of tensors per layer.
         dropout, train: dropout on the outputs of every layer but the last, when ``train``.
         lengths: ``[B]`` sequence lengths of a padded batch (validated by the caller), or ``None``.
+        reverse: run every layer from the last step to the first (one direction only).
 
     Returns:
         ``(output, h_n, c_n)`` exactly as ``torch.nn.LSTM`` returns them for a padded (or packed) batch.
     """
-    num_directions = 2 if bidirectional else 1
-    per_layer = len(params) // (num_layers * num_directions)
+    D = 2 if bidirectional else 1
+    per_layer = len(params) // (num_layers * D)
     has_proj = per_layer == (5 if has_biases else 3)
     x = input.transpose(0, 1) if batch_first else input
     h_n, c_n = [], []
     for layer in range(num_layers):
-        outputs = []
-        for direction in range(num_directions):
-            idx = layer * num_directions + direction
-            w = params[idx * per_layer : (idx + 1) * per_layer]
-            b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
-            w_hr = w[-1] if has_proj else None
-            y, h, c = lstm_layer(
-                x, hx[0][idx], hx[1][idx], w[0], w[1], b_ih, b_hh, w_hr, lengths, direction == 1, backend
-            )
-            outputs.append(y)
-            h_n.append(h)
-            c_n.append(c)
-        x = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=-1)
+        w = [params[(layer * D + d) * per_layer : (layer * D + d + 1) * per_layer] for d in range(D)]
+
+        def stacked(k: int) -> torch.Tensor:
+            return w[0][k].unsqueeze(0) if D == 1 else torch.stack([wd[k] for wd in w])
+
+        b_ih, b_hh = (stacked(2), stacked(3)) if has_biases else (None, None)
+        w_hr = stacked(per_layer - 1) if has_proj else None
+        states = slice(layer * D, (layer + 1) * D)
+        x, h, c = _layer(
+            x, hx[0][states], hx[1][states], stacked(0), stacked(1), b_ih, b_hh, w_hr, lengths, reverse, backend
+        )
+        h_n.append(h)
+        c_n.append(c)
         if dropout > 0 and train and layer < num_layers - 1:
             x = F.dropout(x, p=dropout, training=True)
     output = x.transpose(0, 1) if batch_first else x
-    return output, torch.stack(h_n), torch.stack(c_n)
+    return output, torch.cat(h_n), torch.cat(c_n)
 
 
 def packed_layout(batch_sizes: torch.Tensor, sorted_indices: torch.Tensor | None, device: torch.device):

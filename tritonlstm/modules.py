@@ -86,6 +86,11 @@ class LSTM(nn.RNNBase):
             as for ``torch.nn.LSTM`` (``proj_size > 0`` included: LSTMP, projected in the same step pass).
         backend: ``"auto"`` (Triton wherever it can run, else the PyTorch reference loop), ``"triton"`` or
             ``"reference"``; ``None`` reads ``TRITONLSTM_BACKEND`` (default ``"auto"``). May be reassigned later.
+            Every backend runs behind the same custom op, so compile, export and ONNX see one graph.
+        reverse: run every layer from the last time step to the first (a single direction; Keras's
+            ``go_backwards``). Outputs stay aligned with the input's time axis: ``output[t]`` belongs to input
+            step ``t``, and ``h_n``/``c_n`` are the states after step 0 (with ``lengths``, each row starts at its
+            own last step).
 
     Inputs: ``input, (h_0, c_0)`` as for ``torch.nn.LSTM``: batched 3-D, unbatched 2-D, or a ``PackedSequence``
     (sorted or not). Extension: ``lengths=`` (keyword) gives per-sequence lengths of a padded batch, the fast
@@ -116,12 +121,16 @@ class LSTM(nn.RNNBase):
         dtype=None,
         *,
         backend: str | None = None,
+        reverse: bool = False,
     ) -> None:
         super().__init__(
             "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
             device, dtype,
         )  # fmt: skip
+        if reverse and bidirectional:
+            raise ValueError("reverse=True runs a single direction; it cannot be combined with bidirectional=True")
         self.backend = validate_backend(backend) if backend is not None else default_backend()
+        self.reverse = bool(reverse)
 
     def flatten_parameters(self) -> None:
         """No-op kept for drop-in use: the kernels take the parameters as they are, no cuDNN weight buffer."""
@@ -133,7 +142,13 @@ class LSTM(nn.RNNBase):
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
+        if getattr(self, "reverse", False):
+            s += ", reverse=True"
         return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("reverse", False)  # modules pickled before the option existed
 
     def forward(self, input, hx=None, *, lengths=None):
         """``torch.nn.LSTM.forward``, plus ``lengths``: per-sequence lengths of a padded batch.
@@ -143,7 +158,6 @@ class LSTM(nn.RNNBase):
         step (the reverse direction starts there): the numbers nn.LSTM gives for the same batch packed, without
         building a PackedSequence.
         """
-        self._update_flat_weights()
         real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         params = [getattr(self, name) for name in self._flat_weights_names]
         if isinstance(input, PackedSequence):
@@ -186,7 +200,7 @@ class LSTM(nn.RNNBase):
             lengths = _check_lengths(lengths, input, self.batch_first)
         output, h_n, c_n = functional.lstm(
             input, hx, params, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
-            self.batch_first, backend=self.backend, lengths=lengths,
+            self.batch_first, backend=self.backend, lengths=lengths, reverse=self.reverse,
         )  # fmt: skip
         if not is_batched:
             output = output.squeeze(batch_dim)
@@ -213,7 +227,7 @@ class LSTM(nn.RNNBase):
         padded = data.new_zeros(len(batch_sizes), max_batch_size, data.size(-1)).index_put((t_index, b_index), data)
         output, h_n, c_n = functional.lstm(
             padded, hx, params, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
-            False, backend=self.backend, lengths=lengths,
+            False, backend=self.backend, lengths=lengths, reverse=self.reverse,
         )  # fmt: skip
         return PackedSequence(output[t_index, b_index], batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
 
@@ -234,8 +248,9 @@ def _check_lengths(lengths, input: torch.Tensor, batch_first: bool) -> torch.Ten
     if B > 0 and not capturing:
         low, high = lengths.min().item(), lengths.max().item()  # symbolic (unbacked) under compile and export
         if torch.compiler.is_compiling():
-            torch._check(low >= 1, lambda: f"lengths must lie between 1 and the sequence length {T}")
-            torch._check(high <= T, lambda: f"lengths must lie between 1 and the sequence length {T}")
+            # dynamo takes only constant messages (T may be symbolic here)
+            torch._check(low >= 1, lambda: "lengths must lie between 1 and the sequence length")
+            torch._check(high <= T, lambda: "lengths must lie between 1 and the sequence length")
         elif low < 1 or high > T:
             raise ValueError(
                 f"lengths must lie between 1 and the sequence length {T}, got values from {low} to {high}"
@@ -347,3 +362,8 @@ class LSTMCell(nn.RNNCellBase):
                 "Input and hidden tensors are not the same dtype, found input tensor with "
                 f"{_scalar_type_name(input.dtype)} and hidden tensor with {_scalar_type_name(hx[1].dtype)}"
             )
+
+
+# torch.load(weights_only=True) rebuilds pickled modules only from allow-listed classes. Ours run no code on load
+# beyond nn.Module's own, so they are allowed as torch.nn's modules are; user code can keep its allowlist as is.
+torch.serialization.add_safe_globals([LSTM, LSTMCell])

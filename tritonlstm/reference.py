@@ -25,6 +25,13 @@ def lstm_layer(
     reverse: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One layer, one direction: ``(y [T, B, R], h_n [B, R], c_n [B, H])`` in the input's dtype."""
+    if torch.compiler.is_compiling():
+        # only the custom op may stand for a layer in a traced graph: tracing this loop would unroll it, fixing T
+        raise RuntimeError(
+            "tritonlstm: the reference step loop is being traced by torch.compile/torch.export/torch.onnx; that "
+            "would unroll the time loop with the sequence length fixed. Call the layer through tritonlstm.LSTM, "
+            "tritonlstm.lstm or tritonlstm.lstm_layer (the torch.library op) instead"
+        )
     dtype = x.dtype
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     gx = torch.nn.functional.linear(x, w_ih, b_ih)

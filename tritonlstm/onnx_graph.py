@@ -1,0 +1,136 @@
+"""What an LSTM layer becomes in ONNX, for both of torch's exporters.
+
+``torch.onnx.export(..., dynamo=True)`` (the default): :func:`layer` runs in place of the custom op while the
+exporter traces (:mod:`tritonlstm.functional` switches on ``torch.onnx.is_in_onnx_export()``). Without a
+projection it emits ONNX's native ``LSTM`` operator through ``torch.onnx.ops.symbolic_multi_out``: gates reordered
+from PyTorch's i, f, g, o to ONNX's i, o, f, c, ``direction`` forward, reverse or bidirectional, ``layout=0``,
+``sequence_lens`` from ``lengths``, initial states wired. With ``proj_size > 0``, which ONNX's LSTM cannot express,
+it is a ``torch.while_loop`` over time, which the exporter turns into an ONNX ``Loop``: dynamic in T and honouring
+``lengths``. Nothing here unrolls the time loop.
+
+``torch.onnx.export(..., dynamo=False)`` (TorchScript, deprecated by torch): the tracer records the custom op and
+:func:`_torchscript_symbolic`, registered for it, writes the same native ``LSTM`` node; a projection is refused
+with an error pointing to ``dynamo=True``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+OPSET = 18
+# the LSTM operator's `layout` attribute exists from opset 14; torch's TorchScript exporter stops at 20
+_TORCHSCRIPT_OPSETS = range(14, 21)
+
+
+def _gate_order(hidden: int, device: torch.device) -> torch.Tensor:
+    """Row indices taking PyTorch's gate blocks (i, f, g, o) to ONNX's (i, o, f, c)."""
+    return torch.cat([torch.arange(k * hidden, (k + 1) * hidden, device=device) for k in (0, 3, 1, 2)])
+
+
+def _direction(num_directions: int, reverse: bool) -> str:
+    return "bidirectional" if num_directions == 2 else ("reverse" if reverse else "forward")
+
+
+def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: bool):
+    """One layer (parameters stacked over D directions) as ONNX: ``(y [T,B,D*R], h_n [D,B,R], c_n [D,B,H])``."""
+    if w_hr is not None:
+        return _projected_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+    T, B = x.shape[0], x.shape[1]
+    D, H = w_ih.shape[0], w_hh.shape[2]
+    order = _gate_order(H, w_ih.device)
+    bias = torch.cat([b_ih[:, order], b_hh[:, order]], dim=1) if b_ih is not None else None
+    seq_lens = lengths.to(torch.int32) if lengths is not None else None
+    Y, Y_h, Y_c = torch.onnx.ops.symbolic_multi_out(
+        "LSTM",
+        [x, w_ih[:, order], w_hh[:, order], bias, seq_lens, h0, c0],
+        {"hidden_size": H, "direction": _direction(D, reverse), "layout": 0},
+        dtypes=[x.dtype] * 3,
+        shapes=[[T, D, B, H], [D, B, H], [D, B, H]],
+    )
+    y = Y[:, 0] if D == 1 else Y.permute(0, 2, 1, 3).reshape(T, B, D * H)
+    return y, Y_h, Y_c
+
+
+def _projected_direction(gx, h0, c0, w_hh, w_hr, lengths, reverse: bool):
+    """One direction of LSTMP as a ``torch.while_loop`` over time (an ONNX ``Loop``)."""
+    T = gx.shape[0]
+    # the loop body closes over these: plain tensors, not views, or tracing gives each view's base its own
+    # symbolic sizes, which can end up tied to (and specialise) the batch size
+    w_hh_t, w_hr_t = w_hh.t().contiguous(), w_hr.t().contiguous()
+    h0, c0 = h0.contiguous(), c0.contiguous()
+
+    def more(t, h, c, y):
+        return t < T
+
+    def step(t, h, c, y):
+        at = (T - 1 - t if reverse else t).reshape(1)
+        gates = gx.index_select(0, at)[0] + h @ w_hh_t
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h_new = (torch.sigmoid(o) * torch.tanh(c_new)) @ w_hr_t
+        if lengths is not None:
+            own = (at < lengths)[:, None]
+            h_new, c_new, y_t = torch.where(own, h_new, h), torch.where(own, c_new, c), torch.where(own, h_new, 0.0)
+        else:
+            y_t = h_new
+        return t + 1, h_new, c_new, y.index_copy(0, at, y_t[None])
+
+    start = torch.zeros((), dtype=torch.int64, device=gx.device)
+    y0 = gx.new_zeros(T, h0.shape[0], h0.shape[1])
+    _, h_n, c_n, y = torch.while_loop(more, step, (start, h0, c0, y0))
+    return y, h_n, c_n
+
+
+def _projected_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: bool):
+    D = w_ih.shape[0]
+    dirs = (False, True) if D == 2 else (reverse,)
+    runs = []
+    for d, rev in enumerate(dirs):
+        gx = torch.nn.functional.linear(x, w_ih[d], b_ih[d] + b_hh[d] if b_ih is not None else None)
+        runs.append(_projected_direction(gx, h0[d], c0[d], w_hh[d], w_hr[d], lengths, rev))
+    y, h_n, c_n = zip(*runs)
+    return (y[0] if D == 1 else torch.cat(y, dim=-1)), torch.stack(h_n), torch.stack(c_n)
+
+
+def _torchscript_symbolic(g, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, store_for_backward, backend):
+    """``tritonlstm::layer_forward`` for the TorchScript exporter: the native ``LSTM`` node."""
+    if not w_hr.node().mustBeNone():
+        raise RuntimeError(
+            "tritonlstm: an LSTM with proj_size > 0 has no ONNX LSTM operator and the TorchScript exporter cannot "
+            "write its loop; export with torch.onnx.export(..., dynamo=True) (the default), which writes an ONNX "
+            "Loop, or with tritonlstm.export.export_onnx"
+        )
+    shape = w_ih.type().sizes() if w_ih.type().kind() == "TensorType" else None
+    if not shape or len(shape) != 3 or w_hh.type().sizes() is None:
+        raise RuntimeError("tritonlstm: the TorchScript exporter needs the LSTM weights' shapes")
+    D, G = shape[0], shape[1]
+    H = G // 4
+    rev = reverse.toIValue()  # a constant bool: prim::Constant, or onnx::Constant holding a 0-d tensor
+    rev = bool(rev if rev is not None else reverse.node().t("value").item())
+    order = g.op("Constant", value_t=_gate_order(H, torch.device("cpu")))
+    W = g.op("Gather", w_ih, order, axis_i=1)
+    R = g.op("Gather", w_hh, order, axis_i=1)
+    inputs = [x, W, R]
+    if not b_ih.node().mustBeNone():
+        inputs.append(g.op("Concat", g.op("Gather", b_ih, order, axis_i=1), g.op("Gather", b_hh, order, axis_i=1), axis_i=1))
+    else:
+        inputs.append(g.op("Constant", value_t=torch.zeros(D, 2 * G)))
+    if not lengths.node().mustBeNone():
+        inputs.append(g.op("Cast", lengths, to_i=6))  # INT32
+    else:
+        inputs.append(g.op("prim::Constant").setType(torch._C.OptionalType.ofTensor()))
+    inputs += [h0, c0]
+    Y, Y_h, Y_c = g.op("LSTM", *inputs, hidden_size_i=H, direction_s=_direction(D, rev), layout_i=0, outputs=3)
+    if D == 1:
+        y = g.op("Squeeze", Y, g.op("Constant", value_t=torch.tensor([1])))
+    else:
+        y = g.op("Transpose", Y, perm_i=[0, 2, 1, 3])
+        y = g.op("Reshape", y, g.op("Constant", value_t=torch.tensor([0, 0, -1])))
+    empty = g.op("Constant", value_t=torch.zeros(0))
+    return y, Y_h, Y_c, empty, empty
+
+
+def register_torchscript_symbolic() -> None:
+    """Let ``torch.onnx.export(..., dynamo=False)`` translate ``tritonlstm::layer_forward``."""
+    for opset in _TORCHSCRIPT_OPSETS:
+        torch.onnx.register_custom_op_symbolic("tritonlstm::layer_forward", _torchscript_symbolic, opset)
