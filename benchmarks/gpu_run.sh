@@ -1,18 +1,43 @@
 #!/usr/bin/env bash
-# One call on a GPU machine: environment, the whole test suite on the compiled kernels (GPU tests included),
-# then the benchmark grid (GRID=quick by default; GRID=default for the full one) and its plots.
-# Everything lands under $OUT (default ./gpu-out); copy the CSV/PNGs into benchmarks/results/ and commit them.
-set -uo pipefail
-OUT=${OUT:-gpu-out}
-GRID=${GRID:-quick}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-{
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
-  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
-  git rev-parse HEAD 2>/dev/null || true
-} 2>&1 | tee "$OUT/env.txt"
-python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
-python3 -m pytest -q -rs -x --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.log" | tail -15
-python3 -m benchmarks.run --grid "$GRID" --out "$OUT" 2>&1 | tee "$OUT/bench.log"
-python3 -m benchmarks.plot "$OUT"/*.csv
+# The first-contact GPU run, as a short sequence of device calls, each well under the device tool's 10-minute
+# limit and writing at most 8 files under $OUT (the most that come back). Run from the repository root:
+#
+#   bash benchmarks/gpu_run.sh plan                 # here: prints the device command strings for this commit
+#   bash benchmarks/gpu_run.sh tests [all|gpu|rest] [K/N]   # call 1: env + install + GPU tests, then the rest
+#   bash benchmarks/gpu_run.sh bench GRID [K/N] [run.py options]   # call 2..: quick, or default 1/2 and 2/2
+#   bash benchmarks/gpu_run.sh plots DIR            # step 3, here (no GPU needed): PNGs of DIR/bench-*.csv
+#
+# A GPU session (device `status`: can_start_another true) does, in order:
+#   1. here: `bash benchmarks/gpu_run.sh plan`, and commit or note the commit it names (GIT_COMMIT: the device
+#      copy of the tree may lack .git, so the commit travels in the command string);
+#   2. device run with each command string it prints (each well under 2000 characters), one call at a time:
+#      tests, then bench quick, then bench default 1/2 and 2/2 as device time allows (30 min a session;
+#      a fresh machine takes a minute or two to start, and one left idle 30 s is given back);
+#   3. after each call, here: mkdir -p benchmarks/results/<device-slug> and copy the call's returned files
+#      (files_at) into it; the last line each call prints names <device-slug> (e.g. nvidia-h100-80gb-hbm3);
+#   4. here: bash benchmarks/gpu_run.sh plots benchmarks/results/<device-slug>, then commit that folder.
+# A call that fails or is cut off still returns its logs; each script's header says what to run next.
+# More rows when time allows, each a call of its own whose files go to the same folder (TAG keeps names apart):
+#   export GIT_COMMIT=<commit> TAG=lengths; bash benchmarks/gpu_run.sh bench quick 1/1 --providers tritonlstm-lengths cudnn-packed
+#   export GIT_COMMIT=<commit> TAG=graph; bash benchmarks/gpu_run.sh bench quick 1/1 --cuda-graph --providers tritonlstm cudnn
+# The scripts live in benchmarks/gpu/ (common.sh holds the shared strict mode, env record and install).
+set -euo pipefail
+HERE=$(dirname "$0")
+step=${1:-}
+[[ $# -gt 0 ]] && shift
+case $step in
+  tests) exec bash "$HERE/gpu/tests.sh" "$@" ;;
+  bench) exec bash "$HERE/gpu/bench.sh" "$@" ;;
+  plots) exec bash "$HERE/gpu/plots.sh" "$@" ;;
+  plan)
+    commit=$(git rev-parse --short=12 HEAD)$(git status --porcelain --untracked-files=no | grep -q . && echo -dirty || true)
+    for args in "tests" "bench quick" "bench default 1/2" "bench default 2/2"; do
+      echo "export GIT_COMMIT=$commit; bash benchmarks/gpu_run.sh $args"
+    done
+    ;;
+  *)
+    awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+    [[ -z $step ]] || { echo "unknown step: $step" >&2; exit 2; }
+    exit 2
+    ;;
+esac

@@ -1,23 +1,41 @@
 """Benchmark runner: LSTM kernels side by side, one CSV schema.
 
     python -m benchmarks.run --grid default --out benchmarks/results/     # on a GPU machine
+    python -m benchmarks.run --grid default --part 1/2 --name bench-default-1of2   # half the grid, own CSV
     python -m benchmarks.run --grid quick                                  # a few minutes of device time
     python -m benchmarks.run --smoke --out /tmp/bench                      # CPU: interpreter, tiny shapes
 
 Every provider times one LSTM layer *including its input GEMM* (x W_ih^T), in two modes: ``fwd`` (inference,
-no grad) and ``fwd+bwd`` (forward, a loss over output and final states, backward). Timing is
-``triton.testing.do_bench`` (median and 20/80 % quantiles, after warm-up) on random data; on CPU (smoke mode) a
-wall-clock timer with the same statistics. Before tritonlstm is timed on a shape its output must match cuDNN
-float32 within the dtype's test tolerance; a mismatch is written as a marked row, never timed.
+no grad) and ``fwd+bwd`` (forward, a loss over output and final states, backward). On a GPU each row is the
+median and 20/80 % quantiles of CUDA-event timings (at least 5 repetitions after warm-up, the L2 cache flushed
+before each, as ``triton.testing.do_bench`` does); on CPU (smoke mode) a wall-clock timer with the same
+statistics.
 
-Rows are appended to ``<out>/<device-slug>.csv``; ``python -m benchmarks.plot`` turns that file into PNGs.
+Correctness gate: before a tritonlstm provider is timed on a shape, its forward (output, h_n, c_n) must match
+nn.LSTM computed in float64 on the same weights and input rounded to the row's dtype, within the dtype's test
+tolerance (tests/helpers.py; TF32 rows use float16's, the precision of a TF32 operand). A mismatch is
+written as a marked row, never timed. The gate is exact on purpose: cuDNN's own float32 RNN runs in TF32 by
+default (``torch.backends.cudnn.rnn.fp32_precision == "tf32"``), so it is no reference for float32.
+
+Float32 precision per provider: ``tritonlstm`` and ``cudnn`` run exact fp32 (TF32 off for cuBLAS and cuDNN),
+``tritonlstm-tf32`` and ``cudnn-tf32`` with TF32 on. ``tritonlstm-lengths`` and ``cudnn-packed`` time a
+variable-length batch (lengths drawn once per shape, uniform in [T/2, T], the longest T): tritonlstm with
+``lengths=`` (a CUDA tensor), nn.LSTM through ``pack_padded_sequence``/``pad_packed_sequence`` (packing timed).
+
+Rows are appended to ``<out>/<name>.csv`` (``<name>`` defaults to the device's slug) and the measured peaks
+go to ``<out>/<name>-peaks.json``; ``python -m benchmarks.plot`` turns CSVs into PNGs. A row whose provider
+raised is written with ``ERROR`` in its note; the run then exits with status 1 after finishing the grid.
+The ``commit`` column is ``$GIT_COMMIT`` when set (machines without the repository's .git), else git's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import csv
 import datetime
+import importlib.metadata
 import json
 import os
 import re
@@ -30,13 +48,16 @@ from dataclasses import dataclass
 
 import torch
 
-if not torch.cuda.is_available():  # the kernels must be decorated for the interpreter before their first import
+if __name__ == "__main__" and not torch.cuda.is_available():
+    # CPU: the kernels run in Triton's interpreter, which must be on before triton is first imported. Only as a
+    # script: imported (by the tests) this module leaves the process's choice alone.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import triton  # noqa: E402
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 import tritonlstm  # noqa: E402
-from tests.helpers import assert_close  # noqa: E402  (the per-dtype tolerances live there, in one place)
+from tritonlstm.backend import triton_unavailable_reason  # noqa: E402
+from tests.helpers import TOLERANCES, assert_close  # noqa: E402  (the per-dtype tolerances live there, in one place)
 
 COLUMNS = [
     "date", "commit", "device", "torch", "triton", "provider", "dtype", "mode", "batch", "seq_len", "input_size",
@@ -45,8 +66,12 @@ COLUMNS = [
 ]  # fmt: skip
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MODES = ("fwd", "fwd+bwd")
-PROVIDERS = ("tritonlstm", "cudnn", "cudnn-tf32", "torch_compile", "flashrnn")
+PROVIDERS = (
+    "tritonlstm", "tritonlstm-tf32", "tritonlstm-lengths", "cudnn", "cudnn-tf32", "cudnn-packed", "torch_compile",
+    "flashrnn",
+)  # fmt: skip
 DEFAULT_PROVIDERS = ("tritonlstm", "cudnn", "cudnn-tf32", "flashrnn")
+GATED = tuple(p for p in PROVIDERS if p.startswith("tritonlstm"))
 # the sequential chain's floor per step and pass: one grid-wide sync with weights on chip (shared/ANCHORS.md);
 # an assumption from the anchors, not a measurement of this project
 STEP_LATENCY_FLOOR_US = 1.0
@@ -77,6 +102,20 @@ def _grid(name: str) -> list[Shape]:
 GRIDS = ("default", "quick", "smoke")
 
 
+def parse_part(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> (K, N) with 1 <= K <= N."""
+    m = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise argparse.ArgumentTypeError(f"--part takes K/N with 1 <= K <= N, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def grid_part(name: str, part: tuple[int, int] = (1, 1)) -> list[Shape]:
+    """Part K of N of a grid: every N-th shape from the K-th, so that each part gets its share of big shapes."""
+    k, n = part
+    return _grid(name)[k - 1 :: n]
+
+
 # ---------------------------------------------------------------------------------------------- environment
 
 
@@ -90,7 +129,17 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+def _version(package: str) -> str:
+    """The installed version, read without importing the package (Triton ships Linux wheels only)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def _commit() -> str:
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
@@ -99,16 +148,34 @@ def _commit() -> str:
         return "unknown"
 
 
+@contextlib.contextmanager
+def float32_precision(tf32: bool):
+    """TF32 on or off for cuBLAS (hence tritonlstm's recurrence, which follows it) and for cuDNN, RNNs included.
+
+    Only the legacy switches are touched, so the new per-operator flags (``torch.backends.cudnn.rnn.
+    fp32_precision``) follow them and torch never sees the two APIs mixed.
+    """
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def measure_peaks(device: str) -> dict:
     """Measured ceilings for the roofline: a big bf16 (CPU: fp32) matmul and a big device copy."""
     if device == "cuda":
         n = 8192
         a, b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16), torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-        ms = triton.testing.do_bench(lambda: a @ b, warmup=100, rep=500, return_mode="median")
+        a @ b  # cuBLAS handle and kernel selection
+        ms = _cuda_bench(lambda: a @ b, warmup_ms=100, rep_ms=500)[0]
         src = torch.randn(2**28, device="cuda")  # 1 GiB
         dst = torch.empty_like(src)
-        copy_ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
-        return {"matmul_tflops": 2 * n**3 / ms / 1e9, "copy_tb_s": 2 * src.numel() * 4 / copy_ms / 1e9,
+        dst.copy_(src)
+        copy_ms = _cuda_bench(lambda: dst.copy_(src), warmup_ms=50, rep_ms=300)[0]
+        del a, b, src, dst
+        return {"matmul_tflops": 2 * n**3 / ms / 1e9, "copy_tb_s": 2 * 2**28 * 4 / copy_ms / 1e9,
                 "matmul": f"bf16 {n}^3", "copy": "1 GiB fp32, read+write"}  # fmt: skip
     n = 512
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -123,44 +190,74 @@ def measure_peaks(device: str) -> dict:
 # ---------------------------------------------------------------------------------------------- timing
 
 
-def _cpu_bench(fn: Callable, reps: int = 5) -> tuple[float, float, float]:
+def _quantiles(times: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(times, n=10, method="inclusive")
+    return statistics.median(times), q[1], q[7]
+
+
+def _cpu_bench(fn: Callable, reps: int = 3) -> tuple[float, float, float]:  # smoke runs: few reps
     fn()  # warm-up (compilation, caches)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(times, n=10, method="inclusive")
-    return statistics.median(times), q[1], q[7]
+    return _quantiles(times)
 
 
-def _bench(fn: Callable, device: str, cuda_graph: bool) -> tuple[float, float, float]:
-    if device != "cuda":
-        return _cpu_bench(fn)
-    if cuda_graph:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+def _cuda_bench(fn: Callable, warmup_ms: float = 25, rep_ms: float = 200, min_reps: int = 5, max_reps: int = 500):
+    """Median and 20/80 % quantiles (ms) of per-call CUDA-event timings, L2 flushed before each call.
+
+    The caller has run ``fn`` once (compilation). Unlike do_bench's fixed time budget, at least ``min_reps``
+    timed calls are made even when one call outlasts ``rep_ms``, and no more than ``max_reps``.
+    """
+    flush = torch.empty(256 * 2**20 // 4, dtype=torch.int32, device="cuda")  # larger than any L2 so far
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    estimate = max(start.elapsed_time(end), 1e-3)
+    for _ in range(max(1, min(max_reps, round(warmup_ms / estimate)))):
+        fn()
+    n = max(min_reps, min(max_reps, round(rep_ms / estimate)))
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    for s, e in zip(starts, ends):
+        flush.zero_()
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return _quantiles([s.elapsed_time(e) for s, e in zip(starts, ends)])
+
+
+def _capture(fn: Callable) -> Callable:
+    """A CUDA graph of one call of ``fn`` (warmed up on a side stream, as capture requires); returns its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
             fn()
-        fn = graph.replay
-    ms, p20, p80 = triton.testing.do_bench(fn, warmup=50, rep=300, quantiles=[0.5, 0.2, 0.8])
-    return ms, p20, p80
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
-def _peak_mem_mb(fn: Callable, device: str) -> float | None:
+def _bench(fn: Callable, device: str, cuda_graph: bool) -> tuple[tuple[float, float, float], float | None]:
+    """(median, p20, p80) in ms and the peak memory of one eager call in MB (None on CPU)."""
     if device != "cuda":
-        return None
+        return _cpu_bench(fn), None
+    fn()  # compile and allocate (gradients) before measuring anything
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     fn()
     torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    return _cuda_bench(_capture(fn) if cuda_graph else fn), peak
 
 
 # ---------------------------------------------------------------------------------------------- providers
@@ -177,40 +274,33 @@ def _cudnn_algorithm(shape: Shape, dtype: torch.dtype) -> str:
     return "cuDNN persistent (PyTorch's rule)" if persistent else "cuDNN standard"
 
 
-def _make_step(module: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable:
-    if mode == "fwd":
-
-        def step():
-            with torch.no_grad():
-                return module(x)
-
-        return step
-
-    def step():
-        y, (h, c) = module(x)
-        (y.float().sum() + h.float().sum() + c.float().sum()).backward()
-        return y
-
-    return step
+def draw_lengths(shape: Shape) -> torch.Tensor:
+    """The lengths of the variable-length providers: uniform in [T/2, T], the first one T (int64, CPU)."""
+    g = torch.Generator().manual_seed(shape.batch * 7919 + shape.seq_len)
+    lengths = torch.randint(max(1, shape.seq_len // 2), shape.seq_len + 1, (shape.batch,), generator=g)
+    lengths[0] = shape.seq_len
+    return lengths
 
 
 def _provider_module(provider: str, shape: Shape, dtype: torch.dtype, device: str, ref: torch.nn.LSTM):
     """(module, note) for a provider, or (None, reason) when it cannot run here."""
-    if provider == "tritonlstm":
+    if provider.endswith("-tf32") and dtype != torch.float32:
+        return None, "TF32 applies to float32 only"
+    fp32 = ("; TF32 on" if provider.endswith("-tf32") else "; exact fp32 (TF32 off)") if dtype == torch.float32 else ""
+    if provider.startswith("tritonlstm"):
         m = tritonlstm.LSTM(shape.input_size, shape.hidden, backend="triton")
-        note = "per-step launch kernels; input GEMM included"
-    elif provider in ("cudnn", "cudnn-tf32"):
+        note = "per-step launch kernels" + fp32
+        if provider == "tritonlstm-lengths":
+            note += f"; lengths= on {device}, uniform in [T/2, T]"
+    elif provider.startswith("cudnn"):
         m = torch.nn.LSTM(shape.input_size, shape.hidden)
-        if device != "cuda":
-            note = "nn.LSTM on CPU (ATen, not cuDNN); input GEMM included"
-        else:
-            note = _cudnn_algorithm(shape, dtype) + "; input GEMM included"
-        if provider == "cudnn-tf32" and dtype != torch.float32:
-            return None, "TF32 applies to float32 only"
+        note = ("nn.LSTM on CPU (ATen, not cuDNN)" if device != "cuda" else _cudnn_algorithm(shape, dtype)) + fp32
+        if provider == "cudnn-packed":
+            note += "; pack_padded_sequence + pad_packed_sequence timed, lengths uniform in [T/2, T]"
     elif provider == "torch_compile":
         m = tritonlstm.LSTM(shape.input_size, shape.hidden, backend="reference")
         m.forward = torch.compile(m.forward)
-        note = "the reference step loop under torch.compile; input GEMM included"
+        note = "the reference step loop under torch.compile"
     elif provider == "flashrnn":
         try:
             import flashrnn  # noqa: F401
@@ -220,7 +310,78 @@ def _provider_module(provider: str, shape: Shape, dtype: torch.dtype, device: st
     else:
         raise ValueError(f"unknown provider {provider!r}")
     m.load_state_dict(ref.state_dict())
-    return m.to(device=device, dtype=dtype), note
+    return m.to(device=device, dtype=dtype), note + "; input GEMM included"
+
+
+def _forward(provider: str, module: torch.nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> Callable:
+    """A call of the provider on the padded batch ``x`` (T, B, I): returns (y padded, h_n, c_n)."""
+    if provider == "tritonlstm-lengths":
+        lengths_dev = lengths.to(x.device)
+
+        def forward():
+            y, (h, c) = module(x, lengths=lengths_dev)
+            return y, h, c
+
+    elif provider == "cudnn-packed":
+
+        def forward():
+            y, (h, c) = module(pack_padded_sequence(x, lengths, enforce_sorted=False))
+            return pad_packed_sequence(y, total_length=x.size(0))[0], h, c
+
+    else:
+
+        def forward():
+            y, (h, c) = module(x)
+            return y, h, c
+
+    return forward
+
+
+def _make_step(forward: Callable, mode: str) -> Callable:
+    if mode == "fwd":
+
+        def step():
+            with torch.no_grad():
+                return forward()[0]
+
+        return step
+
+    def step():
+        y, h, c = forward()
+        (y.float().sum() + h.float().sum() + c.float().sum()).backward()
+        return y
+
+    return step
+
+
+def _oracle(ref: torch.nn.LSTM, x: torch.Tensor, dtype: torch.dtype, lengths: torch.Tensor | None):
+    """nn.LSTM in float64 on the weights and input rounded to ``dtype``, i.e. what the provider sees."""
+    exact = copy.deepcopy(ref).to(device=x.device, dtype=dtype).to(torch.float64)
+    x64 = x.to(dtype).to(torch.float64)
+    with torch.no_grad():
+        if lengths is None:
+            y, (h, c) = exact(x64)
+        else:
+            y, (h, c) = exact(pack_padded_sequence(x64, lengths, enforce_sorted=False))
+            y = pad_packed_sequence(y, total_length=x.size(0))[0]
+    return y, h, c
+
+
+def correctness_gate(provider: str, module, ref, x32, dtype, lengths) -> str | None:
+    """None when the provider's forward matches the float64 oracle on this shape; else the mismatch."""
+    tol_dtype = torch.float16 if provider.endswith("-tf32") else dtype  # a TF32 operand has fp16's mantissa
+    uses_lengths = provider == "tritonlstm-lengths"
+    expected = _oracle(ref, x32, dtype, lengths if uses_lengths else None)
+    with torch.no_grad(), float32_precision(provider.endswith("-tf32")):
+        actual = _forward(provider, module, x32.to(dtype), lengths)()
+    try:
+        for a, e, name in zip(actual, expected, ("output", "h_n", "c_n")):
+            assert_close(a, e, tol_dtype, name)
+    except AssertionError as err:
+        tol = TOLERANCES[tol_dtype]
+        first = " ".join(str(err).split())[:200]
+        return f"MISMATCH vs float64 nn.LSTM (atol {tol.atol:g}*max|ref|, rtol {tol.rtol:g}): {first}"
+    return None
 
 
 def _floors(shape: Shape, mode: str, dtype: torch.dtype, peaks: dict) -> tuple[float, str]:
@@ -246,120 +407,138 @@ def _flops(shape: Shape, mode: str) -> float:
 # ---------------------------------------------------------------------------------------------- main loop
 
 
-def run(grid: str, providers: list[str], dtypes: list[str], modes: list[str], out: str, cuda_graph: bool) -> str:
+def run(grid: str, providers: list[str], dtypes: list[str], modes: list[str], out: str, cuda_graph: bool,
+        part: tuple[int, int] = (1, 1), name: str | None = None) -> tuple[str, int]:  # fmt: skip
+    """Times the grid (or one part of it); returns the CSV's path and the number of rows that raised."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     device_name = _device_name()
+    name = name or _slug(device_name)
     os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, f"{_slug(device_name)}.csv")
+    path = os.path.join(out, f"{name}.csv")
     peaks = measure_peaks(device)
-    with open(os.path.join(out, f"{_slug(device_name)}-peaks.json"), "w") as f:
+    with open(os.path.join(out, f"{name}-peaks.json"), "w") as f:
         json.dump({"device": device_name, "date": datetime.date.today().isoformat(), **peaks}, f, indent=1)
+    shapes = grid_part(grid, part)
     print(f"# {device_name}: matmul {peaks['matmul_tflops']:.4g} TFLOP/s ({peaks['matmul']}), copy "
-          f"{peaks['copy_tb_s']:.4g} TB/s ({peaks['copy']}); every provider includes the input GEMM")  # fmt: skip
+          f"{peaks['copy_tb_s']:.4g} TB/s ({peaks['copy']}); every provider includes the input GEMM\n"
+          f"# grid {grid} part {part[0]}/{part[1]}: {len(shapes)} shapes; providers {' '.join(providers)}")  # fmt: skip
     base = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": _commit(), "device": device_name,
-        "torch": torch.__version__, "triton": triton.__version__, "num_layers": 1, "bidirectional": False,
+        "torch": torch.__version__, "triton": _version("triton"), "num_layers": 1, "bidirectional": False,
         "cuda_graph": cuda_graph,
     }  # fmt: skip
+    errors = 0
     new_file = not os.path.exists(path)
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         if new_file:
             writer.writeheader()
-        for shape in _grid(grid):
+        for shape in shapes:
             for dtype_name in [d for d in dtypes if d in shape.dtypes]:
                 dtype = DTYPES[dtype_name]
                 torch.manual_seed(0)
                 ref = torch.nn.LSTM(shape.input_size, shape.hidden)
                 x32 = torch.randn(shape.seq_len, shape.batch, shape.input_size, device=device)
-                gate = _correctness_gate(ref, x32, dtype, device) if "tritonlstm" in providers else None
+                lengths = draw_lengths(shape)
                 for provider in providers:
-                    for mode in modes:
+                    rows = _provider_rows(provider, shape, dtype, modes, device, ref, x32, lengths, cuda_graph, peaks)
+                    for mode, result in zip(modes, rows):
                         row = dict(base, provider=provider, dtype=dtype_name, mode=mode, batch=shape.batch,
                                    seq_len=shape.seq_len, input_size=shape.input_size, hidden_size=shape.hidden)  # fmt: skip
-                        row.update(_measure(provider, shape, dtype, mode, device, ref, x32, cuda_graph, gate, peaks))
+                        row.update(result)
+                        errors += row["note"].startswith("ERROR")
                         writer.writerow(row)
                         f.flush()
                         print(_summary(row), flush=True)
-    return path
+    return path, errors
 
 
-def _correctness_gate(ref: torch.nn.LSTM, x32: torch.Tensor, dtype: torch.dtype, device: str) -> str | None:
-    """None when tritonlstm matches nn.LSTM float32 on this shape; else the mismatch, which marks its rows."""
-    if device == "cpu" and dtype == torch.bfloat16:
-        return "bf16 is not gated on CPU (the interpreter cannot run it)"
-    ours = tritonlstm.LSTM(ref.input_size, ref.hidden_size, backend="triton")
-    ours.load_state_dict(ref.state_dict())
-    ours = ours.to(device=device, dtype=dtype)
-    with torch.no_grad():
-        expected = ref.to(device)(x32)
-        actual = ours(x32.to(dtype))
+def _error(err: BaseException) -> str:
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()  # the next rows still get the memory
+    return f"ERROR: {type(err).__name__}: {' '.join(str(err).split())[:300]}"
+
+
+def _provider_rows(provider, shape, dtype, modes, device, ref, x32, lengths, cuda_graph, peaks) -> list[dict]:
+    """One result per mode: timings, or a note saying why the row is not timed."""
     try:
-        for a, e, name in ((actual[0], expected[0], "output"), (actual[1][0], expected[1][0], "h_n"), (actual[1][1], expected[1][1], "c_n")):
-            assert_close(a, e, dtype, name)
-    except AssertionError as err:
-        return "MISMATCH vs cuDNN fp32: " + str(err).splitlines()[0][:200]
-    return None
-
-
-def _measure(provider, shape, dtype, mode, device, ref, x32, cuda_graph, gate, peaks) -> dict:
-    if provider == "tritonlstm" and gate is not None and gate.startswith("MISMATCH"):
-        return {"note": gate + " (not timed)"}
-    module, note = _provider_module(provider, shape, dtype, device, ref)
-    if module is None:
-        return {"note": f"skipped: {note}"}
+        module, note = _provider_module(provider, shape, dtype, device, ref)
+        if module is None:
+            return [{"note": f"skipped: {note}"} for _ in modes]
+        if provider in GATED:
+            gate = correctness_gate(provider, module, ref, x32, dtype, lengths)
+            if gate is not None:
+                return [{"note": f"{gate} (not timed)"} for _ in modes]
+            note += "; gate passed (float64 nn.LSTM)"
+    except Exception as err:  # recorded in the row and counted: the run exits 1 at the end
+        return [{"note": _error(err)} for _ in modes]
+    results = []
     x = x32.to(dtype)
-    step = _make_step(module, x, mode)
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = provider == "cudnn-tf32"
-    try:
-        ms, p20, p80 = _bench(step, device, cuda_graph)
-        mem = _peak_mem_mb(step, device)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-    floor, kind = _floors(shape, mode, dtype, peaks)
-    if device == "cpu":
-        note += "; CPU wall-clock timer"
-    return {
-        "ms": f"{ms:.4f}", "ms_p20": f"{p20:.4f}", "ms_p80": f"{p80:.4f}",
-        "us_per_step": f"{ms * 1e3 / shape.seq_len:.3f}",
-        "tokens_per_s": f"{shape.batch * shape.seq_len / ms * 1e3:.1f}",
-        "tflops": f"{_flops(shape, mode) / ms / 1e9:.3f}",
-        "peak_mem_mb": "" if mem is None else f"{mem:.1f}",
-        "floor_ms": f"{floor:.4f}", "floor_kind": kind, "achieved_over_floor": f"{ms / floor:.2f}",
-        "note": note + (f"; {gate}" if gate and provider == "tritonlstm" else ""),
-    }  # fmt: skip
+    for mode in modes:
+        try:
+            step = _make_step(_forward(provider, module, x, lengths), mode)
+            with float32_precision(provider.endswith("-tf32")):
+                (ms, p20, p80), mem = _bench(step, device, cuda_graph)
+        except Exception as err:  # as above
+            results.append({"note": _error(err)})
+            continue
+        module.zero_grad(set_to_none=True)
+        floor, kind = _floors(shape, mode, dtype, peaks)
+        results.append({
+            "ms": f"{ms:.4f}", "ms_p20": f"{p20:.4f}", "ms_p80": f"{p80:.4f}",
+            "us_per_step": f"{ms * 1e3 / shape.seq_len:.3f}",
+            "tokens_per_s": f"{shape.batch * shape.seq_len / ms * 1e3:.1f}",
+            "tflops": f"{_flops(shape, mode) / ms / 1e9:.3f}",
+            "peak_mem_mb": "" if mem is None else f"{mem:.1f}",
+            "floor_ms": f"{floor:.4f}", "floor_kind": kind, "achieved_over_floor": f"{ms / floor:.2f}",
+            "note": note + ("; CPU wall-clock timer" if device == "cpu" else ""),
+        })  # fmt: skip
+    return results
 
 
 def _summary(row: dict) -> str:
     shape = f"B={row['batch']:<5} T={row['seq_len']:<5} H={row['hidden_size']:<5}"
     timing = f"{row.get('ms', '-') or '-':>10} ms  {row.get('us_per_step', '') or '':>9} us/step" if row.get("ms") else "  (not timed)"
-    return f"{row['provider']:<14} {row['dtype']:<5} {row['mode']:<8} {shape} {timing}  {row.get('note', '')}"
+    return f"{row['provider']:<18} {row['dtype']:<5} {row['mode']:<8} {shape} {timing}  {row.get('note', '')}"
 
 
-def main(argv: list[str] | None = None) -> None:
+def _check_kernels_can_run() -> None:
+    reason = triton_unavailable_reason(torch.device("cpu"), torch.float32)
+    if not torch.cuda.is_available() and reason is not None:
+        sys.exit(f"no CUDA GPU, and the Triton kernels cannot run on CPU here: {reason}")
+
+
+def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--grid", choices=GRIDS, default="default", help=f"shape grid: {', '.join(GRIDS)} (default: default)")
     ap.add_argument("--quick", action="store_true", help="same as --grid quick")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke run: --grid smoke, providers tritonlstm and cudnn, fp32")
-    ap.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(DEFAULT_PROVIDERS),
+    ap.add_argument("--part", type=parse_part, default=(1, 1), metavar="K/N",
+                    help="run part K of N of the grid (every N-th shape from the K-th), e.g. 1/2")  # fmt: skip
+    ap.add_argument("--providers", nargs="+", choices=PROVIDERS, default=None,
                     help=f"providers: {', '.join(PROVIDERS)} (default: {' '.join(DEFAULT_PROVIDERS)})")  # fmt: skip
-    ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES), help="dtypes: fp32 fp16 bf16")
+    ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=None, help="dtypes: fp32 fp16 bf16")
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="modes: fwd, fwd+bwd")
     ap.add_argument("--cuda-graph", action="store_true", help="time replays of a captured CUDA graph")
-    ap.add_argument("--out", default="benchmarks/results", help="folder of the CSV (<device-slug>.csv) and peaks")
+    ap.add_argument("--out", default="benchmarks/results", help="folder of the CSV and the peaks")
+    ap.add_argument("--name", help="file stem of the CSV and peaks (default: the device's slug)")
     args = ap.parse_args(argv)
-    grid, providers, dtypes = args.grid, args.providers, args.dtypes
-    if args.quick:
-        grid = "quick"
+    grid = "quick" if args.quick else args.grid
+    providers, dtypes = args.providers or list(DEFAULT_PROVIDERS), args.dtypes or list(DTYPES)
     if args.smoke:
-        grid, providers, dtypes = "smoke", ["tritonlstm", "cudnn"], ["fp32"]
+        grid = "smoke"
+        providers, dtypes = args.providers or ["tritonlstm", "cudnn"], args.dtypes or ["fp32"]
     if grid != "smoke" and not torch.cuda.is_available():
         sys.exit("the default and quick grids need a CUDA GPU; on CPU use --smoke")
-    path = run(grid, providers, dtypes, args.modes, args.out, args.cuda_graph)
+    if any(p.startswith("tritonlstm") for p in providers):
+        _check_kernels_can_run()
+    path, errors = run(grid, providers, dtypes, args.modes, args.out, args.cuda_graph, args.part, args.name)
     print(f"# rows appended to {path}")
+    if errors:
+        sys.exit(f"# {errors} rows raised an error (ERROR in their note): see {path}")
+    return path
 
 
 if __name__ == "__main__":

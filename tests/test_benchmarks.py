@@ -1,14 +1,33 @@
-"""Smoke run of the benchmark runner and plot script on CPU, so neither can rot."""
+"""The benchmark runner, its correctness gate, the plot script and the GPU scripts, exercised on CPU so none can rot.
+
+Runner tests that time tritonlstm need the Triton kernels (CPU: TRITON_INTERPRET=1); the plots need matplotlib
+(skipped, with the reason, without it); the GPU scripts are checked with `bash -n`, their dry runs (the files
+each call writes, against the count its header claims and the device tool's limit of 8) and a real CPU run
+of the smoke grid.
+"""
 
 from __future__ import annotations
 
 import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks import plot, run
+from benchmarks import run
+from tests.helpers import TOLERANCES, TRITON_DEVICE, requires_triton
 
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = {  # script: the invocations the plan uses (the first is the one its header's count describes)
+    "benchmarks/gpu/tests.sh": [[], ["gpu"], ["rest", "1/2"], ["rest", "2/2"]],
+    "benchmarks/gpu/bench.sh": [["quick"], ["default", "1/2"], ["default", "2/2"], ["smoke"]],
+    "benchmarks/gpu/plots.sh": [["benchmarks"]],
+}
 REQUIRED = (
     "date, commit, device, torch, triton, provider, dtype, mode, batch, seq_len, input_size, hidden_size, num_layers, "
     "bidirectional, cuda_graph, ms, ms_p20, ms_p80, us_per_step, tokens_per_s, tflops, peak_mem_mb, note"
@@ -16,20 +35,48 @@ REQUIRED = (
 
 
 def _read(folder):
-    (path,) = folder.glob("*.csv")
+    (path,) = Path(folder).glob("*.csv")
     with open(path, newline="") as f:
         return path, list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------------------------------------- runner
 
 
 def test_help_lists_grids_providers_dtypes_and_modes(capsys):
     with pytest.raises(SystemExit):
         run.main(["--help"])
     text = capsys.readouterr().out
-    for word in (*run.GRIDS, *run.PROVIDERS, "fp32", "fp16", "bf16", "fwd+bwd", "input GEMM"):
+    for word in (*run.GRIDS, *run.PROVIDERS, "fp32", "fp16", "bf16", "fwd+bwd", "input GEMM", "--part", "float64"):
         assert word in text, word
 
 
-def test_smoke_run_writes_the_csv_schema_and_plots(tmp_path):
+def test_grid_parts_split_the_grid_without_overlap():
+    for grid in ("default", "quick"):
+        for n in (1, 2, 3):
+            parts = [run.grid_part(grid, (k, n)) for k in range(1, n + 1)]
+            assert sorted(sum(parts, []), key=repr) == sorted(run.grid_part(grid), key=repr)
+            assert all(parts), f"{grid} in {n} parts leaves one empty"
+    assert run.parse_part("2/3") == (2, 3)
+    for bad in ("0/2", "3/2", "1", "a/b"):
+        with pytest.raises(Exception, match="K/N"):
+            run.parse_part(bad)
+
+
+def test_float32_precision_switches_tf32_for_cublas_and_cudnn_rnns_and_restores_it():
+    rnn = torch.backends.cudnn.rnn  # the flag that makes cuDNN's fp32 LSTM TF32 by default
+    before = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, rnn.fp32_precision)
+    with run.float32_precision(False):
+        assert torch.get_float32_matmul_precision() == "highest"
+        assert not torch.backends.cudnn.allow_tf32 and rnn.fp32_precision != "tf32"
+    with run.float32_precision(True):
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cudnn.allow_tf32 and rnn.fp32_precision == "tf32"
+    assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, rnn.fp32_precision) == before
+
+
+@requires_triton
+def test_smoke_run_writes_the_csv_schema(tmp_path):
     run.main(["--smoke", "--out", str(tmp_path)])
     path, rows = _read(tmp_path)
     assert set(REQUIRED) <= set(rows[0])
@@ -39,27 +86,70 @@ def test_smoke_run_writes_the_csv_schema_and_plots(tmp_path):
         assert float(r["ms"]) > 0 and float(r["ms_p20"]) <= float(r["ms"]) <= float(r["ms_p80"]), r
         assert float(r["us_per_step"]) == pytest.approx(float(r["ms"]) * 1e3 / int(r["seq_len"]), rel=1e-3)
         assert r["floor_kind"] in ("compute", "memory", "latency") and float(r["achieved_over_floor"]) > 0
-        assert "input GEMM included" in r["note"] and "MISMATCH" not in r["note"]
-    run.main(["--smoke", "--out", str(tmp_path)])  # appends, one header
-    assert len(_read(tmp_path)[1]) == 16
-    for png in plot.main([str(path)]):
-        with open(png, "rb") as f:
-            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert "input GEMM included" in r["note"] and "MISMATCH" not in r["note"] and "ERROR" not in r["note"]
+        assert ("gate passed (float64 nn.LSTM)" in r["note"]) == (r["provider"] == "tritonlstm"), r["note"]
+    run.main(["--smoke", "--out", str(tmp_path), "--modes", "fwd", "--providers", "cudnn"])  # appends, one header
+    assert len(_read(tmp_path)[1]) == 10
 
 
-def test_correctness_gate_marks_a_mismatch_and_does_not_time_it(tmp_path, monkeypatch):
+@requires_triton
+def test_variable_length_and_tf32_providers_pass_the_gate_and_are_timed(tmp_path):
+    providers = ["tritonlstm-tf32", "tritonlstm-lengths", "cudnn-packed"]
+    run.main(["--smoke", "--out", str(tmp_path), "--modes", "fwd+bwd", "--providers", *providers])
+    _, rows = _read(tmp_path)
+    assert [r["provider"] for r in rows] == providers * 2
+    for r in rows:
+        assert float(r["ms"]) > 0 and "ERROR" not in r["note"] and "MISMATCH" not in r["note"], r
+    assert all("lengths" in r["note"] for r in rows if r["provider"] != "tritonlstm-tf32")
+
+
+@requires_triton
+@pytest.mark.parametrize("provider", ["tritonlstm", "tritonlstm-lengths"])
+def test_correctness_gate_marks_a_mismatch_and_does_not_time_it(tmp_path, monkeypatch, provider):
     forward = run.tritonlstm.LSTM.forward
 
     def wrong(self, *args, **kwargs):
         y, (h, c) = forward(self, *args, **kwargs)
-        return y + 0.1, (h, c)
+        return y, (h, c + 0.1)  # only the cell state: the gate must check every output
 
     monkeypatch.setattr(run.tritonlstm.LSTM, "forward", wrong)
-    run.main(["--smoke", "--out", str(tmp_path), "--modes", "fwd"])
+    run.main(["--smoke", "--out", str(tmp_path), "--modes", "fwd", "fwd+bwd", "--providers", provider, "cudnn"])
     _, rows = _read(tmp_path)
-    ours = [r for r in rows if r["provider"] == "tritonlstm"]
-    assert ours and all(r["ms"] == "" and "MISMATCH" in r["note"] and "not timed" in r["note"] for r in ours)
-    assert all(r["ms"] for r in rows if r["provider"] == "cudnn")
+    ours = [r for r in rows if r["provider"] == provider]
+    assert len(ours) == 4
+    for r in ours:
+        assert r["ms"] == "" and r["us_per_step"] == "", r
+        assert "MISMATCH vs float64 nn.LSTM" in r["note"] and "c_n" in r["note"] and "not timed" in r["note"], r
+    assert all(float(r["ms"]) > 0 for r in rows if r["provider"] == "cudnn")
+
+
+@requires_triton
+def test_gate_uses_the_float64_oracle_and_the_tolerance_of_the_dtype():
+    """An error of 10x the float32 tolerance fails an fp32 row and passes a TF32 one (float16's tolerance)."""
+    shape = run.Shape(3, 4, 8, 5)
+    ref = torch.nn.LSTM(shape.input_size, shape.hidden)
+    x = torch.randn(shape.seq_len, shape.batch, shape.input_size, device=TRITON_DEVICE)
+    lengths = run.draw_lengths(shape)
+    module, _ = run._provider_module("tritonlstm", shape, torch.float32, TRITON_DEVICE, ref)
+    assert run.correctness_gate("tritonlstm", module, ref, x, torch.float32, lengths) is None
+    error = 10 * TOLERANCES[torch.float32].atol
+    assert error < TOLERANCES[torch.float16].atol
+    forward = module.forward
+    module.forward = lambda *a, **k: (lambda y, hc: (y + error, hc))(*forward(*a, **k))
+    assert "output" in run.correctness_gate("tritonlstm", module, ref, x, torch.float32, lengths)
+    assert run.correctness_gate("tritonlstm-tf32", module, ref, x, torch.float32, lengths) is None
+
+
+def test_a_provider_that_raises_is_recorded_and_fails_the_run(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(torch.nn.LSTM, "forward", broken)
+    with pytest.raises(SystemExit, match="2 rows raised an error"):
+        run.main(["--smoke", "--out", str(tmp_path), "--modes", "fwd", "--providers", "cudnn"])
+    _, rows = _read(tmp_path)
+    assert len(rows) == 2
+    assert all(r["ms"] == "" and r["note"].startswith("ERROR: RuntimeError: CUDA error") for r in rows), rows
 
 
 def test_floors_pick_the_binding_limit():
@@ -76,3 +166,138 @@ def test_cudnn_algorithm_note_follows_pytorch_rule():
     assert "standard" in run._cudnn_algorithm(run.Shape(256, 1024, 768, 768), torch.float16)  # batch > 128
     assert "standard" in run._cudnn_algorithm(run.Shape(64, 1024, 768, 768), torch.float32)
     assert "no cuDNN path" in run._cudnn_algorithm(run.Shape(64, 1024, 768, 768), torch.bfloat16)
+
+
+def test_lengths_are_reproducible_and_in_range():
+    shape = run.Shape(64, 100, 8, 8)
+    lengths = run.draw_lengths(shape)
+    assert torch.equal(lengths, run.draw_lengths(shape)) and lengths.dtype == torch.int64
+    assert lengths.max() == 100 and lengths.min() >= 50
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+
+def _fake_rows(commit: str, date: str) -> list[dict]:
+    """GPU-like rows: two batches, cuDNN in two dtypes, tritonlstm full and variable-length, one untimed row."""
+    rows = []
+    for batch in (16, 64):
+        for provider, dtype, ms in (
+            ("cudnn", "fp16", 2.0), ("cudnn", "bf16", 8.0), ("tritonlstm", "bf16", 4.0), ("tritonlstm", "fp16", 1.0),
+            ("cudnn-packed", "fp16", 10.0), ("tritonlstm-lengths", "fp16", 5.0), ("tritonlstm", "fp32", None),
+        ):  # fmt: skip
+            timed = ms is not None
+            rows.append(dict(
+                date=date, commit=commit, device="NVIDIA H100", torch="2.11", triton="3.6", provider=provider,
+                dtype=dtype, mode="fwd", batch=batch, seq_len=1024, input_size=768, hidden_size=768, num_layers=1,
+                bidirectional=False, cuda_graph=False, ms=ms if timed else "", ms_p20=ms if timed else "",
+                ms_p80=ms if timed else "", us_per_step=ms if timed else "", tokens_per_s="", tflops="",
+                peak_mem_mb=100.0 if timed else "", floor_ms="", floor_kind="", achieved_over_floor="",
+                note="" if timed else "MISMATCH vs float64 nn.LSTM (not timed)",
+            ))  # fmt: skip
+    return rows
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=run.COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_plot_merges_parts_and_uses_the_newest_commit(tmp_path):
+    pytest.importorskip("matplotlib", reason="benchmarks/plot.py needs matplotlib (pip install -e '.[bench]')")
+    from benchmarks import plot
+
+    _write_csv(tmp_path / "bench-default-1of2.csv", _fake_rows("old", "2026-01-01T00:00:00")[:7])
+    _write_csv(tmp_path / "bench-default-2of2.csv", _fake_rows("new", "2026-02-01T00:00:00")[7:])
+    rows = plot._rows([str(p) for p in sorted(tmp_path.glob("*.csv"))], None)
+    assert {r["commit"] for r in rows} == {"new"} and len(rows) == 6  # the untimed row is left out
+    ratios = plot.speedups(rows)
+    # against the best cuDNN time in any dtype (2.0 ms, fp16); the variable-length one against cudnn-packed
+    expected = {"tritonlstm bf16": 0.5, "tritonlstm fp16": 2.0, "tritonlstm-lengths fp16": 2.0}
+    assert ratios[("fwd", 64, 1024, 768)] == expected
+    outs = plot.main([str(p) for p in sorted(tmp_path.glob("*.csv"))] + ["--commit", "old"])
+    assert outs == [str(tmp_path / f"bench-{k}.png") for k in ("time-per-step", "speedup", "memory")]
+    for png in outs:
+        assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------- GPU scripts
+
+
+def _bash(*args, env=None, check=True):
+    return subprocess.run(["bash", *args], cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True,
+                          text=True, check=check, timeout=120)  # fmt: skip
+
+
+@pytest.mark.parametrize("script", [*SCRIPTS, "benchmarks/gpu/common.sh", "benchmarks/gpu_run.sh"])
+def test_script_parses(script):
+    _bash("-n", script)
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_script_writes_at_most_8_files_and_as_many_as_its_header_says(script):
+    header = (ROOT / script).read_text().split("\nsource ")[0]
+    claim = int(re.search(r"# Writes (\d+) files under \$OUT", header).group(1))
+    assert re.search(r"# Expected duration", header) and "set -euo pipefail" in header, script
+    for n, args in enumerate(SCRIPTS[script]):
+        files = _bash(script, *args, env={"DRY_RUN": "1"}).stdout.split()
+        assert len(files) == len(set(files)) <= 8, (args, files)
+        assert all(re.fullmatch(r"[A-Za-z0-9._-]+", f) for f in files), files  # names the device tool returns
+        assert len(files) == claim if n == 0 else len(files) <= claim, (args, files, claim)
+
+
+@pytest.mark.skipif(
+    not (ROOT / ".git").exists() or shutil.which("git") is None,
+    reason="gpu_run.sh plan reads the commit: needs git and the repository's .git (a device copy may have neither)",
+)
+def test_plan_prints_short_device_commands_with_the_commit():
+    lines = _bash("benchmarks/gpu_run.sh", "plan").stdout.splitlines()
+    steps = [line.split("gpu_run.sh ")[1] for line in lines]
+    assert steps == ["tests", "bench quick", "bench default 1/2", "bench default 2/2"]
+    for line in lines:
+        assert len(line) < 2000 and re.match(r"export GIT_COMMIT=[0-9a-f]{12}(-dirty)?; bash ", line), line
+    # every part of the default grid is in the plan
+    parts = [line.split()[-1] for line in lines if "default" in line]
+    assert sorted(sum((run.grid_part("default", run.parse_part(p)) for p in parts), []), key=repr) == sorted(
+        run.grid_part("default"), key=repr
+    )
+
+
+def test_bench_script_runs_the_smoke_grid_on_cpu_and_writes_exactly_its_files(tmp_path):
+    out = tmp_path / "out"
+    env = {"OUT": str(out), "SKIP_INSTALL": "1", "PYTHON": sys.executable, "GIT_COMMIT": "abc123"}
+    args = ["benchmarks/gpu/bench.sh", "smoke", "1/1", "--providers", "cudnn", "--modes", "fwd"]
+    result = _bash(*args, env=env)
+    declared = _bash(*args, env={**env, "DRY_RUN": "1"}).stdout.split()
+    assert sorted(p.name for p in out.iterdir()) == sorted(declared)
+    envfile = (out / "env-bench-smoke.txt").read_text()
+    for key in ("git_commit: abc123", "nvidia-smi:", "torch:", "triton:", "numpy:", "device:", "python:"):
+        assert key in envfile, key
+    _, rows = _read(out)
+    assert len(rows) == 2 and all(r["commit"] == "abc123" and float(r["ms"]) > 0 for r in rows)
+    assert re.search(r"copy the returned files into benchmarks/results/[a-z0-9-]+/\n", result.stdout)
+
+
+def test_scripts_fail_loudly_on_a_failed_install(tmp_path):
+    fake = tmp_path / "python3"  # the real interpreter, except that `-m pip` fails as a broken install would
+    fake.write_text(
+        '#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = pip ]; then echo "ERROR: no matching wheel" >&2; exit 1; fi\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    fake.chmod(0o755)
+    env = {"OUT": str(tmp_path / "out"), "PYTHON": str(fake)}
+    result = _bash("benchmarks/gpu/bench.sh", "smoke", env=env, check=False)
+    assert result.returncode != 0
+    assert "ERROR: no matching wheel" in result.stdout + result.stderr
+    assert "FAILED: pip install -e . failed" in result.stderr
+    assert not (tmp_path / "out" / "bench-smoke.csv").exists(), "nothing may run after a failed install"
+
+
+def test_plots_script_writes_its_files_beside_the_csvs(tmp_path):
+    pytest.importorskip("matplotlib", reason="benchmarks/plot.py needs matplotlib (pip install -e '.[bench]')")
+    _write_csv(tmp_path / "bench-quick.csv", _fake_rows("c1", "2026-01-01T00:00:00"))
+    _bash("benchmarks/gpu/plots.sh", str(tmp_path), env={"PYTHON": sys.executable, "OUT": ""})
+    declared = _bash("benchmarks/gpu/plots.sh", str(tmp_path), env={"DRY_RUN": "1"}).stdout.split()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(declared + ["bench-quick.csv"])

@@ -11,6 +11,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 onnx = pytest.importorskip("onnx", reason="ONNX export needs the onnx extra: pip install -e '.[onnx]'")
 ort = pytest.importorskip("onnxruntime", reason="ONNX verification needs the onnx extra: pip install -e '.[onnx]'")
+pytest.importorskip("onnxscript", reason="ONNX export needs the onnx extra: pip install -e '.[onnx]'")
 
 import tritonlstm  # noqa: E402
 from tritonlstm import functional  # noqa: E402

@@ -1,19 +1,53 @@
-"""GPU-only: the compiled kernels (not the interpreter) against nn.LSTM, in float32, float16 and bfloat16.
+"""GPU-only: the compiled kernels (not the interpreter) on CUDA tensors, in float32, float16 and bfloat16.
 
-Skipped, with the reason, on machines without CUDA; run them with `bash benchmarks/gpu_run.sh` on a GPU.
+Needs a CUDA GPU; skipped, with that reason, everywhere else (with or without TRITON_INTERPRET). Run them on a GPU
+with `bash benchmarks/gpu_run.sh tests` (benchmarks/gpu/tests.sh), which runs these first.
+
+The oracle is nn.LSTM / nn.LSTMCell in float64 on the same (rounded) weights and inputs, with the tolerances of
+tests/helpers.py. float32 is compared exactly: every test here runs with TF32 off for cuBLAS and cuDNN (cuDNN's
+float32 RNN defaults to TF32, `torch.backends.cudnn.rnn.fp32_precision == "tf32"`), and each test ends with a
+device synchronisation, so an asynchronous kernel fault is reported by the test that caused it.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import tritonlstm
-from tests.helpers import compare_with_nn_lstm, make_pair, requires_gpu, run_and_grad
+from tests.helpers import assert_close, compare_with_nn_lstm, make_pair, requires_gpu, run_and_grad, weighted_loss
 
 pytestmark = [pytest.mark.gpu, requires_gpu]
 
 GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.fixture(autouse=True)
+def exact_float32_and_synchronised():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # the legacy switches only:
+    try:  # the per-operator flags (cudnn.rnn.fp32_precision) follow them, and torch never sees both APIs mixed
+        yield
+        torch.cuda.synchronize()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_gpu_float32_comparisons_are_exact():
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert torch.backends.cudnn.rnn.fp32_precision != "tf32"
+
+
+def _packed_oracle(ref, x, lengths, batch_first=True):
+    """Packed nn.LSTM (float64) on a padded batch: (padded output, h_n, c_n)."""
+    T = x.size(1) if batch_first else x.size(0)
+    with torch.no_grad():
+        packed = pack_padded_sequence(x.to(torch.float64), lengths.cpu(), batch_first=batch_first, enforce_sorted=False)
+        y, (h, c) = ref(packed)
+    return pad_packed_sequence(y, batch_first=batch_first, total_length=T)[0], h, c
 
 
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
@@ -59,34 +93,106 @@ def test_gpu_auto_backend_is_triton():
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
 @pytest.mark.parametrize("proj_size", [0, 48], ids=["plain", "proj"])
 def test_gpu_lengths_match_packed_nn_lstm(dtype, proj_size):
-    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
     cfg = dict(input_size=32, hidden_size=128, proj_size=proj_size, num_layers=2, bidirectional=True, batch_first=True)
     ref, ours = make_pair(dtype, **cfg)
     B, T = 24, 40
     lengths = torch.randint(1, T + 1, (B,))
-    x = torch.randn(B, T, 32, device="cuda", dtype=torch.float64)
-    out_ref, (h_ref, c_ref) = ref(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
-    out_ref = pad_packed_sequence(out_ref, batch_first=True, total_length=T)[0]
-    out, (h, c) = ours(x.to(dtype), lengths=lengths)
-    from tests.helpers import assert_close
-
-    for name, a, e in (("output", out, out_ref), ("h_n", h, h_ref), ("c_n", c, c_ref)):
+    x = torch.randn(B, T, 32, device="cuda", dtype=torch.float64).to(dtype)
+    expected = _packed_oracle(ref, x, lengths)
+    out, (h, c) = ours(x, lengths=lengths)
+    for name, a, e in zip(("output", "h_n", "c_n"), (out, h, c), expected):
         assert_close(a, e, dtype, name)
 
 
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
 def test_gpu_lstm_cell(dtype):
-    from tests.helpers import assert_close
-
     ref = torch.nn.LSTMCell(48, 96).to("cuda", torch.float64)
     ours = tritonlstm.LSTMCell(48, 96, backend="triton").to("cuda", dtype)
     ours.load_state_dict(ref.state_dict())
     ref.load_state_dict(ours.state_dict())
-    x = torch.randn(5, 33, 48, device="cuda", dtype=torch.float64)
+    x = torch.randn(5, 33, 48, device="cuda", dtype=torch.float64).to(dtype)
     hr = cr = h = c = None
     for t in range(5):
-        hr, cr = ref(x[t], None if t == 0 else (hr, cr))
-        h, c = ours(x[t].to(dtype), None if t == 0 else (h, c))
+        hr, cr = ref(x[t].to(torch.float64), None if t == 0 else (hr, cr))
+        h, c = ours(x[t], None if t == 0 else (h, c))
     assert_close(h, hr, dtype, "h")
     assert_close(c, cr, dtype, "c")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("proj_size", [0, 16], ids=["plain", "proj"])
+def test_gpu_cuda_graph_captures_a_forward_with_cuda_lengths(dtype, proj_size):
+    """An inference forward with `lengths` as a CUDA tensor, captured in a CUDA graph (the range check, which needs
+    the host, is skipped during capture). Replays on new inputs and new lengths, copied into the captured tensors,
+    match packed nn.LSTM in float64: nothing about the lengths was baked into the graph."""
+    cfg = dict(input_size=24, hidden_size=64, proj_size=proj_size, num_layers=2, bidirectional=True, batch_first=True)
+    ref, ours = make_pair(dtype, **cfg)
+    ours.eval()
+    B, T = 6, 30
+    x = torch.randn(B, T, 24, device="cuda", dtype=dtype)
+    lengths = torch.full((B,), T, device="cuda", dtype=torch.int64)
+
+    def forward():
+        with torch.no_grad():
+            y, (h, c) = ours(x, lengths=lengths)
+        return y, h, c
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (compilation, allocator) off the capturing stream, as capture requires
+        for _ in range(2):
+            forward()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = forward()
+    for replay in range(3):
+        new_lengths = torch.randint(1, T + 1, (B,))
+        new_lengths[replay % B] = T if replay else 1  # the extremes of the range, too
+        x.copy_(torch.randn(B, T, 24, device="cuda", dtype=torch.float64))
+        lengths.copy_(new_lengths)
+        graph.replay()
+        torch.cuda.synchronize()
+        expected = _packed_oracle(ref, x, new_lengths)
+        for name, a, e in zip(("output", "h_n", "c_n"), static, expected):
+            assert_close(a, e, dtype, f"replay {replay} {name}")
+
+
+@pytest.mark.parametrize("variant", ["bf16-module", "autocast-fp32-master"])
+def test_gpu_bfloat16_training_step_matches_float64(variant):
+    """One SGD step in bfloat16 (the module in bf16, or fp32 master weights under autocast) against the same step
+    in float64 on the bf16-rounded weights and input: the loss, the output, every gradient and every update."""
+    autocast = variant.startswith("autocast")
+    cfg = dict(input_size=32, hidden_size=128, num_layers=2, bidirectional=True, batch_first=True)
+    ours = tritonlstm.LSTM(**cfg, backend="triton").to("cuda", torch.float32 if autocast else torch.bfloat16)
+    ref = torch.nn.LSTM(**cfg).to("cuda", torch.float64)
+    ref.load_state_dict({k: v.to(torch.bfloat16) for k, v in ours.state_dict().items()})
+    x = torch.randn(16, 48, 32, device="cuda").to(torch.bfloat16)
+    # bf16 parameters round each updated value to their spacing (2^-8 relative): a large step keeps that error,
+    # divided by lr, far inside the tolerance, while a gradient 10 % off still fails
+    lr = 0.1
+
+    def step(module, inputs, context):
+        before = {n: p.detach().to(torch.float64, copy=True) for n, p in module.named_parameters()}
+        module.zero_grad(set_to_none=True)
+        with context:
+            y, (h, c) = module(inputs)
+        loss = weighted_loss(y, h, c)
+        loss.backward()
+        grads = {n: p.grad for n, p in module.named_parameters()}
+        torch.optim.SGD(module.parameters(), lr=lr).step()
+        # per unit of lr, so that the tolerance (relative to the largest value, at least 1) sees the update's size
+        updates = {n: (p.detach().to(torch.float64) - before[n]) / lr for n, p in module.named_parameters()}
+        return loss.detach(), y.detach(), grads, updates
+
+    context = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    loss, y, grads, updates = step(ours, x if not autocast else x.float(), context)
+    loss_ref, y_ref, grads_ref, updates_ref = step(ref, x.to(torch.float64), contextlib.nullcontext())
+    assert y.dtype == torch.bfloat16
+    assert_close(loss, loss_ref, torch.bfloat16, "loss")
+    assert_close(y, y_ref, torch.bfloat16, "output")
+    for name in grads_ref:
+        assert grads[name].dtype == (torch.float32 if autocast else torch.bfloat16), name
+        assert_close(grads[name], grads_ref[name], torch.bfloat16, f"grad {name}")
+        assert updates_ref[name].abs().max() > 0, name
+        assert_close(updates[name], updates_ref[name], torch.bfloat16, f"update/lr {name}")
