@@ -1,35 +1,131 @@
-"""`tritonlstm demo --quick` end to end: train, export, verify in onnxruntime, plot; the model beats the baseline."""
+"""`tritonlstm demo` end to end (train, export, verify in onnxruntime, plot; the model beats the baseline), and the
+CLI's answers before training: an unwritable output folder, ``--backend triton`` on a CPU.
+
+The demo runs in this process with ``TRITON_INTERPRET`` as this test run has it, so the Triton check is tested
+both ways: a number with the interpreter (CI's interpreter leg), ``None`` and a printed reason without it.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 
+import pytest
+
+from tests.helpers import INTERPRETER
 from tritonlstm import cli
 
+QUIET = ("torchvision is not installed", "[torch.onnx]", "_flat_weights", "LeafSpec")
 
-def test_forecast_demo_quick(tmp_path, capsys):
-    cli.main(["demo", "--quick", "--out", str(tmp_path), "--device", "cpu"])
+
+# the demo's optional packages (pip install -e ".[demo]"): a missing one skips the tests that need it, with the reason
+DEMO_EXTRAS = ("numpy", "tqdm", "matplotlib", "onnx", "onnxscript", "onnxruntime")
+
+
+@pytest.fixture
+def interpret_as_this_run(monkeypatch):
+    """Pin TRITON_INTERPRET to this run's mode (the CLI sets it on a CPU when unset), restored afterwards; skip
+    where the demo's optional packages are missing."""
+    for name in DEMO_EXTRAS:
+        pytest.importorskip(name, reason=f"the demo needs {name}: pip install -e '.[demo]'")
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if INTERPRETER else "0")
+
+
+def test_forecast_demo_quick(tmp_path, capsys, interpret_as_this_run):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli.main(["demo", "--quick", "--out", str(tmp_path), "--device", "cpu"])
     for name in ("metrics.json", "model.onnx", "forecast.png", "model.pt"):
         assert (tmp_path / name).stat().st_size > 0, name
     m = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("task", "rmse", "mae", "baseline_rmse", "onnx_max_abs_diff", "backend", "device", "seconds"):
-        assert key in m, key
+    assert m["task"] == "forecast" and m["backend"] == "reference" and m["device"] == "cpu"
     assert m["rmse"] < m["baseline_rmse"], f"the model must beat the naive baseline: {m}"
     assert m["onnx_max_abs_diff"] < 1e-3, "onnxruntime must reproduce PyTorch's forecast"
-    assert m["triton_vs_training_backend_max_abs_diff"] < 1e-4, "the Triton kernels must agree with the training run"
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    if INTERPRETER:
+        assert m["triton_vs_reference_max_abs_diff"] < 1e-4, "the Triton kernels must agree with the reference loop"
+        assert "Triton kernels (interpreter) vs the reference loop" in out
+    else:
+        assert m["triton_vs_reference_max_abs_diff"] is None
+        assert "Triton kernels not checked: CPU tensors need Triton's interpreter" in out
     assert "beats the naive baseline" in out and "RMSE (ppm)" in out
+    files = out[out.index(f"files in {tmp_path}") :]
+    assert all(name in files for name in ("metrics.json", "model.pt", "model.onnx", "forecast.png")), files
+    for text in QUIET:
+        assert text not in out + err, f"{text!r} reached the demo's output"
+    noisy = [str(w.message) for w in caught if any(text in str(w.message) for text in QUIET)]
+    assert not noisy, noisy
 
 
-def test_forecast_demo_univariate_single_step(tmp_path):
+def test_forecast_demo_univariate_single_step(tmp_path, interpret_as_this_run):
     cli.main(["demo", "--quick", "--out", str(tmp_path), "--device", "cpu", "--features", "uni", "--horizon", "1"])
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["features"] == "uni" and m["horizon"] == 1 and m["rmse"] < m["baseline_rmse"]
 
 
-def test_charlm_demo_quick(tmp_path, capsys):
+def test_charlm_demo_quick(tmp_path, capsys, interpret_as_this_run):
     cli.main(["demo", "--task", "charlm", "--quick", "--out", str(tmp_path), "--device", "cpu"])
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["val_perplexity"] < m["baseline_perplexity"]
     assert len(m["samples"]) == 3 and all(len(s) > 50 for s in m["samples"])
-    assert "validation perplexity" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "validation perplexity" in out and f"files in {tmp_path}" in out and "metrics.json" in out
+
+
+def test_unwritable_out_fails_before_training(tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setattr(cli, "_demo", lambda args: pytest.fail("the demo started before --out was checked"))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--quick", "--out", str(tmp_path / "a-file" / "demo")])
+    assert exit_.value.code == f"tritonlstm demo: cannot write to --out {tmp_path / 'a-file' / 'demo'}: Not a directory"
+
+
+class _Trained(Exception):
+    pass
+
+
+def test_backend_triton_on_cpu_says_interpreter_up_front(tmp_path, capsys, monkeypatch, interpret_as_this_run):
+    from tritonlstm import demo
+
+    def forecast(*args):
+        raise _Trained  # stop where training would start (minutes in the interpreter)
+
+    monkeypatch.setattr(demo, "forecast", forecast)
+    argv = ["demo", "--quick", "--out", str(tmp_path), "--device", "cpu", "--backend", "triton"]
+    if INTERPRETER:
+        with pytest.raises(_Trained):
+            cli.main(argv)
+        out = capsys.readouterr().out
+        assert out.startswith("note: --backend triton on a CPU trains through Triton's interpreter"), out
+    else:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert str(exit_.value.code).startswith(
+            "tritonlstm demo: --backend triton cannot run here: CPU tensors need Triton's interpreter"
+        )
+
+
+def test_quiet_export_hides_only_the_exporters_noise(capfd):
+    from tritonlstm.demo import quiet_export
+
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry.level
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_export():
+            registry.warning("torchvision is not installed. Skipping torchvision::nms")
+            print("[torch.onnx] Run decompositions...")
+            warnings.warn("The tensor attributes self.lstm._flat_weights[0] were assigned during export.", UserWarning)
+            warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", FutureWarning)
+            warnings.warn("a warning of the user's own", UserWarning)
+    out, err = capfd.readouterr()
+    assert "torchvision" not in out + err and "[torch.onnx]" not in out + err
+    assert [str(w.message) for w in caught] == ["a warning of the user's own"]
+    assert registry.level == level, "the logger's level must be restored"
+
+    with pytest.raises(RuntimeError, match="export failed"), quiet_export():
+        print("[torch.onnx] Translate the graph into ONNX...")
+        raise RuntimeError("export failed")
+    assert "[torch.onnx] Translate the graph into ONNX..." in capfd.readouterr().err, "shown when the export fails"
+

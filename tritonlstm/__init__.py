@@ -1,9 +1,72 @@
-"""tritonlstm: torch.nn.LSTM on fused Triton kernels, forward and backward."""
+"""tritonlstm: torch.nn.LSTM on fused Triton kernels, forward and backward.
 
-from tritonlstm.backend import BACKENDS, ENV_VAR, default_backend, resolve_backend
-from tritonlstm.functional import lstm, lstm_layer
-from tritonlstm.modules import LSTM, LSTMCell
+The top-level names are imported on first use (a module ``__getattr__``), so that ``import tritonlstm`` and the
+``tritonlstm`` command's ``--help`` do not wait for torch to import. Imported after torch (``import torch,
+tritonlstm``), the package loads its modules at once, which costs little then and registers ``LSTM`` and
+``LSTMCell`` as safe globals for ``torch.load(weights_only=True)`` before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "ENV_VAR", "LSTM", "LSTMCell", "__version__", "default_backend", "lstm", "lstm_layer", "resolve_backend"]
+# public name -> the submodule that defines it
+_LAZY = {
+    "BACKENDS": "tritonlstm.backend",
+    "ENV_VAR": "tritonlstm.backend",
+    "default_backend": "tritonlstm.backend",
+    "resolve_backend": "tritonlstm.backend",
+    "lstm": "tritonlstm.functional",
+    "lstm_layer": "tritonlstm.functional",
+    "LSTM": "tritonlstm.modules",
+    "LSTMCell": "tritonlstm.modules",
+    "from_keras": "tritonlstm.keras",
+    "to_keras": "tritonlstm.keras",
+}
+# submodules reached as attributes (tritonlstm.init.keras_, tritonlstm.keras.from_keras) without their own import
+_SUBMODULES = ("init", "keras")
+
+__all__ = [
+    "BACKENDS",
+    "ENV_VAR",
+    "LSTM",
+    "LSTMCell",
+    "__version__",
+    "default_backend",
+    "from_keras",
+    "lstm",
+    "lstm_layer",
+    "resolve_backend",
+    "to_keras",
+]
+
+if TYPE_CHECKING:  # what static tools and IDEs should see
+    from tritonlstm.backend import BACKENDS, ENV_VAR, default_backend, resolve_backend
+    from tritonlstm.functional import lstm, lstm_layer
+    from tritonlstm import init, keras
+    from tritonlstm.keras import from_keras, to_keras
+    from tritonlstm.modules import LSTM, LSTMCell
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    module = _LAZY.get(name)
+    if module is None:
+        # an AttributeError also lets `from tritonlstm import <submodule>` fall back to importing the submodule
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups do not come back here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if "torch" in sys.modules:
+    importlib.import_module("tritonlstm.modules")

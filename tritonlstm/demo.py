@@ -16,12 +16,18 @@ Tasks:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
+import importlib.util
+import io
 import json
+import logging
 import math
 import os
+import sys
 import time
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 
@@ -99,6 +105,21 @@ def _batches(n, batch_size, generator):
 
 # ---------------------------------------------------------------------------------------------- forecast
 
+# what each file of a forecast run holds (the CLI lists them)
+FORECAST_FILES = {
+    "metrics.json": "the numbers above",
+    "model.pt": "the trained weights: the state_dict of tritonlstm.demo.Forecaster",
+    "model.onnx": "the model for onnxruntime: input 'history' [batch, weeks, features], output 'forecast'",
+    "forecast.png": "the test period: truth, forecast, naive baseline and their errors",
+}
+
+
+# the forecaster's size and training: lookback (weeks of history), hidden units, layers, epochs, batch, learning rate
+FORECAST_SETTINGS = {
+    "quick": {"lookback": 52, "hidden": 32, "layers": 1, "epochs": 6, "batch": 128, "lr": 5e-3},
+    "full": {"lookback": 78, "hidden": 48, "layers": 2, "epochs": 12, "batch": 64, "lr": 3e-3},
+}
+
 
 def forecast(out: str, quick: bool, device: str, backend: str, features: str, horizon: int, seed: int) -> dict:
     from tqdm import tqdm
@@ -110,7 +131,8 @@ def forecast(out: str, quick: bool, device: str, backend: str, features: str, ho
     dates, series = load_co2()
     n = len(series)
     train_end, val_end = int(0.70 * n), int(0.85 * n)
-    lookback = 52 if quick else 78
+    cfg = FORECAST_SETTINGS["quick" if quick else "full"]
+    lookback = cfg["lookback"]
     steps = series[1:train_end] - series[: train_end - 1]
     scale = float(steps.std())  # fitted on the training part only
     train = make_windows(series, 0, train_end, lookback, horizon, features, scale)
@@ -118,15 +140,16 @@ def forecast(out: str, quick: bool, device: str, backend: str, features: str, ho
     test = make_windows(series, val_end, n, lookback, horizon, features, scale)
 
     n_features = 3 if features == "multi" else 1
-    model = Forecaster(n_features, horizon, hidden=32 if quick else 48, layers=1 if quick else 2, backend=backend).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    epochs = 6 if quick else 12
+    model = Forecaster(n_features, horizon, cfg["hidden"], cfg["layers"], backend).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    epochs = cfg["epochs"]
     gen = torch.Generator().manual_seed(seed)
     best, best_val = None, float("inf")
     xv, yv = val.x.to(device), val.y.to(device)
     for epoch in range(epochs):
         model.train()
-        bar = tqdm(_batches(len(train.x), 64, gen), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
+        batches = _batches(len(train.x), cfg["batch"], gen)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=None)  # a bar on terminals only
         running = 0.0
         for k, idx in enumerate(bar):
             loss = nn.functional.mse_loss(model(train.x[idx].to(device)), train.y[idx].to(device))
@@ -150,32 +173,21 @@ def forecast(out: str, quick: bool, device: str, backend: str, features: str, ho
     with torch.no_grad():
         pred_scaled = model(test.x.to(device)).cpu().double()
     pred = test.last[:, None] + pred_scaled * scale
-    err = pred - test.truth
-    rmse, mae = float(err.square().mean().sqrt()), float(err.abs().mean())
+    rmse, mae = _errors(pred, test.truth)
     # naive baselines: the last value repeated, and the value one year (52 weeks) earlier
-    last_value = test.last[:, None].expand_as(test.truth)
     offsets = test.target_index[:, None] + torch.arange(horizon)[None, :]
-    seasonal = series[offsets - 52]
-    baselines = {name: (float((b - test.truth).square().mean().sqrt()), float((b - test.truth).abs().mean()))
-                 for name, b in (("last value", last_value), ("seasonal naive", seasonal))}  # fmt: skip
+    naive = {"last value": test.last[:, None].expand_as(test.truth), "seasonal naive": series[offsets - 52]}
+    baselines = {name: _errors(b, test.truth) for name, b in naive.items()}
     baseline = min(baselines, key=lambda k: baselines[k][0])
 
-    # Triton kernels once on the trained model (on CPU through the interpreter) against the training backend
-    agreement = None
-    trained_backend = tritonlstm.resolve_backend(backend, torch.device(device), torch.float32)
-    if trained_backend != "triton":
-        twin = copy.deepcopy(model)
-        twin.lstm.backend = "triton"
-        with torch.no_grad():
-            agreement = float((twin(test.x[:64].to(device)).cpu() - model(test.x[:64].to(device)).cpu()).abs().max())
+    # the interpreter's cost grows with the steps: the last half year of 16 test windows is check enough
+    triton_diff, triton_check = check_triton(model, test.x[:16, -26:], device)
 
-    # deploy: ONNX, verified in onnxruntime at the example and at another batch size and window length. The
-    # exported copy uses the Triton backend, whose custom op the exporter translates (traced, not run).
-    export_model = copy.deepcopy(model)
-    export_model.lstm.backend = "triton"
+    # deploy: ONNX, verified in onnxruntime at the example and at another batch size and window length
     example = (test.x[:8],)
     onnx_path = os.path.join(out, "model.onnx")
-    export_onnx(export_model, example, onnx_path, input_names=["history"], output_names=["forecast"])
+    with quiet_export():
+        export_onnx(model, example, onnx_path, input_names=["history"], output_names=["forecast"])
     longer = make_windows(series, val_end, n, lookback + 13, horizon, features, scale).x[:5]
     report = verify_onnx(model, onnx_path, example, other_args=[(test.x[:3],), (longer,)])
     import onnxruntime as ort
@@ -185,39 +197,123 @@ def forecast(out: str, quick: bool, device: str, backend: str, features: str, ho
     onnx_pred = test.last[:, None] + onnx_scaled * scale
     onnx_diff = float((onnx_pred - pred).abs().max())
 
-    _plot_forecast(os.path.join(out, "forecast.png"), series, dates, test, pred, onnx_pred, val_end, horizon)
     metrics = {
         "task": "forecast", "features": features, "horizon": horizon, "lookback": lookback, "epochs": epochs,
         "rmse": rmse, "mae": mae, "baseline": baseline, "baseline_rmse": baselines[baseline][0],
         "baseline_mae": baselines[baseline][1],
         "baselines": {k: {"rmse": v[0], "mae": v[1]} for k, v in baselines.items()},
         "onnx_max_abs_diff": onnx_diff, "onnx_verify_max_abs_diff": report.max_abs_diff,
-        "backend": trained_backend, "device": device, "triton_vs_training_backend_max_abs_diff": agreement,
-        "test_weeks": int(len(test.x)), "seconds": time.time() - t0,
+        "backend": tritonlstm.resolve_backend(backend, torch.device(device), torch.float32), "device": device,
+        "triton_vs_reference_max_abs_diff": triton_diff, "triton_check": triton_check,
+        "test_weeks": int(len(test.x)), "files": list(FORECAST_FILES),
     }  # fmt: skip
+    plot_path = os.path.join(out, "forecast.png")
+    _plot_forecast(plot_path, series, dates, test, pred, onnx_pred, naive[baseline], metrics, val_end)
+    metrics["seconds"] = time.time() - t0
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
     return metrics
 
 
-def _plot_forecast(path, series, dates, test, pred, onnx_pred, val_end, horizon) -> None:
+def _errors(forecast: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
+    """RMSE and MAE in ppm over every test window and lead."""
+    err = forecast - truth
+    return float(err.square().mean().sqrt()), float(err.abs().mean())
+
+
+def triton_unavailable(device: str) -> str | None:
+    """Why the Triton kernels cannot run float32 tensors on ``device`` here, or ``None`` when they can."""
+    from tritonlstm.backend import triton_unavailable_reason
+
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed (it ships for Linux only)"
+    return triton_unavailable_reason(torch.device(device), torch.float32)
+
+
+def check_triton(model: nn.Module, x: torch.Tensor, device: str) -> tuple[float | None, str]:
+    """Run the trained model once on the Triton kernels and once on the reference loop; their largest difference.
+
+    Returns ``(max abs diff, what was compared)``, or ``(None, why the kernels cannot run here)``: on a CPU they
+    need Triton's interpreter (``TRITON_INTERPRET=1`` before tritonlstm's kernels are first imported), and
+    Triton itself installs on Linux only.
+    """
+    reason = triton_unavailable(device)
+    if reason is not None:
+        return None, reason
+    outputs = []
+    for backend in ("triton", "reference"):
+        twin = copy.deepcopy(model)
+        twin.lstm.backend = backend
+        with torch.no_grad():
+            outputs.append(twin(x.to(device)).cpu())
+    kernels = "Triton kernels (interpreter)" if device == "cpu" else "Triton kernels"
+    what = f"{kernels} vs the reference loop, {x.shape[0]} test windows of {x.shape[1]} weeks"
+    return float((outputs[0] - outputs[1]).abs().max()), what
+
+
+@contextlib.contextmanager
+def quiet_export():
+    """Around the ONNX export only: hide what torch's exporter says that a demo user cannot act on.
+
+    Its progress lines (``[torch.onnx] ...``, printed), its notices that torchvision is not installed (logged),
+    a ``LeafSpec`` FutureWarning from torch's own internals, and the UserWarning about ``_flat_weights`` (the
+    list of parameters that ``nn.RNNBase`` keeps, rebuilt while the exporter traces). The progress lines are
+    printed after all if the export fails.
+    """
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    printed = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(printed):
+            warnings.filterwarnings("ignore", r"The tensor attributes .*_flat_weights", UserWarning)
+            warnings.filterwarnings("ignore", r".*LeafSpec", FutureWarning)
+            yield
+    except BaseException:
+        sys.stderr.write(printed.getvalue())
+        raise
+    finally:
+        registry_log.setLevel(level)
+
+
+def _plot_forecast(path, series, dates, test, pred, onnx_pred, baseline_pred, metrics, val_end) -> None:
+    """Top: truth, the model's forecast, the naive baseline and onnxruntime's run of the exported model, at the
+    furthest lead. Bottom: the absolute error of the model and of the baseline at that lead."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lead = horizon - 1  # plot the furthest lead: each target week as forecast `horizon` weeks ahead
+    horizon = metrics["horizon"]
+    lead = horizon - 1  # each target week as forecast `horizon` weeks ahead
     t = (test.target_index + lead).numpy()
     year = lambda i: int(dates[i][:4]) + (int(dates[i][4:6]) - 1) / 12 + (int(dates[i][6:]) - 1) / 365  # noqa: E731
-    hist = range(max(0, val_end - 3 * 52), int(t[-1]) + 1)
-    fig, ax = plt.subplots(figsize=(10, 4.2))
-    ax.plot([year(i) for i in hist if i < val_end], [float(series[i]) for i in hist if i < val_end], color="0.5", label="history")
-    ax.plot([year(i) for i in t], test.truth[:, lead].numpy(), color="black", label="truth (test)")
-    ax.plot([year(i) for i in t], pred[:, lead].numpy(), color="tab:blue", label=f"PyTorch forecast ({horizon} weeks ahead)")
-    ax.plot([year(i) for i in t], onnx_pred[:, lead].numpy(), color="tab:orange", linestyle="--", label="onnxruntime forecast")
-    ax.set(xlabel="year", ylabel="CO2 (ppmv)", title="Mauna Loa weekly CO2: tritonlstm forecaster, test period")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    years = [year(i) for i in t]
+    hist = range(max(0, val_end - 52), val_end)
+    truth = test.truth[:, lead].numpy()
+    ahead = f"{horizon} week{'s' if horizon > 1 else ''} ahead"
+    fig, (ax, ax_err) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, height_ratios=[2, 1])
+    ax.plot([year(i) for i in hist], [float(series[i]) for i in hist], color="0.6", label="history (not scored)")
+    ax.plot(years, truth, color="black", lw=1.2, label="truth (test weeks)")
+    ax.plot(years, baseline_pred[:, lead].numpy(), color="tab:red", lw=1, alpha=0.8,
+            label=f"naive baseline ({metrics['baseline']}): RMSE {metrics['baseline_rmse']:.2f} ppm")  # fmt: skip
+    ax.plot(years, pred[:, lead].numpy(), color="tab:blue", lw=1.6,
+            label=f"tritonlstm forecast (PyTorch): RMSE {metrics['rmse']:.2f} ppm")  # fmt: skip
+    every = slice(0, None, 8)  # markers on every 8th week, so the PyTorch line stays visible underneath
+    ax.plot(years[every], onnx_pred[every, lead].numpy(), "o", ms=3.5, mfc="none", color="tab:orange",
+            label=f"the same model in onnxruntime (max |diff| {metrics['onnx_max_abs_diff']:.0e} ppm)")  # fmt: skip
+    rmses = f"RMSE over leads 1–{horizon}: model {metrics['rmse']:.2f}, baseline {metrics['baseline_rmse']:.2f} ppm"
+    ax.set(ylabel="CO2 (ppmv)", title=f"Mauna Loa weekly CO2, test period: forecasts {ahead} ({rmses})")
+    ax.title.set_fontsize(10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax_err.plot(years, abs(baseline_pred[:, lead].numpy() - truth), color="tab:red", lw=1, alpha=0.8,
+                label="naive baseline")  # fmt: skip
+    ax_err.plot(years, abs(pred[:, lead].numpy() - truth), color="tab:blue", lw=1.2, label="tritonlstm")
+    ax_err.set(xlabel="year", ylabel="|error| (ppm)")
+    ax_err.set_ylim(bottom=0)
+    ax_err.legend(fontsize=8, loc="upper left")
+    for a in (ax, ax_err):
+        a.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -254,7 +350,7 @@ def charlm(out: str, quick: bool, device: str, backend: str, seed: int) -> dict:
     gen = torch.Generator().manual_seed(seed)
     starts = torch.arange(0, len(train) - seq - 1, seq // 2)
     best, best_val = None, float("inf")
-    bar = tqdm(range(epochs), desc="charlm", leave=False)
+    bar = tqdm(range(epochs), desc="charlm", leave=False, disable=None)
     for _ in bar:
         model.train()
         for idx in _batches(len(starts), 16, gen):
@@ -281,7 +377,7 @@ def charlm(out: str, quick: bool, device: str, backend: str, seed: int) -> dict:
         "task": "charlm", "val_perplexity": math.exp(best_val), "baseline": "unigram",
         "baseline_perplexity": math.exp(unigram), "samples": samples, "epochs": epochs,
         "backend": tritonlstm.resolve_backend(backend, torch.device(device), torch.float32), "device": device,
-        "seconds": time.time() - t0,
+        "files": ["metrics.json"], "seconds": time.time() - t0,
     }  # fmt: skip
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
