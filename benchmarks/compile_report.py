@@ -1,97 +1,152 @@
 """Compile the step kernels for a GPU target without a GPU and report registers, spills and matrix instructions.
 
-    python benchmarks/compile_report.py                 # sm_90 (H100/H200), the configs step_config picks
-    python benchmarks/compile_report.py --lengths       # the variable-length variants
-    python benchmarks/compile_report.py --arch 80       # another compute capability
+    python benchmarks/compile_report.py                       # sm_90 (H100/H200), H=1024 and odd H=1023
+    python benchmarks/compile_report.py --arch 80 --hidden 512
+    python benchmarks/compile_report.py --lengths only        # just the variable-length variants
 
-Triton compiles to PTX and cubin with its bundled ptxas, so this runs on any Linux machine; it reads the
-cubin's resource usage and SASS with the bundled cuobjdump. A nonzero STACK means register spills.
+It builds what actually runs: the launchers (``lstm_layer_forward``/``lstm_layer_backward``) are called on CPU
+tensors under :func:`benchmarks.fake_driver.fake_cuda_driver`, so each kernel is specialised exactly as at run
+time (the configuration ``step_config`` picks, the 16-byte alignment hints of the buffers and the divisibility
+of the strides, which hold when H, P and the batch make them multiples of 16) and compiled by Triton's bundled
+ptxas; nothing is launched. An odd H is the worst case: no stride is divisible by 16, so no access is known to
+be aligned. Registers and spills come from each cubin (the bundled ``cuobjdump``); a nonzero STACK means spills.
+
+``tests/test_step_compile.py`` asserts the same builds spill-free for sm_90 and sm_80 (``.ci/triton36.sh`` runs it
+under the GPU image's Triton too).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
+import sys
 import tempfile
+from dataclasses import dataclass
 
-os.environ.pop("TRITON_INTERPRET", None)  # compile real kernels, not interpreted ones
+if __name__ == "__main__":
+    os.environ.pop("TRITON_INTERPRET", None)  # compile real kernels, not interpreted ones
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
 
+from benchmarks.fake_driver import _CUOBJDUMP, Variant, fake_cuda_driver  # noqa: E402
 from tritonlstm.kernels import lstm as K  # noqa: E402
 
-CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-DTYPES = {  # name: (storage dtype, triton storage name, accumulator, triton accumulator name)
-    "bf16": (torch.bfloat16, "bf16", tl.float32, "fp32"),
-    "fp16": (torch.float16, "fp16", tl.float32, "fp32"),
-    "fp32": (torch.float32, "fp32", tl.float32, "fp32"),
-    "fp64": (torch.float64, "fp64", tl.float64, "fp64"),
+# name: (storage dtype, float32 matmul precision torch is set to while building)
+DTYPES = {
+    "bf16": (torch.bfloat16, "highest"),
+    "fp16": (torch.float16, "highest"),
+    "fp32": (torch.float32, "highest"),  # exact fp32 dots ("ieee"), torch's default
+    "tf32": (torch.float32, "high"),  # torch.set_float32_matmul_precision("high"): TF32 dots
+    "fp64": (torch.float64, "highest"),
 }
-# pointer arguments that hold accumulator-dtype tensors (the cell state, its gradient, the carried gradient)
-ACC_POINTERS = {"c_prev_ptr", "c_ptr", "dc_ptr", "dcarry_ptr"}
 
 
-def _signature(kernel, storage: str, acc: str, constexprs: dict) -> dict:
-    sig = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name == "len_ptr":
-            sig[name] = "*i32"
-        elif name.endswith("_ptr"):
-            sig[name] = f"*{acc if name in ACC_POINTERS else storage}"
-        else:
-            sig[name] = "i32"
-    return sig
+@dataclass(frozen=True)
+class Build:
+    """One configuration to build: both step kernels (forward and backward) of one layer shape."""
+
+    dtype: str
+    batch: int
+    hidden: int
+    proj: int = 0
+    lengths: bool = False
+
+    def label(self) -> str:
+        return f"{self.dtype} B={self.batch} H={self.hidden} P={self.proj}{' lengths' if self.lengths else ''}"
 
 
-def _report(label: str, compiled) -> str:
+def kernels_compile() -> bool:
+    """Whether the kernels are real JIT functions here (not Triton's interpreter)."""
+    return isinstance(K._lstm_fwd_step_kernel, triton.runtime.jit.JITFunction)
+
+
+@contextlib.contextmanager
+def _matmul_precision(precision: str):
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def build(b: Build, arch: int = 90, steps: int = 2, config: dict | None = None) -> dict[str, Variant]:
+    """Compile ``b``'s forward and backward step kernels for sm_<arch> as the launchers specialise them.
+
+    Returns ``{"fwd": Variant, "bwd": Variant}`` with registers, spills and the cubin. Raises if a launcher
+    compiled more than one variant per kernel (every step must share one). ``config`` overrides ``step_config``.
+    """
+    dtype, precision = DTYPES[b.dtype]
+    g = torch.Generator().manual_seed(0)
+    H, P, B, T, I = b.hidden, b.proj, b.batch, steps, 16
+    R = P or H
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    w_hr = r(P, H) if P else None
+    x, h0, c0, w_ih, w_hh = r(T, B, I), r(B, R), r(B, H), r(4 * H, I), r(4 * H, R)
+    lengths = torch.full((B,), T) if b.lengths else None
+    with fake_cuda_driver(arch) as drv, _matmul_precision(precision):
+        y, _, _, gates, cs = K.lstm_layer_forward(
+            x, h0, c0, w_ih, w_hh, None, None, w_hr, lengths=lengths, config=config
+        )
+        K.lstm_layer_backward(
+            y, None, None, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths=lengths, needs=(False,) * 7, config=config
+        )
+    out = {}
+    for kind in ("fwd", "bwd"):
+        variants = [v for v in drv.variants() if f"_{kind}_step_kernel" in v.kernel]
+        if len(variants) != 1:
+            raise RuntimeError(f"{b.label()}: {len(variants)} {kind} variants compiled, expected 1")
+        out[kind] = variants[0]
+    return out
+
+
+def mma_kinds(cubin: bytes) -> str:
+    """Tensor-core instructions in the cubin's SASS (HGMMA: Hopper warpgroup MMA; HMMA/DMMA: mma.sync)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(compiled.asm["cubin"])
+        f.write(cubin)
         f.flush()
-        usage = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-        sass = subprocess.run([CUOBJDUMP, "--dump-sass", f.name], capture_output=True, text=True).stdout
-    m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
-    mma = sorted(set(re.findall(r"\b(HGMMA|HMMA|DMMA)\b", sass))) or ["no tensor-core MMA"]
-    return f"{label:<44} REG={m.group(1):>3} STACK={m.group(2):>4}  {'/'.join(mma)}"
+        sass = subprocess.run([_CUOBJDUMP, "--dump-sass", f.name], capture_output=True, text=True, check=True).stdout
+    return "/".join(sorted(set(re.findall(r"\b(HGMMA|HMMA|DMMA)\b", sass)))) or "no tensor-core MMA"
+
+
+def report_line(b: Build, kind: str, v: Variant) -> str:
+    cfg = K.step_config(b.batch, b.hidden, (b.proj or b.hidden) if kind == "fwd" else 4 * b.hidden,
+                        DTYPES[b.dtype][0], b.proj)  # fmt: skip
+    tile = "x".join(str(cfg[k]) for k in ("BLOCK_B", "BLOCK_H", "BLOCK_K", "BLOCK_P") if k in cfg)
+    label = f"{kind} {b.label()} {tile} w{v.num_warps}"
+    return f"{label:<52} REG={v.n_regs:>3} STACK={v.n_spills:>4}  {mma_kinds(v.cubin)}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for sm_90")
-    ap.add_argument("--batch", type=int, nargs="+", default=[16, 256], help="batch sizes to pick configs for")
-    ap.add_argument("--hidden", type=int, default=1024)
+    ap.add_argument("--batch", type=int, nargs="+", default=[16, 256], help="batch sizes (each picks its config)")
+    ap.add_argument("--hidden", type=int, nargs="+", default=[1024, 1023], help="hidden sizes (odd: the worst case)")
     ap.add_argument("--proj", type=int, nargs="*", default=[0, 256], help="proj_size values (0: no projection)")
-    ap.add_argument("--lengths", action="store_true", help="build the variable-length (HAS_LENGTHS) variants")
+    ap.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    ap.add_argument("--lengths", choices=["both", "only", "no"], nargs="?", const="only", default="both",
+                    help="variable-length variants: both (default), only (also plain --lengths), no")
     args = ap.parse_args()
-    target = GPUTarget("cuda", args.arch, 32)
-    H = args.hidden
-    for name, (dtype, storage, acc, acc_name) in DTYPES.items():
-        # float32 dots are exact ("ieee") by default, TF32 under torch.set_float32_matmul_precision("high")
-        precisions = ("ieee", "tf32") if name == "fp32" else ("ieee",)
-        for precision, batch, P in [(p, b, q) for p in precisions for b in args.batch for q in args.proj]:
-            R = P or H
-            fwd, bwd = (K._lstmp_fwd_step_kernel, K._lstmp_bwd_step_kernel) if P else (K._lstm_fwd_step_kernel, K._lstm_bwd_step_kernel)
-            for kind, kernel, reduce, flags in (
-                ("fwd", fwd, R, {"STORE_GATES": True}),
-                ("bwd", bwd, 4 * H, {"HAS_NEXT": True, "HAS_DY": True}),
-            ):
-                cfg = K.step_config(batch, H, reduce, dtype, P)
-                constexprs = {
-                    **{k: v for k, v in cfg.items() if k.startswith("BLOCK_")},
-                    "HAS_LENGTHS": args.lengths, "ACC_DTYPE": acc, "INPUT_PRECISION": precision, **flags,
-                }  # fmt: skip
-                src = ASTSource(kernel, _signature(kernel, storage, acc_name, constexprs), constexprs=constexprs)
-                compiled = triton.compile(src, target=target, options={"num_warps": cfg["num_warps"]})
-                tile = "x".join(str(cfg[k]) for k in ("BLOCK_B", "BLOCK_H", "BLOCK_K", "BLOCK_P") if k in cfg)
-                label = f"{kind} {name} B={batch} P={P} {tile} w{cfg['num_warps']} {precision}"
-                print(_report(label, compiled), flush=True)
+    lengths = {"both": (False, True), "only": (True,), "no": (False,)}[args.lengths]
+    print(f"triton {triton.__version__}, sm_{args.arch}", flush=True)
+    for name in args.dtype:
+        for H in args.hidden:
+            for P in args.proj:
+                # with a projection the configuration does not depend on the batch
+                for B in args.batch[:1] if P else args.batch:
+                    for use_len in lengths:
+                        b = Build(name, B, H, P, use_len)
+                        variants = build(b, args.arch)
+                        for kind in ("fwd", "bwd"):
+                            print(report_line(b, kind, variants[kind]), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Triton kernels of tritonlstm and their launchers (installed as ``tritonlstm.kernels``).
 
-Set ``TRITON_INTERPRET=1`` before importing this package to run the kernels on CPU tensors.
+``lstm`` holds the per-step kernels (one launch per time step: the fallback and the oracle), ``sequence`` the
+sequence kernels (one launch per layer and pass). Set ``TRITON_INTERPRET=1`` before importing this package to run
+the kernels on CPU tensors.
 """
 
 from tritonlstm.kernels.lstm import (
@@ -13,14 +15,19 @@ from tritonlstm.kernels.lstm import (
     lstm_layer_forward,
     step_config,
 )
+from tritonlstm.kernels.sequence import choose_kernel, sequence_backward, sequence_forward, sequence_supported
 
 __all__ = [
     "INTERPRETER",
     "SUPPORTED_DTYPES",
     "acc_dtype",
+    "choose_kernel",
     "deinterleave_gates",
     "interleave_gates",
     "lstm_layer_backward",
     "lstm_layer_forward",
+    "sequence_backward",
+    "sequence_forward",
+    "sequence_supported",
     "step_config",
 ]

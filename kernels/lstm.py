@@ -33,10 +33,18 @@ was not its own (so the reverse direction starts at each row's own end). In the 
 reaches a skipped step's state is carried unchanged (``dcarry``) to the step before it.
 
 Cell state, accumulators and the epilogue are fp32 for fp16/bf16/fp32 inputs and fp64 for fp64 inputs.
+
+Compiled variants: one forward and one backward build per layer shape and configuration, whatever the step.
+Per-step tensors go in as their whole buffers plus time indices (offsets formed in-kernel in int64), not as
+views whose 16-byte alignment changes with t; the first step's differences (h0/c0, no dG_next) are runtime
+branches. H and P are compile-time constants, so every loop has a constant bound: that lets the compiler drop
+masks when the tiles divide them, and Triton 3.6's interpreter, which fails on ``range`` over a runtime bound
+with NumPy >= 2.4, runs the kernels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -83,6 +91,20 @@ def _row_validity(len_ptr, o_b, m_b, t, t_prev, HAS_LENGTHS: tl.constexpr):
 
 
 @triton.jit
+def _step_or_initial(buf_ptr, i, n, stride_i, init_ptr):
+    """Pointer to ``buf[i]`` of a [n, B, ...] buffer when 0 <= i < n, else to the initial state ``init``.
+
+    Per-step tensors are passed as the buffer's base and an index (offset formed here, in int64) rather than as
+    views: a view's address changes its 16-byte alignment with the step, and Triton would compile a variant for
+    each alignment. ``init`` has the buffer's row stride.
+    """
+    p = init_ptr
+    if (i >= 0) & (i < n):
+        p = buf_ptr + i.to(tl.int64) * stride_i
+    return p
+
+
+@triton.jit
 def _load_h_prev(h_prev_ptr, h0_ptr, o_b, o_k, m_row, m_k, v_prev, stride_hp, stride_h0, HAS_LENGTHS: tl.constexpr):
     """[BLOCK_B, BLOCK_K] block of h_{t-1}: the previous step's output, or h0 for rows it did not belong to."""
     m = m_row[:, None] & m_k[None, :]
@@ -94,16 +116,22 @@ def _load_h_prev(h_prev_ptr, h0_ptr, o_b, o_k, m_row, m_k, v_prev, stride_hp, st
 
 @triton.jit
 def _gate_preactivations(
-    gx_ptr, w_ptr, h_prev_ptr, h0_ptr, o_b, o_g, m_b, m_g, v_prev, R, H, stride_gx, stride_hp, stride_h0,
+    gx_ptr, w_ptr, h_prev_ptr, h0_ptr, hm_ptr, o_b, o_g, m_b, m_g, v_prev, R, H, stride_gx, stride_hp, stride_h0,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
-    """[BLOCK_B, 4*BLOCK_H] pre-activations of the gate columns o_g: h_{t-1} @ W_hh^T[:, o_g] + x_t W_ih^T + b."""
+    """[BLOCK_B, 4*BLOCK_H] pre-activations of the gate columns o_g: (h_{t-1} * mask) @ W_hh^T[:, o_g] + x_t W_ih^T + b.
+
+    The recurrent dropout mask (hm, [B, R] with h_{t-1}'s row stride) scales h_{t-1} only where it enters this dot.
+    """
     b_acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), dtype=ACC_DTYPE)
     for k in range(0, R, BLOCK_K):
         o_k = k + tl.arange(0, BLOCK_K)
         m_k = o_k < R
         b_hp = _load_h_prev(h_prev_ptr, h0_ptr, o_b, o_k, m_b, m_k, v_prev, stride_hp, stride_h0, HAS_LENGTHS)
+        if HAS_MASK:
+            b_hm = tl.load(hm_ptr + o_b[:, None] * stride_hp + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+            b_hp = (b_hp.to(ACC_DTYPE) * b_hm.to(ACC_DTYPE)).to(w_ptr.dtype.element_ty)
         b_w = tl.load(w_ptr + o_k[:, None] * (4 * H) + o_g[None, :], mask=m_k[:, None] & m_g[None, :], other=0.0)
         b_acc += tl.dot(b_hp, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
     p_gx = gx_ptr + o_b[:, None] * stride_gx + o_g[None, :]
@@ -113,31 +141,66 @@ def _gate_preactivations(
 
 @triton.jit
 def _grad_into_h(
-    dg_next_ptr, w_ptr, dy_ptr, dcarry_ptr, o_b, o_c, m_b, m_c, v_t, H, ld_w, stride_dgn, stride_dy, stride_dcarry,
-    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, HAS_NEXT: tl.constexpr,
-    HAS_DY: tl.constexpr, HAS_LENGTHS: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    dg_ptr, w_ptr, dy_ptr, dcarry_ptr, hm_ptr, o_b, o_c, m_b, m_c, v_t, t, t_next, T, H, ld_w,
+    stride_g_t, stride_g, stride_dy_t, stride_dy,
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, HAS_DY: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     """Gradient reaching h_t[:, o_c] (hidden units, or projected features): returns (through the state, all).
 
-    Through the state: dG_{next} @ W_hh[:, o_c] ([BLOCK_B, G] @ [G, BLOCK_C], W_hh's leading dimension ld_w)
-    plus what reached it without a gate (h_n's gradient on the first step, skipped steps' with lengths). All:
-    that plus dy_t, the gradient of this step's output, for the rows the step belongs to.
+    Through the state: dG_{next} @ W_hh[:, o_c] ([BLOCK_B, G] @ [G, BLOCK_C], W_hh's leading dimension ld_w;
+    dG_{next} = dg[t_next], absent on the first step processed, when t_next is -1 or T) plus what reached it
+    without a gate (h_n's gradient on the first step, skipped steps' with lengths; dcarry has dy's row stride).
+    All: that plus dy[t], the gradient of this step's output, for the rows the step belongs to.
+    With a recurrent dropout mask (hm, dy's row stride) the dot's part is scaled by it: h_t entered the next
+    step's recurrent product as h_t * mask.
     """
     m_bc = m_b[:, None] & m_c[None, :]
     b_rec = tl.zeros((BLOCK_B, BLOCK_C), dtype=ACC_DTYPE)
-    if HAS_NEXT:
+    has_next = (t_next >= 0) & (t_next < T)  # a runtime branch: one compiled variant serves every step
+    if has_next:
+        p_dgn = dg_ptr + t_next.to(tl.int64) * stride_g_t + o_b[:, None] * stride_g
         for k in range(0, 4 * H, BLOCK_K):
             o_k = k + tl.arange(0, BLOCK_K)
             m_k = o_k < 4 * H
-            b_dgn = tl.load(dg_next_ptr + o_b[:, None] * stride_dgn + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+            b_dgn = tl.load(p_dgn + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
             b_w = tl.load(w_ptr + o_k[:, None] * ld_w + o_c[None, :], mask=m_k[:, None] & m_c[None, :], other=0.0)
             b_rec += tl.dot(b_dgn, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
-    if HAS_LENGTHS or not HAS_NEXT:
-        b_rec += tl.load(dcarry_ptr + o_b[:, None] * stride_dcarry + o_c[None, :], mask=m_bc, other=0.0).to(ACC_DTYPE)
+        if HAS_MASK:
+            b_rec *= tl.load(hm_ptr + o_b[:, None] * stride_dy + o_c[None, :], mask=m_bc, other=0.0).to(ACC_DTYPE)
+    p_dcarry = dcarry_ptr + o_b[:, None] * stride_dy + o_c[None, :]
+    if HAS_LENGTHS:
+        b_rec += tl.load(p_dcarry, mask=m_bc, other=0.0).to(ACC_DTYPE)
+    else:
+        if not has_next:
+            b_rec += tl.load(p_dcarry, mask=m_bc, other=0.0).to(ACC_DTYPE)
     b_dh = b_rec
     if HAS_DY:
-        b_dh += tl.load(dy_ptr + o_b[:, None] * stride_dy + o_c[None, :], mask=m_bc & v_t[:, None], other=0.0).to(ACC_DTYPE)
+        p_dy = dy_ptr + t.to(tl.int64) * stride_dy_t + o_b[:, None] * stride_dy + o_c[None, :]
+        b_dh += tl.load(p_dy, mask=m_bc & v_t[:, None], other=0.0).to(ACC_DTYPE)
     return b_rec, b_dh
+
+
+@triton.jit
+def _zoneout_keep(zs_ptr, stream, t, o_b, o_u, B, N, p):
+    """Zoneout's Bernoulli(p) "keep the previous value" mask of a [BLOCK_B, BLOCK_N] tile of step t, from Philox.
+
+    The seed is read on the device (a fresh draw of torch's RNG each forward; no host sync, new masks on every
+    CUDA-graph replay); ``stream`` separates directions and h from c; the counter is the element's index in the
+    [T, B, N] sequence (32-bit: it wraps past 2**32 elements, which only repeats masks).
+    """
+    seed = tl.load(zs_ptr) + stream
+    offs = ((t.to(tl.int64) * B + o_b[:, None]) * N + o_u[None, :]).to(tl.uint32, bitcast=False)
+    return tl.rand(seed, offs) < p
+
+
+@triton.jit
+def _zoneout_rates(zs_ptr, stream, t, o_b, o_u, B, N, p, ZONEOUT: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """Per element, the weight of the previous value: the 0/1 training mask (ZONEOUT == 2) or p (eval, 1)."""
+    if ZONEOUT == 2:
+        return _zoneout_keep(zs_ptr, stream, t, o_b, o_u, B, N, p).to(ACC_DTYPE)
+    else:
+        return tl.zeros((o_b.shape[0], o_u.shape[0]), dtype=ACC_DTYPE) + p
 
 
 @triton.jit
@@ -165,31 +228,43 @@ def _cell_backward(b_dm, b_gates, b_c, b_c_prev, b_dc, BLOCK_B: tl.constexpr, BL
     return _join_gates(b_di, b_df, b_dg, b_do, BLOCK_B, BLOCK_H), b_dc * b_f
 
 
-@triton.jit(do_not_specialize=["t", "t_prev"])
+@triton.jit(do_not_specialize=["t", "t_prev", "s", "s_prev", "zo_stream"])
 def _lstm_fwd_step_kernel(
-    gx_ptr,  # [B, G]  x_t W_ih^T + b for this step (interleaved); overwritten by the activated gates if STORE_GATES
+    gx_ptr,  # [T, B, G]  x_t W_ih^T + b (interleaved); step t overwritten by its activated gates if STORE_GATES
     w_ptr,  # [H, G]  W_hh^T with interleaved columns
-    h_prev_ptr,  # [B, H]  the previous step's output (h_{t-1} for every row it belonged to)
-    h0_ptr,  # [B, H]  initial hidden state (read only with lengths)
-    c_prev_ptr,  # [B, H]  c_{t-1}, accumulator dtype
-    h_ptr,  # [B, H]  out: h_t (zeros past a row's length)
-    c_ptr,  # [B, H]  out: c_t (c_{t-1} kept past a row's length), accumulator dtype
-    len_ptr,  # [B]     int32 sequence lengths (read if HAS_LENGTHS)
+    y_ptr,  # [T, B, H]  out: y[t] = h_t (zeros past a row's length); y[t_prev] is the previous step's output
+    h0_ptr,  # [B, H]  initial hidden state, y's row stride
+    c0_ptr,  # [B, H]  initial cell state, accumulator dtype, cs's row stride
+    cs_ptr,  # [S, B, H]  cell states, accumulator dtype: c_t goes to slot s, c_{t-1} comes from slot s_prev
+    len_ptr,  # [B]  int32 sequence lengths (read if HAS_LENGTHS)
+    hm_ptr,  # [B, H]  recurrent dropout mask on h_{t-1} (read if HAS_MASK), y's row stride
+    zs_ptr,  # [1]  int64 zoneout seed (read if ZONEOUT == 2)
+    zm_ptr,  # [2, T, B, H]  int8 out: the zoneout masks drawn, h then c (test-only, if STORE_ZONEOUT)
+    zo_h,  # zoneout probabilities of h and c
+    zo_c,
+    zo_stream,  # 2 * direction: the Philox streams of h (zo_stream) and c (zo_stream + 1)
     B,
-    H,
+    T,
+    S,
     t,  # time index of this step
-    t_prev,  # time index of the step before it in processing order (-1 or T at the start)
-    stride_gx,  # row strides (elements); the last dimension of every tensor is contiguous
-    stride_hp,
-    stride_h0,
-    stride_cp,
-    stride_h,
+    t_prev,  # time index of the step before it in processing order (-1 or T at the start: h0)
+    s,  # slot of cs for c_t
+    s_prev,  # slot of cs holding c_{t-1} (-1 at the start: c0)
+    stride_gx_t,  # strides in elements: per time step / slot, per row; the last dimension is contiguous
+    stride_gx,
+    stride_y_t,
+    stride_y,
+    stride_c_t,
     stride_c,
+    H: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
     STORE_GATES: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    ZONEOUT: tl.constexpr,  # 0 off, 1 eval (expectation), 2 training (Philox masks)
+    STORE_ZONEOUT: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
@@ -198,53 +273,74 @@ def _lstm_fwd_step_kernel(
     o_u = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     m_b, m_g, m_u = o_b < B, o_g < 4 * H, o_u < H
     v_t, v_prev = _row_validity(len_ptr, o_b, m_b, t, t_prev, HAS_LENGTHS)
+    gx_t_ptr = gx_ptr + t.to(tl.int64) * stride_gx_t
+    h_prev_ptr = _step_or_initial(y_ptr, t_prev, T, stride_y_t, h0_ptr)
+    c_prev_ptr = _step_or_initial(cs_ptr, s_prev, S, stride_c_t, c0_ptr)
 
     # recurrent product: [BLOCK_B, H] @ [H, 4*BLOCK_H] -> all four gates of BLOCK_H units, plus the projection
     b_acc, p_gx, m_bg = _gate_preactivations(
-        gx_ptr, w_ptr, h_prev_ptr, h0_ptr, o_b, o_g, m_b, m_g, v_prev, H, H, stride_gx, stride_hp, stride_h0,
-        BLOCK_B, BLOCK_H, BLOCK_K, HAS_LENGTHS, ACC_DTYPE, INPUT_PRECISION,
+        gx_t_ptr, w_ptr, h_prev_ptr, h0_ptr, hm_ptr, o_b, o_g, m_b, m_g, v_prev, H, H, stride_gx, stride_y, stride_y,
+        BLOCK_B, BLOCK_H, BLOCK_K, HAS_LENGTHS, HAS_MASK, ACC_DTYPE, INPUT_PRECISION,
     )  # fmt: skip
 
     m_bu = m_b[:, None] & m_u[None, :]
-    b_cp = tl.load(c_prev_ptr + o_b[:, None] * stride_cp + o_u[None, :], mask=m_bu, other=0.0).to(ACC_DTYPE)
+    b_cp = tl.load(c_prev_ptr + o_b[:, None] * stride_c + o_u[None, :], mask=m_bu, other=0.0).to(ACC_DTYPE)
     b_gates, b_c, b_h = _cell_forward(b_acc, b_cp, BLOCK_B, BLOCK_H)
+    if ZONEOUT > 0:
+        # h_t = k * h_{t-1} + (1 - k) * h_new, the same for c (k: the training mask, or p in eval)
+        b_hp = _load_h_prev(h_prev_ptr, h0_ptr, o_b, o_u, m_b, m_u, v_prev, stride_y, stride_y, HAS_LENGTHS)
+        b_kh = _zoneout_rates(zs_ptr, zo_stream, t, o_b, o_u, B, H, zo_h, ZONEOUT, ACC_DTYPE)
+        b_kc = _zoneout_rates(zs_ptr, zo_stream + 1, t, o_b, o_u, B, H, zo_c, ZONEOUT, ACC_DTYPE)
+        b_h = b_kh * b_hp.to(ACC_DTYPE) + (1.0 - b_kh) * b_h
+        b_c = b_kc * b_cp + (1.0 - b_kc) * b_c
+        if STORE_ZONEOUT:
+            p_zm = zm_ptr + (t.to(tl.int64) * B + o_b[:, None]) * H + o_u[None, :]
+            tl.store(p_zm, b_kh.to(tl.int8), mask=m_bu)
+            tl.store(p_zm + T * B * H, b_kc.to(tl.int8), mask=m_bu)
     if HAS_LENGTHS:
         b_c = tl.where(v_t[:, None], b_c, b_cp)
         b_h = tl.where(v_t[:, None], b_h, 0.0)
-    tl.store(c_ptr + o_b[:, None] * stride_c + o_u[None, :], b_c.to(c_ptr.dtype.element_ty), mask=m_bu)
-    tl.store(h_ptr + o_b[:, None] * stride_h + o_u[None, :], b_h.to(h_ptr.dtype.element_ty), mask=m_bu)
+    p_c = cs_ptr + s.to(tl.int64) * stride_c_t + o_b[:, None] * stride_c + o_u[None, :]
+    tl.store(p_c, b_c.to(cs_ptr.dtype.element_ty), mask=m_bu)
+    p_h = y_ptr + t.to(tl.int64) * stride_y_t + o_b[:, None] * stride_y + o_u[None, :]
+    tl.store(p_h, b_h.to(y_ptr.dtype.element_ty), mask=m_bu)
     if STORE_GATES:
         tl.store(p_gx, b_gates.to(gx_ptr.dtype.element_ty), mask=m_bg)
 
 
-@triton.jit(do_not_specialize=["t", "t_prev"])
+@triton.jit(do_not_specialize=["t", "t_prev", "s", "s_prev"])
 def _lstmp_fwd_step_kernel(
-    gx_ptr,  # [B, G]  as in _lstm_fwd_step_kernel
+    gx_ptr,  # [T, B, G]  as in _lstm_fwd_step_kernel
     w_ptr,  # [P, G]  W_hh^T with interleaved columns
     wr_ptr,  # [H, P]  W_hr^T
-    h_prev_ptr,  # [B, P]
+    y_ptr,  # [T, B, P]  out: y[t] = h_t = (o * tanh(c_t)) W_hr^T
     h0_ptr,  # [B, P]
-    c_prev_ptr,  # [B, H]
-    h_ptr,  # [B, P]  out: h_t = (o * tanh(c_t)) W_hr^T
-    c_ptr,  # [B, H]
+    c0_ptr,  # [B, H]
+    cs_ptr,  # [S, B, H]
     len_ptr,  # [B]
+    hm_ptr,  # [B, P]  recurrent dropout mask (read if HAS_MASK), y's row stride
     B,
-    H,
-    P,
+    T,
+    S,
     t,
     t_prev,
+    s,
+    s_prev,
+    stride_gx_t,
     stride_gx,
-    stride_hp,
-    stride_h0,
-    stride_cp,
-    stride_h,
+    stride_y_t,
+    stride_y,
+    stride_c_t,
     stride_c,
+    H: tl.constexpr,
+    P: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_P: tl.constexpr,  # >= P: the program holds whole rows of h_t
     STORE_GATES: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
+    HAS_MASK: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
@@ -252,6 +348,10 @@ def _lstmp_fwd_step_kernel(
     o_p = tl.arange(0, BLOCK_P)
     m_b, m_p = o_b < B, o_p < P
     v_t, v_prev = _row_validity(len_ptr, o_b, m_b, t, t_prev, HAS_LENGTHS)
+    gx_t_ptr = gx_ptr + t.to(tl.int64) * stride_gx_t
+    h_prev_ptr = _step_or_initial(y_ptr, t_prev, T, stride_y_t, h0_ptr)
+    c_prev_ptr = _step_or_initial(cs_ptr, s_prev, S, stride_c_t, c0_ptr)
+    c_t_ptr = cs_ptr + s.to(tl.int64) * stride_c_t
 
     b_hr = tl.zeros((BLOCK_B, BLOCK_P), dtype=ACC_DTYPE)
     for u in range(0, H, BLOCK_H):
@@ -259,16 +359,16 @@ def _lstmp_fwd_step_kernel(
         o_u = u + tl.arange(0, BLOCK_H)
         m_g, m_u = o_g < 4 * H, o_u < H
         b_acc, p_gx, m_bg = _gate_preactivations(
-            gx_ptr, w_ptr, h_prev_ptr, h0_ptr, o_b, o_g, m_b, m_g, v_prev, P, H, stride_gx, stride_hp, stride_h0,
-            BLOCK_B, BLOCK_H, BLOCK_K, HAS_LENGTHS, ACC_DTYPE, INPUT_PRECISION,
+            gx_t_ptr, w_ptr, h_prev_ptr, h0_ptr, hm_ptr, o_b, o_g, m_b, m_g, v_prev, P, H, stride_gx, stride_y,
+            stride_y, BLOCK_B, BLOCK_H, BLOCK_K, HAS_LENGTHS, HAS_MASK, ACC_DTYPE, INPUT_PRECISION,
         )  # fmt: skip
 
         m_bu = m_b[:, None] & m_u[None, :]
-        b_cp = tl.load(c_prev_ptr + o_b[:, None] * stride_cp + o_u[None, :], mask=m_bu, other=0.0).to(ACC_DTYPE)
+        b_cp = tl.load(c_prev_ptr + o_b[:, None] * stride_c + o_u[None, :], mask=m_bu, other=0.0).to(ACC_DTYPE)
         b_gates, b_c, b_m = _cell_forward(b_acc, b_cp, BLOCK_B, BLOCK_H)
         if HAS_LENGTHS:
             b_c = tl.where(v_t[:, None], b_c, b_cp)
-        tl.store(c_ptr + o_b[:, None] * stride_c + o_u[None, :], b_c.to(c_ptr.dtype.element_ty), mask=m_bu)
+        tl.store(c_t_ptr + o_b[:, None] * stride_c + o_u[None, :], b_c.to(cs_ptr.dtype.element_ty), mask=m_bu)
         if STORE_GATES:
             tl.store(p_gx, b_gates.to(gx_ptr.dtype.element_ty), mask=m_bg)
         # projection: h_t += m_t[:, units] @ W_hr^T[units, :]; m_t is rounded to the storage dtype as torch does
@@ -277,38 +377,46 @@ def _lstmp_fwd_step_kernel(
 
     if HAS_LENGTHS:
         b_hr = tl.where(v_t[:, None], b_hr, 0.0)
-    tl.store(h_ptr + o_b[:, None] * stride_h + o_p[None, :], b_hr.to(h_ptr.dtype.element_ty), mask=m_b[:, None] & m_p[None, :])
+    p_h = y_ptr + t.to(tl.int64) * stride_y_t + o_b[:, None] * stride_y + o_p[None, :]
+    tl.store(p_h, b_hr.to(y_ptr.dtype.element_ty), mask=m_b[:, None] & m_p[None, :])
 
 
-@triton.jit(do_not_specialize=["t"])
+@triton.jit(do_not_specialize=["t", "t_next", "t_prev", "zo_stream"])
 def _lstm_bwd_step_kernel(
-    dg_next_ptr,  # [B, G]  gate gradients of the step processed before this one (read if HAS_NEXT)
+    dg_ptr,  # [T, B, G]  out: dg[t], the gate gradients of this step; dg[t_next] is read (the step processed before)
     w_ptr,  # [G, H]  W_hh with interleaved rows
-    dy_ptr,  # [B, H]  gradient of this step's output h_t (read if HAS_DY)
+    dy_ptr,  # [T, B, H]  gradient of the outputs (read if HAS_DY)
     dcarry_ptr,  # [B, H]  gradient reaching this step's output state not through dG_next (h_n's, skipped steps')
-    gates_ptr,  # [B, G]  activated gates of this step
-    c_ptr,  # [B, H]  c_t, accumulator dtype
-    c_prev_ptr,  # [B, H]  c_{t-1}, accumulator dtype
-    dc_ptr,  # [B, H]  in: dc_t, out: dc_{t-1}; accumulator dtype, updated in place
-    dg_ptr,  # [B, G]  out: gradients of the gate pre-activations (zeros past a row's length)
+    gates_ptr,  # [T, B, G]  activated gates from the forward
+    cs_ptr,  # [T, B, H]  every c_t, accumulator dtype
+    c0_ptr,  # [B, H]  initial cell state, accumulator dtype, cs's row stride
+    dc_ptr,  # [B, H]  in: dc_t, out: dc_{t-1}; accumulator dtype, cs's row stride, updated in place
     len_ptr,  # [B]
+    hm_ptr,  # [B, H]  recurrent dropout mask (read if HAS_MASK), dy's row stride
+    zs_ptr,  # [1]  the forward's zoneout seed: its masks are drawn again
+    zo_h,
+    zo_c,
+    zo_stream,
     B,
-    H,
-    t,
-    stride_dgn,
-    stride_dy,
-    stride_dcarry,
-    stride_gates,
+    T,
+    t,  # time index of this step
+    t_next,  # time index of the step processed before it (its forward successor), -1 or T on the first step
+    t_prev,  # time index of its forward predecessor (c_{t-1}; c0 when -1 or T)
+    stride_g_t,  # dg's and gates' strides per time step and per row
+    stride_g,
+    stride_dy_t,
+    stride_dy,  # dcarry's too
+    stride_c_t,
     stride_c,
-    stride_cp,
-    stride_dc,
-    stride_dg,
+    H: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    HAS_NEXT: tl.constexpr,
     HAS_DY: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    ZONEOUT: tl.constexpr,
+    CARRY: tl.constexpr,  # HAS_LENGTHS or ZONEOUT: dcarry feeds every step
     ACC_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
@@ -321,58 +429,77 @@ def _lstm_bwd_step_kernel(
     v_t, _ = _row_validity(len_ptr, o_b, m_b, t, t, HAS_LENGTHS)
 
     b_rec, b_dh = _grad_into_h(
-        dg_next_ptr, w_ptr, dy_ptr, dcarry_ptr, o_b, o_u, m_b, m_u, v_t, H, H, stride_dgn, stride_dy, stride_dcarry,
-        BLOCK_B, BLOCK_H, BLOCK_K, HAS_NEXT, HAS_DY, HAS_LENGTHS, ACC_DTYPE, INPUT_PRECISION,
+        dg_ptr, w_ptr, dy_ptr, dcarry_ptr, hm_ptr, o_b, o_u, m_b, m_u, v_t, t, t_next, T, H, H,
+        stride_g_t, stride_g, stride_dy_t, stride_dy, BLOCK_B, BLOCK_H, BLOCK_K, HAS_DY, CARRY, HAS_MASK,
+        ACC_DTYPE, INPUT_PRECISION,
     )  # fmt: skip
-    p_dcarry = dcarry_ptr + o_b[:, None] * stride_dcarry + o_u[None, :]
+    p_dcarry = dcarry_ptr + o_b[:, None] * stride_dy + o_u[None, :]
 
-    b_gates = tl.load(gates_ptr + o_b[:, None] * stride_gates + o_g[None, :], mask=m_bg, other=0.0).to(ACC_DTYPE)
-    b_c = tl.load(c_ptr + o_b[:, None] * stride_c + o_u[None, :], mask=m_bu, other=0.0).to(ACC_DTYPE)
-    b_cp = tl.load(c_prev_ptr + o_b[:, None] * stride_cp + o_u[None, :], mask=m_bu, other=0.0).to(ACC_DTYPE)
-    p_dc = dc_ptr + o_b[:, None] * stride_dc + o_u[None, :]
-    b_dc = tl.load(p_dc, mask=m_bu, other=0.0).to(ACC_DTYPE)
-    b_dg, b_dc = _cell_backward(b_dh, b_gates, b_c, b_cp, b_dc, BLOCK_B, BLOCK_H)
+    o_bg = t.to(tl.int64) * stride_g_t + o_b[:, None] * stride_g + o_g[None, :]
+    o_bc = o_b[:, None] * stride_c + o_u[None, :]
+    c_prev_ptr = _step_or_initial(cs_ptr, t_prev, T, stride_c_t, c0_ptr)
+    b_gates = tl.load(gates_ptr + o_bg, mask=m_bg, other=0.0).to(ACC_DTYPE)
+    b_c = tl.load(cs_ptr + t.to(tl.int64) * stride_c_t + o_bc, mask=m_bu, other=0.0).to(ACC_DTYPE)
+    b_cp = tl.load(c_prev_ptr + o_bc, mask=m_bu, other=0.0).to(ACC_DTYPE)
+    b_dc = tl.load(dc_ptr + o_bc, mask=m_bu, other=0.0).to(ACC_DTYPE)
+    b_carry = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
+    if ZONEOUT > 0:
+        # the forward's masks again; the kept share of dh_t / dc_t goes straight to h_{t-1} / c_{t-1}, the rest
+        # through the cell, whose c_t before zoneout is recomputed from the gates
+        b_kh = _zoneout_rates(zs_ptr, zo_stream, t, o_b, o_u, B, H, zo_h, ZONEOUT, ACC_DTYPE)
+        b_kc = _zoneout_rates(zs_ptr, zo_stream + 1, t, o_b, o_u, B, H, zo_c, ZONEOUT, ACC_DTYPE)
+        b_i, b_f, b_g, b_o = _split_gates(b_gates, BLOCK_B, BLOCK_H)
+        b_c = b_f * b_cp + b_i * b_g
+        b_carry = b_kh * b_dh
+        b_dh = (1.0 - b_kh) * b_dh
+        b_dc_kept = b_kc * b_dc
+        b_dg, b_dc = _cell_backward(b_dh, b_gates, b_c, b_cp, (1.0 - b_kc) * b_dc, BLOCK_B, BLOCK_H)
+        b_dc += b_dc_kept
+    else:
+        b_dg, b_dc = _cell_backward(b_dh, b_gates, b_c, b_cp, b_dc, BLOCK_B, BLOCK_H)
     if HAS_LENGTHS:
         b_dg = tl.where(v_t[:, None], b_dg, 0.0)
-        tl.store(p_dcarry, tl.where(v_t[:, None], 0.0, b_rec).to(dcarry_ptr.dtype.element_ty), mask=m_bu)
-    tl.store(dg_ptr + o_b[:, None] * stride_dg + o_g[None, :], b_dg.to(dg_ptr.dtype.element_ty), mask=m_bg)
-    tl.store(p_dc, b_dc.to(dc_ptr.dtype.element_ty), mask=m_bu & v_t[:, None])
+        b_carry = tl.where(v_t[:, None], b_carry, b_rec)
+    if CARRY:
+        tl.store(p_dcarry, b_carry.to(dcarry_ptr.dtype.element_ty), mask=m_bu)
+    tl.store(dg_ptr + o_bg, b_dg.to(dg_ptr.dtype.element_ty), mask=m_bg)
+    tl.store(dc_ptr + o_bc, b_dc.to(dc_ptr.dtype.element_ty), mask=m_bu & v_t[:, None])
 
 
-@triton.jit(do_not_specialize=["t"])
+@triton.jit(do_not_specialize=["t", "t_next", "t_prev"])
 def _lstmp_bwd_step_kernel(
-    dg_next_ptr,  # [B, G]
+    dg_ptr,  # [T, B, G]
     w_ptr,  # [G, P]  W_hh with interleaved rows
     wr_ptr,  # [P, H]  W_hr
-    dy_ptr,  # [B, P]
+    dy_ptr,  # [T, B, P]
     dcarry_ptr,  # [B, P]
-    gates_ptr,  # [B, G]
-    c_ptr,  # [B, H]
-    c_prev_ptr,  # [B, H]
+    gates_ptr,  # [T, B, G]
+    cs_ptr,  # [T, B, H]
+    c0_ptr,  # [B, H]
     dc_ptr,  # [B, H]
-    dg_ptr,  # [B, G]
-    dh_ptr,  # [B, P]  out: the whole gradient of h_t (zeros past a row's length), for dW_hr
+    dh_ptr,  # [T, B, P]  out: dh[t], the whole gradient of h_t (zeros past a row's length), for dW_hr; dy's strides
     len_ptr,  # [B]
+    hm_ptr,  # [B, P]  recurrent dropout mask (read if HAS_MASK), dy's row stride
     B,
-    H,
-    P,
+    T,
     t,
-    stride_dgn,
+    t_next,
+    t_prev,
+    stride_g_t,
+    stride_g,
+    stride_dy_t,
     stride_dy,
-    stride_dcarry,
-    stride_gates,
+    stride_c_t,
     stride_c,
-    stride_cp,
-    stride_dc,
-    stride_dg,
-    stride_dh,
+    H: tl.constexpr,
+    P: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_P: tl.constexpr,
-    HAS_NEXT: tl.constexpr,
     HAS_DY: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
+    HAS_MASK: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
@@ -383,35 +510,41 @@ def _lstmp_bwd_step_kernel(
     v_t, _ = _row_validity(len_ptr, o_b, m_b, t, t, HAS_LENGTHS)
 
     b_rec, b_dh = _grad_into_h(
-        dg_next_ptr, w_ptr, dy_ptr, dcarry_ptr, o_b, o_p, m_b, m_p, v_t, H, P, stride_dgn, stride_dy, stride_dcarry,
-        BLOCK_B, BLOCK_P, BLOCK_K, HAS_NEXT, HAS_DY, HAS_LENGTHS, ACC_DTYPE, INPUT_PRECISION,
+        dg_ptr, w_ptr, dy_ptr, dcarry_ptr, hm_ptr, o_b, o_p, m_b, m_p, v_t, t, t_next, T, H, P,
+        stride_g_t, stride_g, stride_dy_t, stride_dy, BLOCK_B, BLOCK_P, BLOCK_K, HAS_DY, HAS_LENGTHS, HAS_MASK,
+        ACC_DTYPE, INPUT_PRECISION,
     )  # fmt: skip
-    p_dcarry = dcarry_ptr + o_b[:, None] * stride_dcarry + o_p[None, :]
+    p_dcarry = dcarry_ptr + o_b[:, None] * stride_dy + o_p[None, :]
     if HAS_LENGTHS:
         b_dh = tl.where(v_t[:, None], b_dh, 0.0)
         tl.store(p_dcarry, tl.where(v_t[:, None], 0.0, b_rec).to(dcarry_ptr.dtype.element_ty), mask=m_bp)
     b_dh = b_dh.to(dh_ptr.dtype.element_ty)
-    tl.store(dh_ptr + o_b[:, None] * stride_dh + o_p[None, :], b_dh, mask=m_bp)
+    tl.store(dh_ptr + t.to(tl.int64) * stride_dy_t + o_b[:, None] * stride_dy + o_p[None, :], b_dh, mask=m_bp)
 
+    gates_t_ptr = gates_ptr + t.to(tl.int64) * stride_g_t
+    dg_t_ptr = dg_ptr + t.to(tl.int64) * stride_g_t
+    c_t_ptr = cs_ptr + t.to(tl.int64) * stride_c_t
+    c_prev_ptr = _step_or_initial(cs_ptr, t_prev, T, stride_c_t, c0_ptr)
     for u in range(0, H, BLOCK_H):
         o_g = 4 * u + tl.arange(0, 4 * BLOCK_H)
         o_u = u + tl.arange(0, BLOCK_H)
         m_g, m_u = o_g < 4 * H, o_u < H
         m_bu = m_b[:, None] & m_u[None, :]
         m_bg = m_b[:, None] & m_g[None, :]
+        o_bg = o_b[:, None] * stride_g + o_g[None, :]
+        o_bc = o_b[:, None] * stride_c + o_u[None, :]
         # dm_t[:, units] = dh_t @ W_hr[:, units]
         b_wr = tl.load(wr_ptr + o_p[:, None] * H + o_u[None, :], mask=m_p[:, None] & m_u[None, :], other=0.0)
         b_dm = tl.dot(b_dh, b_wr, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
-        b_gates = tl.load(gates_ptr + o_b[:, None] * stride_gates + o_g[None, :], mask=m_bg, other=0.0).to(ACC_DTYPE)
-        b_c = tl.load(c_ptr + o_b[:, None] * stride_c + o_u[None, :], mask=m_bu, other=0.0).to(ACC_DTYPE)
-        b_cp = tl.load(c_prev_ptr + o_b[:, None] * stride_cp + o_u[None, :], mask=m_bu, other=0.0).to(ACC_DTYPE)
-        p_dc = dc_ptr + o_b[:, None] * stride_dc + o_u[None, :]
-        b_dc = tl.load(p_dc, mask=m_bu, other=0.0).to(ACC_DTYPE)
+        b_gates = tl.load(gates_t_ptr + o_bg, mask=m_bg, other=0.0).to(ACC_DTYPE)
+        b_c = tl.load(c_t_ptr + o_bc, mask=m_bu, other=0.0).to(ACC_DTYPE)
+        b_cp = tl.load(c_prev_ptr + o_bc, mask=m_bu, other=0.0).to(ACC_DTYPE)
+        b_dc = tl.load(dc_ptr + o_bc, mask=m_bu, other=0.0).to(ACC_DTYPE)
         b_dg, b_dc = _cell_backward(b_dm, b_gates, b_c, b_cp, b_dc, BLOCK_B, BLOCK_H)
         if HAS_LENGTHS:
             b_dg = tl.where(v_t[:, None], b_dg, 0.0)
-        tl.store(dg_ptr + o_b[:, None] * stride_dg + o_g[None, :], b_dg.to(dg_ptr.dtype.element_ty), mask=m_bg)
-        tl.store(p_dc, b_dc.to(dc_ptr.dtype.element_ty), mask=m_bu & v_t[:, None])
+        tl.store(dg_t_ptr + o_bg, b_dg.to(dg_ptr.dtype.element_ty), mask=m_bg)
+        tl.store(dc_ptr + o_bc, b_dc.to(dc_ptr.dtype.element_ty), mask=m_bu & v_t[:, None])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -451,27 +584,38 @@ def step_config(
 ) -> dict:
     """Tile sizes and warps for one step; ``reduce`` is the dot's inner length (R forward, 4H backward).
 
-    Every dimension of a ``tl.dot`` must be at least 16 on the GPU, so tiles never shrink below that. The warp
-    counts keep the sm_90 builds free of register spills (``benchmarks/compile_report.py``): 64 batch rows need
-    8 warps, 32 or fewer fit in 4, and float64 (gradcheck only) fits with 16 rows. With a projection a program
-    holds whole rows of h_t (BLOCK_P >= P) and loops over 16-unit tiles (also a dot's inner length there).
+    Every dimension of a ``tl.dot`` must be at least 16 on the GPU, so tiles never shrink below that. Warps and
+    tiles keep every default build free of register spills for sm_90 and sm_80 under Triton 3.6 and 3.9
+    (``tests/test_step_compile.py``; ``benchmarks/compile_report.py`` prints the table): 8 warps per program,
+    on 64 batch rows x 32 units, or on 32 or fewer rows x 16 units (with 32 units and 4 warps Triton 3.6's
+    ptxas spills a 64-bit value in the bf16 backward with lengths); float32 takes 32-long K blocks (with 64, exact
+    fp32 dots, which run on FMA units, spill on sm_90 and collapse to 32 registers and kilobytes of stack on
+    sm_80), and at most 32 rows x 32 units when H is not a multiple of 16 (no stride is then known to be
+    16-aligned: the 64-row float32 backward spills on sm_80, and so does 32 x 16 on either version's ptxas);
+    float64 (gradcheck only) fits 16 rows x 32 units in 4 warps. With a projection a program holds whole
+    rows of h_t (BLOCK_P >= P) and loops over 16-unit tiles (also a dot's inner length there).
     """
     if proj_size:
-        # spill-free on sm_90 for P <= 256 in every dtype (larger P may spill: the row of h_t lives in registers)
+        # spill-free for P <= 256 in every dtype (larger P may spill: the row of h_t lives in registers)
         wide = dtype in (torch.float16, torch.bfloat16)
         return {
             "BLOCK_B": 16,
             "BLOCK_H": 16,
-            "BLOCK_K": min(64 if wide else 16, max(16, triton.next_power_of_2(reduce))),
+            "BLOCK_K": min(32 if wide else 16, max(16, triton.next_power_of_2(reduce))),
             "BLOCK_P": max(16, triton.next_power_of_2(proj_size)),
             "num_warps": 8,
         }
-    block_b = min(16 if dtype == torch.float64 else 64, max(16, triton.next_power_of_2(batch)))
+    if dtype == torch.float64:
+        block_b, block_h, warps = 16, 32, 4
+    else:
+        unaligned_fp32 = dtype == torch.float32 and hidden % 16 != 0
+        block_b = min(32 if unaligned_fp32 else 64, max(16, triton.next_power_of_2(batch)))
+        block_h, warps = (32 if block_b >= (32 if unaligned_fp32 else 64) else 16), 8
     return {
         "BLOCK_B": block_b,
-        "BLOCK_H": min(32, max(4, triton.next_power_of_2(hidden))),
-        "BLOCK_K": min(64, max(16, triton.next_power_of_2(reduce))),
-        "num_warps": 8 if block_b == 64 else 4,
+        "BLOCK_H": min(block_h, max(4, triton.next_power_of_2(hidden))),
+        "BLOCK_K": min(32 if dtype == torch.float32 else 64, max(16, triton.next_power_of_2(reduce))),
+        "num_warps": warps,
     }
 
 
@@ -487,6 +631,25 @@ def _tiles(config: dict) -> dict:
     return {k: v for k, v in config.items() if k.startswith("BLOCK_")}
 
 
+def _launch_guard(device: torch.device):
+    """Launch on ``device`` and its current stream: Triton launches on the *current* CUDA device's current stream,
+    which need not be the tensors' device (cuda:1 tensors while cuda:0 is current: wrong stream, illegal address)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
+
+
+def _zoneout_mode(zoneout: tuple[float, float], seed: torch.Tensor | None) -> int:
+    return 0 if not any(zoneout) else (2 if seed is not None else 1)
+
+
+def _zoneout_args(zoneout, seed, stream, unread, w_hr) -> list:
+    """The zoneout kernel arguments ``[zs_ptr, zm_ptr, p_h, p_c, stream]`` (``unread`` stands in for absent ones)."""
+    if any(zoneout) and w_hr is not None:
+        raise NotImplementedError("zoneout with a projection is not in the Triton kernels (the reference runs it)")
+    return [seed if seed is not None else unread, unread, float(zoneout[0]), float(zoneout[1]), int(stream)]
+
+
 def lstm_layer_forward(
     x: torch.Tensor,  # [T, B, I]
     h0: torch.Tensor,  # [B, R]
@@ -500,6 +663,11 @@ def lstm_layer_forward(
     reverse: bool = False,
     store_for_backward: bool = True,
     config: dict | None = None,
+    h_mask: torch.Tensor | None = None,  # [B, R] recurrent dropout mask on h_{t-1}
+    zoneout: tuple[float, float] = (0.0, 0.0),  # (p_h, p_c)
+    zoneout_seed: torch.Tensor | None = None,  # [1] int64 on x's device: training masks; None: the expectation
+    zoneout_stream: int = 0,  # 2 * direction
+    zoneout_masks_out: torch.Tensor | None = None,  # [2, T, B, H] int8: test-only, receives the masks drawn
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Run one LSTM layer in one direction on the Triton step kernels.
 
@@ -508,7 +676,11 @@ def lstm_layer_forward(
     c_t, accumulator dtype) are what :func:`lstm_layer_backward` needs; ``None`` unless ``store_for_backward``.
     ``reverse`` processes time from T-1 down to 0. With ``w_hr``, h_t is projected to P features. With
     ``lengths``, ``y`` is zero past each row's length and ``h_n``/``c_n`` are taken at each row's last step.
-    The caller validates ``lengths``.
+    The caller validates ``lengths``. ``h_mask`` (recurrent dropout) multiplies h_{t-1} where it enters the
+    recurrent product, at every step, inside the step kernel (no extra launch). ``zoneout`` (no projection):
+    with ``zoneout_seed`` each element of h_t and c_t keeps its previous value with probability p, masks drawn
+    in-kernel by Philox from the seed (never stored, unless ``zoneout_masks_out`` is given, for tests); without it
+    the expectation ``p * previous + (1 - p) * new``.
     """
     T, B, I = x.shape
     H, R = w_hh.shape[0] // 4, w_hh.shape[1]
@@ -531,10 +703,15 @@ def lstm_layer_forward(
     h0 = h0.contiguous()
     c0 = c0.to(acc).contiguous()
     lens = lengths.to(device=x.device, dtype=torch.int32).contiguous() if lengths is not None else h0  # h0: unread
+    hm = h_mask.to(dtype).contiguous() if h_mask is not None else h0  # h0: unread
     P = w_hr.shape[0] if w_hr is not None else 0
+    zo = _zoneout_args(zoneout, zoneout_seed, zoneout_stream, h0, w_hr)
+    if zoneout_masks_out is not None:
+        zo[1] = zoneout_masks_out
     cfg = _check_config(config or step_config(B, H, R, dtype, P), P)
     common = dict(
-        STORE_GATES=store_for_backward, HAS_LENGTHS=lengths is not None, ACC_DTYPE=_TL_DTYPE[acc],
+        STORE_GATES=store_for_backward, HAS_LENGTHS=lengths is not None, HAS_MASK=h_mask is not None,
+        ACC_DTYPE=_TL_DTYPE[acc],
         INPUT_PRECISION=_input_precision(dtype), num_warps=cfg["num_warps"], **_tiles(cfg),
     )  # fmt: skip
     if w_hr is not None:
@@ -542,24 +719,30 @@ def lstm_layer_forward(
         grid = (triton.cdiv(B, cfg["BLOCK_B"]),)
     else:
         grid = (triton.cdiv(B, cfg["BLOCK_B"]), triton.cdiv(H, cfg["BLOCK_H"]))
+    # every per-step tensor goes to the kernel as its buffer and an index (one compiled variant for all steps);
+    # the initial states share the buffers' row strides
+    S = cs.shape[0]
+    strides = (gx.stride(0), gx.stride(1), y.stride(0), y.stride(1), cs.stride(0), cs.stride(1))
     delta = 1 if reverse else -1  # t + delta: the step before t in processing order
-    c_prev = c0
-    for n, t in enumerate(range(T - 1, -1, -1) if reverse else range(T)):
-        if B == 0:
-            break
-        t_prev = t + delta
-        h_prev = y[t_prev] if 0 <= t_prev < T else h0
-        c_out = cs[t] if store_for_backward else cs[n % 2]
-        strides = (gx.stride(1), h_prev.stride(0), h0.stride(0), c_prev.stride(0), y.stride(1), c_out.stride(0))
-        if w_hr is not None:
-            _lstmp_fwd_step_kernel[grid](
-                gx[t], w_t, wr_t, h_prev, h0, c_prev, y[t], c_out, lens, B, H, P, t, t_prev, *strides, **common
-            )
-        else:
-            _lstm_fwd_step_kernel[grid](gx[t], w_t, h_prev, h0, c_prev, y[t], c_out, lens, B, H, t, t_prev, *strides, **common)
-        c_prev = c_out
+    s = -1  # slot of cs holding c_{t-1}; -1: c0
+    with _launch_guard(x.device):
+        for n, t in enumerate(range(T - 1, -1, -1) if reverse else range(T)):
+            if B == 0:
+                break
+            s_prev, s = s, (t if store_for_backward else n % 2)
+            if w_hr is not None:
+                _lstmp_fwd_step_kernel[grid](
+                    gx, w_t, wr_t, y, h0, c0, cs, lens, hm, B, T, S, t, t + delta, s, s_prev, *strides, H=H, P=P,
+                    **common,
+                )
+            else:
+                _lstm_fwd_step_kernel[grid](
+                    gx, w_t, y, h0, c0, cs, lens, hm, *zo, B, T, S, t, t + delta, s, s_prev, *strides, H=H,
+                    ZONEOUT=_zoneout_mode(zoneout, zoneout_seed), STORE_ZONEOUT=zoneout_masks_out is not None,
+                    **common,
+                )
 
-    c_n = c_prev.to(dtype, copy=True)
+    c_n = (cs[s] if s >= 0 else c0).to(dtype, copy=True)
     if B == 0:
         h_n = h0.clone()
     elif lengths is not None and not reverse:
@@ -588,6 +771,10 @@ def lstm_layer_backward(
     reverse: bool = False,
     needs: tuple[bool, ...] = (True,) * 7,
     config: dict | None = None,
+    h_mask: torch.Tensor | None = None,  # [B, R] the forward's recurrent dropout mask
+    zoneout: tuple[float, float] = (0.0, 0.0),  # the forward's zoneout, seed and stream (masks drawn again)
+    zoneout_seed: torch.Tensor | None = None,
+    zoneout_stream: int = 0,
 ) -> tuple[torch.Tensor | None, ...]:
     """Gradients of one layer and direction: ``(dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr)``.
 
@@ -603,15 +790,19 @@ def lstm_layer_backward(
     dtype, acc = x.dtype, acc_dtype(x.dtype)
     w_r = interleave_gates(w_hh).contiguous()  # [G, R]
     c0 = c0.to(acc).contiguous()
+    gates, cs = gates.contiguous(), cs.contiguous()  # the kernel reads them with dg's and c0's strides
     dy = dy.contiguous() if dy is not None else None
     dc = dc_n.to(acc, copy=True).contiguous() if dc_n is not None else torch.zeros(B, H, device=x.device, dtype=acc)
     dcarry = dh_n.to(acc, copy=True).contiguous() if dh_n is not None else torch.zeros(B, R, device=x.device, dtype=acc)
     lens = lengths.to(device=x.device, dtype=torch.int32).contiguous() if lengths is not None else dc  # dc: unread
+    hm = h_mask.to(dtype).contiguous() if h_mask is not None else dc  # dc: unread
+    zo = _zoneout_args(zoneout, zoneout_seed, zoneout_stream, dc, w_hr)
+    zmode = _zoneout_mode(zoneout, zoneout_seed)
     dg = torch.empty(T, B, 4 * H, device=x.device, dtype=dtype)
     dh_all = torch.empty(T, B, P, device=x.device, dtype=dtype) if w_hr is not None else None
     cfg = _check_config(config or step_config(B, H, 4 * H, dtype, P), P)
     common = dict(
-        HAS_DY=dy is not None, HAS_LENGTHS=lengths is not None, ACC_DTYPE=_TL_DTYPE[acc],
+        HAS_DY=dy is not None, HAS_LENGTHS=lengths is not None, HAS_MASK=h_mask is not None, ACC_DTYPE=_TL_DTYPE[acc],
         INPUT_PRECISION=_input_precision(dtype), num_warps=cfg["num_warps"], **_tiles(cfg),
     )  # fmt: skip
     if w_hr is not None:
@@ -620,27 +811,29 @@ def lstm_layer_backward(
     else:
         grid = (triton.cdiv(B, cfg["BLOCK_B"]), triton.cdiv(H, cfg["BLOCK_H"]))
 
-    # processing order of the backward: the forward's, reversed. `prev` of step t is the step before it in the
-    # forward (t-1 forward, t+1 reverse); `first` is the time index the forward started at.
+    # processing order of the backward: the forward's, reversed. Of step t, `t + delta` is its forward
+    # predecessor (t-1 forward, t+1 reverse; c0 where out of range) and `t - delta` the step processed just
+    # before it (none on the first step); `first` is the time index the forward started at.
     delta, first = (1, T - 1) if reverse else (-1, 0)
-    for n, t in enumerate(range(T) if reverse else range(T - 1, -1, -1)):
-        if B == 0:
-            break
-        c_prev = c0 if t == first else cs[t + delta]
-        dg_next = dg[t - delta] if n > 0 else dg[t]  # not read on the first step
-        dy_t = dy[t] if dy is not None else y[t]  # not read without dy
-        strides = (dg_next.stride(0), dy_t.stride(0), dcarry.stride(0), gates.stride(1), cs.stride(1),
-                   c_prev.stride(0), dc.stride(0), dg.stride(1))  # fmt: skip
-        if w_hr is not None:
-            _lstmp_bwd_step_kernel[grid](
-                dg_next, w_r, w_hr_c, dy_t, dcarry, gates[t], cs[t], c_prev, dc, dg[t], dh_all[t], lens,
-                B, H, P, t, *strides, dh_all.stride(1), HAS_NEXT=n > 0, **common,
-            )  # fmt: skip
-        else:
-            _lstm_bwd_step_kernel[grid](
-                dg_next, w_r, dy_t, dcarry, gates[t], cs[t], c_prev, dc, dg[t], lens, B, H, t, *strides,
-                HAS_NEXT=n > 0, **common,
-            )  # fmt: skip
+    dy_buf = dy if dy is not None else y  # y: not read without dy
+    # buffers and indices, not per-step views (one compiled variant for all steps); dcarry has dy's row
+    # stride, dh_all dy's strides, c0 and dc cs's row stride
+    strides = (dg.stride(0), dg.stride(1), dy_buf.stride(0), dy_buf.stride(1), cs.stride(0), cs.stride(1))
+    with _launch_guard(x.device):
+        for t in range(T) if reverse else range(T - 1, -1, -1):
+            if B == 0:
+                break
+            if w_hr is not None:
+                _lstmp_bwd_step_kernel[grid](
+                    dg, w_r, w_hr_c, dy_buf, dcarry, gates, cs, c0, dc, dh_all, lens, hm, B, T, t, t - delta, t + delta,
+                    *strides, H=H, P=P, **common,
+                )  # fmt: skip
+            else:
+                _lstm_bwd_step_kernel[grid](
+                    dg, w_r, dy_buf, dcarry, gates, cs, c0, dc, lens, hm, zo[0], *zo[2:], B, T, t, t - delta, t + delta,
+                    *strides, H=H, ZONEOUT=zmode, CARRY=bool(zmode) or lengths is not None,
+                    **common,
+                )  # fmt: skip
     if B == 0:
         dg.zero_()
         if dh_all is not None:
@@ -651,7 +844,9 @@ def lstm_layer_backward(
     if need_dh0:
         # through the first step's gates, plus (with lengths) what skipped steps carried straight to h0
         dh0 = torch.mm(dg[first], w_r)
-        if lengths is not None:
+        if h_mask is not None:
+            dh0 = dh0 * hm
+        if lengths is not None or zmode:
             dh0 = (dh0.to(acc) + dcarry).to(dtype)
     if need_dc0:
         dc0 = dc.to(dtype)
@@ -665,6 +860,8 @@ def lstm_layer_backward(
         if lengths is not None and reverse and T > 1:
             own = (torch.arange(1, T, device=x.device)[:, None] < lengths.to(x.device)[None, :])[..., None]
             h_rest = torch.where(own, h_rest, h0[None])
+        if h_mask is not None:  # the recurrent product saw h_{t-1} * mask
+            h_rest, h0 = h_rest * hm, h0 * hm
         dw_hh = torch.mm(dg[first].t(), h0)
         if T > 1:
             dw_hh = torch.addmm(dw_hh, dg_rest.reshape(-1, 4 * H).t(), h_rest.reshape(-1, R))

@@ -1,11 +1,17 @@
-"""Launcher level: one layer and direction on the Triton kernels against the plain PyTorch step loop."""
+"""Launcher level: one layer and direction on the Triton kernels against the plain PyTorch step loop.
+
+The launchers run where the kernels can (TRITON_DEVICE: CUDA tensors on a GPU, CPU tensors under the interpreter);
+tests that launch kernels skip elsewhere, with the reason. Compiled-variant counts, the device guard on a CPU and
+register spills are checked in tests/test_step_compile.py (compile-only, no GPU needed).
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tests.helpers import CPU_DTYPES, DEVICE, assert_close
+import tritonlstm
+from tests.helpers import CPU_DTYPES, HAS_CUDA, TRITON_DEVICE, assert_close, requires_triton, run_and_grad
 from tritonlstm import reference
 from tritonlstm.kernels import (
     deinterleave_gates,
@@ -14,6 +20,9 @@ from tritonlstm.kernels import (
     lstm_layer_forward,
     step_config,
 )
+
+DEVICE = TRITON_DEVICE or "cpu"  # where the kernels run; "cpu" for the tests that never launch one
+requires_two_gpus = pytest.mark.skipif(not HAS_CUDA or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 
 # tiles far smaller than the problem, so several programs cover batch and hidden units in every step
 SMALL_TILES = {"BLOCK_B": 16, "BLOCK_H": 4, "BLOCK_K": 16, "num_warps": 4}
@@ -77,6 +86,7 @@ def _check_layer(inp, dtype, reverse, config, lengths=None):
     assert cs.dtype == (torch.float64 if dtype == torch.float64 else torch.float32), "cell state must be fp32/fp64"
 
 
+@requires_triton
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=str)
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize(
@@ -95,6 +105,7 @@ def test_layer_matches_reference(T, B, I, H, config, reverse, dtype):
 PROJ_TILES = {"BLOCK_B": 16, "BLOCK_H": 16, "BLOCK_K": 16, "BLOCK_P": 16, "num_warps": 4}
 
 
+@requires_triton
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=str)
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize(
@@ -109,6 +120,7 @@ def test_projected_layer_matches_reference(T, B, I, H, P, bias, config, reverse,
     _check_layer(_layer_inputs(T, B, I, H, dtype, bias=bias, P=P), dtype, reverse, config)
 
 
+@requires_triton
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize(
@@ -122,6 +134,7 @@ def test_lengths_match_reference(P, config, reverse, dtype):
     _check_layer(_layer_inputs(T, B, 4, 6, dtype, P=P), dtype, reverse, config, lengths)
 
 
+@requires_triton
 def test_full_lengths_equal_no_lengths():
     """lengths == T everywhere must give bitwise the same numbers as no lengths at all (both directions)."""
     inp = _layer_inputs(4, 3, 5, 6, torch.float32)
@@ -137,6 +150,7 @@ def test_full_lengths_equal_no_lengths():
             assert torch.equal(x, z), name
 
 
+@requires_triton
 @pytest.mark.parametrize(
     "given", [("dy",), ("dh_n",), ("dc_n",), ("dy", "dc_n"), ()], ids=lambda g: "+".join(g) or "none"
 )
@@ -156,6 +170,7 @@ def test_none_upstream_gradients(given):
         assert_close(g, rg[name], torch.float64, name)
 
 
+@requires_triton
 def test_needs_selects_gradients():
     inp = _layer_inputs(3, 2, 3, 5, torch.float32, bias=True, P=2)
     y, h_n, c_n, gates, cs = lstm_layer_forward(**inp)
@@ -168,6 +183,7 @@ def test_needs_selects_gradients():
         assert torch.equal(part[k], full[k])
 
 
+@requires_triton
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_inference_path_matches_training_path(reverse):
     """Without storage for the backward the kernel keeps two cell buffers; results must not change."""
@@ -180,6 +196,7 @@ def test_inference_path_matches_training_path(reverse):
 
 
 def test_batch_zero():
+    """No step to run: no launch, so this passes wherever torch runs."""
     inp = _layer_inputs(3, 0, 4, 5, torch.float32)
     y, h_n, c_n, gates, cs = lstm_layer_forward(**inp)
     assert y.shape == (3, 0, 5) and h_n.shape == (0, 5) and c_n.shape == (0, 5)
@@ -217,3 +234,26 @@ def test_config_below_dot_minimum_is_rejected():
     inp = _layer_inputs(2, 2, 3, 8, torch.float32, P=20)
     with pytest.raises(ValueError, match="BLOCK_P"):
         lstm_layer_forward(**inp, config=PROJ_TILES)
+
+
+@pytest.mark.gpu
+@requires_two_gpus
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_second_gpu_matches_nn_lstm(dtype):
+    """Tensors on cuda:1 while cuda:0 is current, on a side stream: the launches must follow the tensors."""
+    kwargs = dict(input_size=5, hidden_size=33, num_layers=2, bidirectional=True)
+    ref = torch.nn.LSTM(**kwargs).to(torch.float64)  # the oracle, on the CPU
+    ours = tritonlstm.LSTM(**kwargs, backend="triton").to(device="cuda:1", dtype=dtype)
+    ours.load_state_dict(ref.state_dict())
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(7, 3, 5, dtype=torch.float64)
+    expected = run_and_grad(ref, x)
+    torch.cuda.set_device(0)
+    stream = torch.cuda.Stream(device="cuda:1")
+    with torch.cuda.stream(stream):
+        actual = run_and_grad(ours, x.to(device="cuda:1", dtype=dtype))
+    stream.synchronize()
+    assert torch.cuda.current_device() == 0
+    for name in expected:
+        assert actual[name].device == torch.device("cuda", 1), name
+        assert_close(actual[name].cpu(), expected[name], dtype, name)

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# CI (CPU, no GPU): the kernels must compile, spill-free, for sm_90 and sm_80 under today's Triton and under the
+# GPU image's (Triton 3.6.0, which torch's CUDA wheels pin there). Run from .ci/run after the venv is set up, with
+# its python on PATH. Triton 3.6 goes into a folder beside the venv's own (pip --target, then PYTHONPATH), so the
+# venv is not touched; both runs go in parallel, one per core.
+#
+#   bash .ci/triton36.sh                     # TRITON36_DIR=... to put Triton 3.6 elsewhere (default .venv/triton36)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TRITON36_VERSION=3.6.0
+TRITON36_DIR=${TRITON36_DIR:-.venv/triton36}
+LOGS=$(mktemp -d)
+
+installed=$(PYTHONPATH="$TRITON36_DIR" python -c 'import triton; print(triton.__version__)' 2>/dev/null || true)
+if [ "$installed" != "$TRITON36_VERSION" ]; then
+    python -m pip install --quiet --no-deps --upgrade --target "$TRITON36_DIR" "triton==$TRITON36_VERSION"
+fi
+
+# what each run checks: the compile matrix (tests/test_step_compile.py) and, if present, the structure of the
+# sequence kernels (tests/test_sequence_structure.py); both compile-only under the fake driver
+TESTS=(tests/test_step_compile.py)
+if [ -f tests/test_sequence_structure.py ]; then
+    TESTS+=(tests/test_sequence_structure.py)
+fi
+
+run() {  # run NAME PYTHONPATH
+    local name=$1 path=$2
+    (
+        export PYTHONPATH="$path" TRITONLSTM_COMPILE_MATRIX=1
+        unset TRITON_INTERPRET
+        python -c 'import triton, numpy; print("triton", triton.__version__, triton.__file__, "numpy", numpy.__version__)'
+        python -m pytest -q -p no:cacheprovider "${TESTS[@]}"
+    ) >"$LOGS/$name.log" 2>&1
+}
+
+start=$(date +%s)
+run triton-current "" &
+pid_current=$!
+run "triton-$TRITON36_VERSION" "$TRITON36_DIR" &
+pid_36=$!
+status=0
+wait $pid_current || status=1
+wait $pid_36 || status=1
+
+# the interpreter of the GPU image's Triton with this NumPy (Triton 3.6 + NumPy >= 2.4 broke `range` over a
+# runtime bound; the kernels loop over constexpr bounds only): a few launcher tests, interpreted
+(
+    export PYTHONPATH="$TRITON36_DIR" TRITON_INTERPRET=1
+    python -m pytest -q -p no:cacheprovider tests/test_kernels.py \
+        -k "test_layer_matches_reference and T4 or test_lengths_match_reference and proj"
+) >"$LOGS/triton-$TRITON36_VERSION-interpreter.log" 2>&1 || status=1
+
+for log in "$LOGS"/*.log; do
+    echo "=== $(basename "$log" .log)"
+    tail -n 25 "$log"
+done
+echo "triton36.sh: $(($(date +%s) - start)) s, $([ $status = 0 ] && echo passed || echo FAILED)"
+exit $status

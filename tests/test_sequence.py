@@ -1,0 +1,481 @@
+"""Sequence kernels (kernels/sequence.py) against the per-step launchers, their safety net and the choice rule.
+
+The oracle is the per-step kernels (kernels/lstm.py), themselves tested against nn.LSTM and the reference loop.
+The batch-owned regime with the per-step tiles reduces in the same order, so its forward must match bit for
+bit; everything else agrees at the dtype's tolerance. The interpreter runs the programs of a grid one after
+another, so the unit-split form runs here with one program per (batch tile, direction): the barrier code still
+executes. A grid of several unit programs can only wait forever there, which is how the time-out is forced.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import triton
+
+from tests.helpers import CPU_DTYPES, assert_close, requires_interpreter
+from tritonlstm.kernels import sequence as S
+from tritonlstm.kernels.lstm import lstm_layer_backward, lstm_layer_forward
+
+GRADS = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db", "dw_hr")
+
+
+def _inputs(T, B, I, H, P=0, D=1, dtype=torch.float32, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, exact=False):
+        t = torch.randn(*shape, generator=g, dtype=torch.float64) * 0.5
+        # multiples of 1/8: the input GEMM is then exact in every dtype, whatever order any BLAS sums in, so the
+        # recurrence (the kernels' own work) can be compared bit for bit
+        return ((t * 8).round() / 8 if exact else t).to(dtype)
+
+    R = P or H
+    return {
+        "x": r(T, B, I, exact=True), "h0": r(D, B, R), "c0": r(D, B, H), "w_ih": r(D, 4 * H, I, exact=True),
+        "w_hh": r(D, 4 * H, R), "bias": r(D, 4 * H, exact=True) if bias else None, "w_hr": r(D, P, H) if P else None,
+    }  # fmt: skip
+
+
+def _split(H: int) -> dict:
+    """Unit-split with one program per (batch tile, direction): it owns every unit and still runs the barrier."""
+    return {"regime": "split", "BLOCK_B": 16, "BLOCK_H": max(8, triton.next_power_of_2(H)), "num_warps": 4}
+
+
+def _seq(inp, lengths, reverse, upstream, config=None, needs=(True,) * 7, store=True):
+    y, h_n, c_n, gates, cs = S.sequence_forward(
+        inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], inp["bias"], inp["w_hr"], lengths, reverse, store,
+        config,
+    )  # fmt: skip
+    if not store:
+        return (y, h_n, c_n, gates, cs), None
+    dy, dh_n, dc_n = upstream(y, h_n, c_n)
+    grads = S.sequence_backward(
+        dy, dh_n, dc_n, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], y, gates, cs, inp["w_hr"], lengths,
+        reverse, needs, config,
+    )  # fmt: skip
+    return (y, h_n, c_n, gates, cs), grads
+
+
+def _step_forward(inp, lengths, reverse, d):
+    b = inp["bias"]
+    return lstm_layer_forward(
+        inp["x"], inp["h0"][d], inp["c0"][d], inp["w_ih"][d], inp["w_hh"][d], b[d] if b is not None else None,
+        torch.zeros_like(b[d]) if b is not None else None, inp["w_hr"][d] if inp["w_hr"] is not None else None,
+        lengths, reverse[d], True,
+    )  # fmt: skip
+
+
+def _step_backward(inp, lengths, reverse, d, dy, dh_n, dc_n, y, gates, cs):
+    R = inp["w_hh"].shape[-1]
+    return lstm_layer_backward(
+        dy[..., d * R : (d + 1) * R] if dy is not None else None, dh_n[d] if dh_n is not None else None,
+        dc_n[d] if dc_n is not None else None, inp["x"], inp["h0"][d], inp["c0"][d], inp["w_ih"][d], inp["w_hh"][d],
+        y, gates, cs, inp["w_hr"][d] if inp["w_hr"] is not None else None, lengths, reverse[d],
+    )  # fmt: skip
+
+
+def _step(inp, lengths, reverse, upstream):
+    """The per-step launchers, direction by direction, stacked like the sequence API's results."""
+    fwd = [_step_forward(inp, lengths, reverse, d) for d in range(len(reverse))]
+    y = torch.cat([f[0] for f in fwd], -1)
+    h_n, c_n, gates, cs = (torch.stack([f[i] for f in fwd]) for i in range(1, 5))
+    dy, dh_n, dc_n = upstream(y, h_n, c_n)
+    per_dir = [
+        _step_backward(inp, lengths, reverse, d, dy, dh_n, dc_n, fwd[d][0], fwd[d][3], fwd[d][4])
+        for d in range(len(reverse))
+    ]
+    grads = [sum(g[0].double() for g in per_dir).to(y.dtype)]
+    grads += [torch.stack([g[i] for g in per_dir]) if per_dir[0][i] is not None else None for i in range(1, 7)]
+    return (y, h_n, c_n, gates, cs), grads
+
+
+def _upstream(seed=1, dy=True, dh=True, dc=True):
+    def make(y, h_n, c_n):
+        g = torch.Generator().manual_seed(seed)
+        return tuple(torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.dtype) if use else None
+                     for t, use in ((y, dy), (h_n, dh), (c_n, dc)))  # fmt: skip
+
+    return make
+
+
+def _compare(got, want, dtype, bitwise_forward):
+    for name, a, e in zip(("y", "h_n", "c_n", "gates", "cs"), got[0], want[0]):
+        if bitwise_forward:
+            assert torch.equal(a, e), f"{name}: not bitwise equal to the per-step kernels"
+        else:
+            assert_close(a, e, dtype if name != "cs" else e.dtype, name)
+        assert a.dtype == e.dtype and a.shape == e.shape, name
+    for name, a, e in zip(GRADS, got[1], want[1]):
+        assert (a is None) == (e is None), name
+        if a is not None:
+            assert a.dtype == dtype, name
+            assert_close(a, e, dtype, name)
+
+
+# (id, T, B, I, H, P, reverse per direction, lengths, bias, regime)
+CASES = [
+    ("plain-T5-B3-H5", 5, 3, 4, 5, 0, (False,), None, True, "batch"),
+    ("reverse-B1-H7", 4, 1, 3, 7, 0, (True,), None, True, "batch"),
+    ("bidir-lengths-H9", 5, 3, 4, 9, 0, (False, True), [5, 2, 4], True, "batch"),
+    ("bidir-H33-two-unit-tiles", 3, 2, 3, 33, 0, (False, True), None, True, "batch"),
+    ("proj-bidir-lengths", 4, 3, 4, 6, 3, (False, True), [1, 4, 3], True, "batch"),
+    ("no-bias-reverse-lengths", 4, 2, 3, 6, 0, (True,), [2, 4], False, "batch"),
+    ("split-bidir-lengths-H9", 5, 3, 4, 9, 0, (False, True), [5, 2, 4], True, "split"),
+    ("split-proj-bidir-lengths", 4, 3, 4, 6, 3, (False, True), [1, 4, 3], True, "split"),
+    ("split-reverse-B1-H17", 3, 1, 3, 17, 0, (True,), None, True, "split"),
+    ("split-2-gate-chunks-lengths", 4, 3, 4, 9, 0, (False, True), [4, 1, 3], True, "split-2"),
+]
+
+
+# every configuration in float32; the four richest also in float64 and float16 (interpreter time on CI's 2 cores)
+RICH = ("bidir-lengths-H9", "proj-bidir-lengths", "split-bidir-lengths-H9", "split-proj-bidir-lengths")
+PARITY = [
+    pytest.param(case, dtype, id=f"{case[0]}-{str(dtype).split('.')[-1]}")
+    for case in CASES
+    for dtype in CPU_DTYPES
+    if dtype == torch.float32 or case[0] in RICH
+]
+
+
+@requires_interpreter
+@pytest.mark.parametrize("case, dtype", PARITY)
+def test_parity_with_step_kernels(case, dtype):
+    _, T, B, I, H, P, reverse, lengths, bias, regime = case
+    inp = _inputs(T, B, I, H, P, len(reverse), dtype, bias)
+    lengths = torch.tensor(lengths) if lengths is not None else None
+    config = _split(H) if regime.startswith("split") else None
+    if regime == "split-2":  # the backward holds W_hh and takes dG in two chunks of gate rows
+        config = {**config, "G_CHUNKS": 2}
+    got = _seq(inp, lengths, reverse, _upstream(), config)
+    want = _step(inp, lengths, reverse, _upstream())
+    # batch-owned with the per-step tiles reduces in their order: the forward is theirs bit for bit
+    _compare(got, want, dtype, bitwise_forward=regime == "batch")
+
+
+@requires_interpreter
+def test_small_tiles_many_unit_tiles():
+    """Batch-owned with tiles far below the problem: several unit tiles and K-blocks in every step."""
+    cfg = {"regime": "batch", "BLOCK_B": 16, "BLOCK_H": 4, "BLOCK_K": 16, "num_warps": 4}
+    inp = _inputs(3, 3, 5, 9, 0, 2, torch.float32)
+    lengths = torch.tensor([3, 1, 2])
+    got = _seq(inp, lengths, (False, True), _upstream(), cfg)
+    want = _step(inp, lengths, (False, True), _upstream())
+    _compare(got, want, torch.float32, bitwise_forward=False)
+
+
+@requires_interpreter
+def test_inference_partial_needs_and_missing_upstream():
+    """store_for_backward=False returns no gates/cs; needs leaves gradients out; None upstream gradients."""
+    inp = _inputs(4, 2, 3, 6, 0, 2, torch.float32)
+    (y, h_n, c_n, gates, cs), _ = _seq(inp, None, (False, True), None, store=False)
+    assert gates is None and cs is None
+    want = _step(inp, None, (False, True), _upstream(dh=False, dc=False))
+    for name, a, e in zip(("y", "h_n", "c_n"), (y, h_n, c_n), want[0]):
+        assert torch.equal(a, e), name
+    needs = (True, False, False, False, True, False, False)
+    _, grads = _seq(inp, None, (False, True), _upstream(dh=False, dc=False), needs=needs)
+    for name, g, need, e in zip(GRADS, grads, needs, want[1]):
+        if need:
+            assert_close(g, e, torch.float32, name)
+        else:
+            assert g is None, name
+
+
+@requires_interpreter
+@pytest.mark.parametrize("regime", ["batch", "split"])
+def test_batch_zero(regime):
+    inp = _inputs(3, 0, 4, 5, 0, 2, torch.float32)
+    (y, h_n, c_n, gates, cs), grads = _seq(
+        inp, None, (False, True), _upstream(), _split(5) if regime == "split" else None
+    )
+    assert y.shape == (3, 0, 10) and h_n.shape == (2, 0, 5) and c_n.shape == (2, 0, 5)
+    assert gates.shape == (2, 3, 0, 20) and cs.shape == (2, 3, 0, 5)
+    assert grads[0].shape == (3, 0, 4)
+    for name, g, shape in zip(GRADS[3:6], grads[3:6], ((2, 20, 4), (2, 20, 5), (2, 20))):
+        assert g.shape == shape and torch.equal(g, torch.zeros(shape)), name
+
+
+@requires_interpreter
+@pytest.mark.parametrize("P", [0, 3], ids=["plain", "proj"])
+def test_interchangeable_with_step_kernels(P):
+    """The sequence forward feeds the per-step backward, and the per-step forward feeds the sequence backward."""
+    dtype, reverse, lengths = torch.float32, (False, True), torch.tensor([3, 1, 4])
+    inp = _inputs(4, 3, 4, 6, P, 2, dtype)
+    want = _step(inp, lengths, reverse, _upstream())
+    dy, dh_n, dc_n = _upstream()(*want[0][:3])
+    # sequence forward -> per-step backward
+    y, _, _, gates, cs = S.sequence_forward(
+        inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], inp["bias"], inp["w_hr"], lengths, reverse, True
+    )
+    R = inp["w_hh"].shape[-1]
+    for d in range(2):
+        g = _step_backward(inp, lengths, reverse, d, dy, dh_n, dc_n, y[..., d * R : (d + 1) * R], gates[d], cs[d])
+        for name, a, i in (("dh0", g[1], 1), ("dw_ih", g[3], 3), ("dw_hh", g[4], 4), ("db", g[5], 5)):
+            assert_close(a, want[1][i][d], dtype, f"seq fwd -> step bwd: {name}[{d}]")
+    # per-step forward -> sequence backward
+    grads = S.sequence_backward(
+        dy, dh_n, dc_n, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], want[0][0], want[0][3], want[0][4],
+        inp["w_hr"], lengths, reverse,
+    )  # fmt: skip
+    for name, a, e in zip(GRADS, grads, want[1]):
+        if e is not None:
+            assert_close(a, e, dtype, f"step fwd -> seq bwd: {name}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# safety: bounded spin, error flag, NaN, TRITONLSTM_CHECK, self-test and fallback
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _stuck(H, spin_limit=3):
+    """Two unit programs per group: in the interpreter the first waits for a second that runs only after it."""
+    return {"regime": "split", "BLOCK_B": 16, "BLOCK_H": H // 2, "num_warps": 4, "spin_limit": spin_limit}
+
+
+@requires_interpreter
+@pytest.mark.parametrize("P", [0, 4], ids=["plain", "proj"])
+def test_forced_timeout_sets_flag_and_nan(P):
+    inp = _inputs(3, 2, 4, 16, P, 1, torch.float32)
+    (y, h_n, c_n, _, _), err = S._forward(
+        inp["x"],
+        inp["h0"],
+        inp["c0"],
+        inp["w_ih"],
+        inp["w_hh"],
+        inp["bias"],
+        inp["w_hr"],
+        None,
+        (False,),
+        True,
+        _stuck(16),
+    )
+    assert int(err.item()) == 1, "the error flag must be set"
+    assert torch.isnan(y[-1]).any() and torch.isnan(h_n).any() and torch.isnan(c_n).any()
+    # never a silent wrong number: every element is NaN or the right value
+    want = _step(inp, None, (False,), _upstream())[0]
+    for name, a, e in zip(("y", "h_n", "c_n"), (y, h_n, c_n), want):
+        ok = torch.isnan(a) | torch.isclose(a, e, rtol=1e-4, atol=1e-5)
+        assert ok.all(), f"{name}: a value that is neither NaN nor correct"
+    # the backward times out the same way
+    ys, gs, css = want[0], want[3], want[4]
+    grads, err_b = S._backward(
+        *_upstream()(*want[:3]), inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], ys, gs, css, inp["w_hr"],
+        None, (False,), (True,) * 7, _stuck(16),
+    )  # fmt: skip
+    assert int(err_b.item()) == 1
+    assert torch.isnan(grads[1]).any() and torch.isnan(grads[4]).any(), "dh0 and dW_hh must show the failure"
+
+
+@requires_interpreter
+def test_check_env_raises_on_timeout(monkeypatch):
+    inp = _inputs(2, 2, 3, 16, 0, 1, torch.float32)
+    args = (inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], inp["bias"], None, None, (False,), False)
+    monkeypatch.setenv("TRITONLSTM_CHECK", "1")
+    with pytest.raises(RuntimeError, match="timed out"):
+        S.sequence_forward(*args, config=_stuck(16))
+    S.sequence_forward(*args)  # a healthy launch passes the check
+    monkeypatch.setenv("TRITONLSTM_CHECK", "0")
+    y = S.sequence_forward(*args, config=_stuck(16))[0]  # unchecked: no host sync, the NaN is the signal
+    assert torch.isnan(y).any()
+
+
+@requires_interpreter
+@pytest.mark.parametrize("regime", ["batch", "split"])
+def test_self_test_passes(regime):
+    # the caller's autocast must not leak into the self-test's own GEMMs
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert S.self_test("cpu", torch.float32, regime) is None
+
+
+@requires_interpreter
+def test_failed_self_test_warns_once_and_falls_back(monkeypatch):
+    """A self-test whose barrier really times out: one warning naming the failure, then the per-step kernels."""
+    monkeypatch.setattr(S, "_VALIDATED", {})
+    monkeypatch.delenv("TRITONLSTM_KERNEL", raising=False)
+    monkeypatch.setattr(S, "_self_test_config", lambda device, dtype, regime, H, P, backward: _stuck(16, 2))
+    with pytest.warns(RuntimeWarning, match="failed its self-test.*timed out"):
+        assert S.choose_kernel("cpu", torch.float32, 3, 6, 0, 2) == "step"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert S.choose_kernel("cpu", torch.float32, 5, 9, 0, 1) == "step"  # same (device, dtype, regime): no warning
+    # the fallback computes the right numbers: the per-step kernels against the float64 reference loop
+    from tritonlstm import reference
+
+    inp = _inputs(4, 3, 4, 6, 0, 1, torch.float32)
+    y, h_n, c_n, _, _ = _step_forward(inp, None, (False,), 0)
+    ry, rh, rc = reference.lstm_layer(
+        inp["x"].double(), inp["h0"][0].double(), inp["c0"][0].double(), inp["w_ih"][0].double(),
+        inp["w_hh"][0].double(), inp["bias"][0].double(), None,
+    )  # fmt: skip
+    for name, a, e in (("y", y, ry), ("h_n", h_n, rh), ("c_n", c_n, rc)):
+        assert_close(a, e, torch.float32, name)
+
+
+@requires_interpreter
+def test_choose_kernel_validates_once_and_honours_env(monkeypatch):
+    monkeypatch.setattr(S, "_VALIDATED", {})
+    calls = []
+    monkeypatch.setattr(S, "self_test", lambda device, dtype, regime: calls.append((device, dtype, regime)))
+    monkeypatch.delenv("TRITONLSTM_KERNEL", raising=False)
+    assert S.choose_kernel("cpu", torch.float32, 3, 6, 0, 2) == "sequence"
+    assert S.choose_kernel("cpu", torch.float32, 30, 60, 4, 1) == "sequence"
+    assert calls == [(torch.device("cpu"), torch.float32, "batch")]
+    assert S.choose_kernel("cpu", torch.bfloat16, 3, 6, 0, 2) == "step"  # unsupported here: per-step, no error
+    monkeypatch.setenv("TRITONLSTM_KERNEL", "step")
+    assert S.choose_kernel("cpu", torch.float32, 3, 6, 0, 2) == "step"
+    monkeypatch.setenv("TRITONLSTM_KERNEL", "sequence")
+    monkeypatch.setattr(S, "_VALIDATED", {("cpu", torch.float32, "batch"): False})
+    assert S.choose_kernel("cpu", torch.float32, 3, 6, 0, 2) == "sequence"  # forced: no self-test
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        S.choose_kernel("cpu", torch.bfloat16, 3, 6, 0, 2)
+    monkeypatch.setenv("TRITONLSTM_KERNEL", "fast")
+    with pytest.raises(ValueError, match="auto, sequence or step"):
+        S.choose_kernel("cpu", torch.float32, 3, 6, 0, 2)
+
+
+def test_choose_kernel_during_capture_never_self_tests(monkeypatch):
+    monkeypatch.setattr(S, "_VALIDATED", {})
+    monkeypatch.delenv("TRITONLSTM_KERNEL", raising=False)
+    monkeypatch.setattr(S, "sequence_supported", lambda *a: None)
+    monkeypatch.setattr(S, "_capturing", lambda device: True)
+
+    def no_self_test(*a):
+        raise AssertionError("self-test during CUDA-graph capture")
+
+    monkeypatch.setattr(S, "self_test", no_self_test)
+    assert S.choose_kernel("cpu", torch.float32, 3, 6, 0, 1) == "step"
+    S._VALIDATED[("cpu", torch.float32, "batch")] = True
+    assert S.choose_kernel("cpu", torch.float32, 3, 6, 0, 1) == "sequence"
+
+
+def test_sequence_supported_reasons():
+    assert "dtype" in S.sequence_supported("cpu", torch.int32, 2, 4, 0, 1)
+    assert "directions" in S.sequence_supported("cpu", torch.float32, 2, 4, 0, 3)
+    if S.INTERPRETER:
+        assert S.sequence_supported("cpu", torch.float32, 2, 4, 0, 2) is None
+        assert "bfloat16" in S.sequence_supported("cpu", torch.bfloat16, 2, 4, 0, 2)
+    else:
+        assert "TRITON_INTERPRET" in S.sequence_supported("cpu", torch.float32, 2, 4, 0, 2)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the choice rule (pure Python: runs everywhere)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_choice_rule_without_gpu_is_batch_owned_with_step_tiles():
+    from tritonlstm.kernels.lstm import step_config
+
+    for B, H, P in ((3, 5, 0), (64, 1024, 0), (16, 768, 256)):
+        want = {"regime": "batch", "prefer_step": False, **step_config(B, H, P or H, torch.float32, P)}
+        assert S.sequence_config(B, H, P, 2, torch.float32, None) == want
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
+def test_choice_rule_grid_is_co_resident(backward):
+    """Every unit-split grid the rule picks for a 132-SM GPU fits one program per SM; large B goes batch-owned."""
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for B in (1, 16, 17, 64, 256, 1024):
+            for H in (32, 255, 256, 768, 1024):
+                for P in (0, 128):
+                    for D in (1, 2):
+                        cfg = S.sequence_config(B, H, P, D, dtype, 132, backward)
+                        if cfg["regime"] != "split":
+                            continue
+                        grid = triton.cdiv(B, cfg["BLOCK_B"]) * D * triton.cdiv(H, cfg["BLOCK_H"])
+                        assert grid <= 132, (B, H, P, D, dtype, cfg)
+                        assert cfg["BLOCK_H"] >= (16 if backward or P else 8)
+                        if P:
+                            assert cfg["BLOCK_P"] * triton.cdiv(H, cfg["BLOCK_H"]) >= P
+    # the latency regime splits units (forward up to H=1024, backward up to H=512: what compiles spill-free)
+    assert (
+        S.sequence_config(16, 1024 if not backward else 512, 0, 1, torch.bfloat16, 132, backward)["regime"] == "split"
+    )
+    # large B with a large W_hh: the per-step kernels; large B with a small one: batch-owned
+    big = S.sequence_config(1024, 1024, 0, 1, torch.bfloat16, 132, backward)
+    assert big["regime"] == "batch" and big["prefer_step"]
+    small = S.sequence_config(4096, 64, 0, 1, torch.bfloat16, 132, backward)
+    assert small["regime"] == "batch" and not small["prefer_step"]
+    assert S.sequence_config(16, 768, 0, 1, torch.float64, 132, backward)["regime"] == "batch"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# launches and host time (fake sm_90 driver: compiles, launches nothing)
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    S.INTERPRETER, reason="needs real JITFunctions for the fake driver; TRITON_INTERPRET=1 replaces them"
+)
+def test_one_launch_per_layer_and_host_time_flat_in_T():
+    from benchmarks.host_overhead import measure
+
+    which = ("sequence fwd", "sequence bwd")
+    # the fastest of the reps: other jobs on the machine only ever add time
+    short = measure(16, D=2, reps=15, which=which, stat=min)
+    long = measure(1024, D=2, reps=15, which=which, stat=min)
+    for m in (short, long):
+        assert m["sequence fwd"][1] == {"_seq_fwd_kernel": 1}, "one forward launch for both directions, any T"
+        assert m["sequence bwd"][1] == {"_seq_bwd_kernel": 1}, "one backward launch for both directions, any T"
+    # no per-step host work: 64x the steps may not even triple the host time (the GEMMs on tiny tensors grow a
+    # little); one microsecond of host work per step would already add a millisecond
+    for name in which:
+        assert long[name][0] < 3 * short[name][0] + 500, (name, short[name][0], long[name][0])
+
+
+@pytest.mark.skipif(
+    S.INTERPRETER, reason="needs real JITFunctions for the fake driver; TRITON_INTERPRET=1 replaces them"
+)
+def test_unit_split_launch_grid_under_fake_driver(monkeypatch):
+    """The rule's unit-split configs launch (cooperatively, when Triton has it) one grid of at most 132 programs."""
+    from benchmarks.fake_driver import fake_cuda_driver
+
+    def cooperative(x, split, num_warps):  # what a CUDA tensor gets; these are CPU tensors under the fake driver
+        return {"num_warps": num_warps, **({"launch_cooperative_grid": True} if split and S.COOPERATIVE else {})}
+
+    monkeypatch.setattr(S, "_launch_options", cooperative)
+    T, B, I, H, D, dtype = 8, 16, 32, 256, 2, torch.bfloat16
+    inp = _inputs(T, B, I, H, 0, D, dtype)
+    lengths = torch.full((B,), T)
+    fcfg, bcfg = (S.sequence_config(B, H, 0, D, dtype, 132, bw) for bw in (False, True))
+    assert fcfg["regime"] == bcfg["regime"] == "split"
+    with fake_cuda_driver(arch=90, num_sms=132) as drv:
+        y, h_n, c_n, gates, cs = S.sequence_forward(
+            inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], inp["bias"], None, lengths, (False, True), True,
+            fcfg,
+        )  # fmt: skip
+        S.sequence_backward(
+            y, h_n, c_n, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], y, gates, cs, None, lengths,
+            (False, True), (True,) * 7, bcfg,
+        )  # fmt: skip
+        launches = [launch for launch in drv.launches if launch.kernel.startswith("_seq")]
+        variants = {v.kernel: v for v in drv.variants()}
+    assert [(la.kernel, la.grid) for la in launches] == [
+        ("_seq_fwd_kernel", (1, D, H // fcfg["BLOCK_H"])),
+        ("_seq_bwd_kernel", (1, D, H // bcfg["BLOCK_H"])),
+    ]
+    for name in ("_seq_fwd_kernel", "_seq_bwd_kernel"):
+        assert variants[name].n_spills == 0, (name, variants[name].n_regs)
+
+
+@pytest.mark.skipif(
+    S.INTERPRETER, reason="needs real JITFunctions for the fake driver; TRITON_INTERPRET=1 replaces them"
+)
+def test_no_recompile_across_T_and_batch_sizes_of_one_tile():
+    """T, B and the direction mask are runtime values and every pointer is a base allocation: one variant each."""
+    from benchmarks.fake_driver import fake_cuda_driver
+
+    with fake_cuda_driver(arch=90, num_sms=132) as drv:
+        for T, B in ((3, 2), (7, 3), (16, 5), (5, 16)):
+            inp = _inputs(T, B, 4, 8, 0, 2, torch.float32)
+            y, h_n, c_n, gates, cs = S.sequence_forward(
+                inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], inp["bias"], None, None, (False, True), True
+            )
+            S.sequence_backward(
+                y, h_n, c_n, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], y, gates, cs, None, None,
+                (False, True),
+            )  # fmt: skip
+        counts = drv.variant_counts()
+    assert counts == {"_seq_fwd_kernel": 1, "_seq_bwd_kernel": 1}, counts
