@@ -25,6 +25,7 @@ direction 1 is the reverse one. Optional results are empty tensors (a custom op 
 from __future__ import annotations
 
 import contextlib
+import importlib
 
 import torch
 from torch import Tensor
@@ -51,8 +52,22 @@ def _stores_gates(backend: str, x: Tensor, store_for_backward: bool) -> bool:
     return store_for_backward and resolve_backend(backend, x.device, x.dtype) == "triton"
 
 
+def _sequence_kernels(x: Tensor, w_hh: Tensor, w_hr: Tensor | None, backward: bool):
+    """The sequence-kernel module when it runs this layer (``TRITONLSTM_KERNEL``, support, self-test), else None."""
+    S = importlib.import_module("tritonlstm.kernels.sequence")  # imported with the kernels, on first use
+    B, H = x.shape[1], w_hh.shape[1] // 4
+    P = w_hr.shape[1] if w_hr is not None else 0
+    if S.choose_kernel(x.device, x.dtype, B, H, P, w_hh.shape[0], backward=backward) == "sequence":
+        return S
+    return None
+
+
 def _triton_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, store_for_backward):
-    K = kernels()
+    S = _sequence_kernels(x, w_hh, w_hr, backward=False)
+    if S is not None:  # one launch for the whole recurrence, every direction
+        bias = b_ih + b_hh if b_ih is not None else None
+        return S.sequence_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, dirs, store_for_backward)
+    K = kernels()  # the per-step kernels: one launch per step and direction
     runs = [
         K.lstm_layer_forward(
             x, h0[d], c0[d], w_ih[d], w_hh[d], b_ih[d] if b_ih is not None else None,
@@ -180,6 +195,9 @@ def _reference_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
 
 
 def _triton_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, y, gates, cs, dirs, needs):
+    S = _sequence_kernels(x, w_hh, w_hr, backward=True)
+    if S is not None:
+        return list(S.sequence_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, dirs, tuple(needs)))
     K = kernels()
     R = w_hh.shape[2]
     per_direction = []
