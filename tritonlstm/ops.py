@@ -280,6 +280,8 @@ def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcs):
     n = ctx.needs_input_grad
     need_db = ctx.has_bias and (n[5] or n[6])
     needs = [n[0], n[1], n[2], n[3], n[4], need_db, ctx.has_proj and n[7]]
+    if ctx.has_proj and dy is None and dh_n is None and x.shape[0] == 1:
+        needs[6] = False  # one step, only c_n's gradient: W_hr acts after c_1, so autograd would give it none
     dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = layer_backward(
         dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, y, gates, cs, ctx.reverse, needs, ctx.backend
     )
