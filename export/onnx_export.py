@@ -129,6 +129,7 @@ def export_onnx(
     model, args = _prepare(model, args)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", module=r"torch\.onnx")  # progress notes and torchvision absences
+        warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)  # torch's own deprecation
         program = torch.onnx.export(
             model, args, dynamo=True, opset_version=opset,
             dynamic_shapes=_dynamic_shapes(model, args) if dynamic else None,
