@@ -21,6 +21,9 @@ Float32 precision per provider: ``tritonlstm`` and ``cudnn`` run exact fp32 (TF3
 ``tritonlstm-tf32`` and ``cudnn-tf32`` with TF32 on. ``tritonlstm-lengths`` and ``cudnn-packed`` time a
 variable-length batch (lengths drawn once per shape, uniform in [T/2, T], the longest T): tritonlstm with
 ``lengths=`` (a CUDA tensor), nn.LSTM through ``pack_padded_sequence``/``pad_packed_sequence`` (packing timed).
+``tritonlstm+rdrop`` (``recurrent_dropout=0.25``) and ``tritonlstm+zoneout`` (``zoneout=0.1``) time the module in
+training mode, masks drawn every call; their gate runs them in eval mode against tritonlstm's reference
+implementation in float64 (eval recurrent dropout is nn.LSTM; eval zoneout is its expectation, not nn.LSTM's maths).
 
 Rows are appended to ``<out>/<name>.csv`` (``<name>`` defaults to the device's slug) and the measured peaks
 go to ``<out>/<name>-peaks.json``; ``python -m benchmarks.plot`` turns CSVs into PNGs. A row whose provider
@@ -68,8 +71,9 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MODES = ("fwd", "fwd+bwd")
 PROVIDERS = (
     "tritonlstm", "tritonlstm-tf32", "tritonlstm-lengths", "cudnn", "cudnn-tf32", "cudnn-packed", "torch_compile",
-    "flashrnn",
+    "flashrnn", "tritonlstm+rdrop", "tritonlstm+zoneout",
 )  # fmt: skip
+REGULARISED = {"tritonlstm+rdrop": {"recurrent_dropout": 0.25}, "tritonlstm+zoneout": {"zoneout": 0.1}}
 DEFAULT_PROVIDERS = ("tritonlstm", "cudnn", "cudnn-tf32", "flashrnn")
 GATED = tuple(p for p in PROVIDERS if p.startswith("tritonlstm"))
 # the sequential chain's floor per step and pass: one grid-wide sync with weights on chip (shared/ANCHORS.md);
@@ -288,10 +292,18 @@ def _provider_module(provider: str, shape: Shape, dtype: torch.dtype, device: st
         return None, "TF32 applies to float32 only"
     fp32 = ("; TF32 on" if provider.endswith("-tf32") else "; exact fp32 (TF32 off)") if dtype == torch.float32 else ""
     if provider.startswith("tritonlstm"):
-        m = tritonlstm.LSTM(shape.input_size, shape.hidden, backend="triton")
+        regularisers = REGULARISED.get(provider, {})
+        m = tritonlstm.LSTM(shape.input_size, shape.hidden, backend="triton", **regularisers)
         note = "per-step launch kernels" + fp32
         if provider == "tritonlstm-lengths":
             note += f"; lengths= on {device}, uniform in [T/2, T]"
+        if regularisers:
+            from tritonlstm.ops import _triton_refusal
+
+            reason = _triton_refusal(torch.ones(1) if "recurrent_dropout" in regularisers else None,
+                                     *m.zoneout)  # fmt: skip
+            kernels_note = "the per-step kernels (the sequence kernels take no regulariser)"
+            note += f"; training mode, {regularisers}; " + (f"REFERENCE LOOP ({reason})" if reason else kernels_note)
     elif provider.startswith("cudnn"):
         m = torch.nn.LSTM(shape.input_size, shape.hidden)
         note = ("nn.LSTM on CPU (ATen, not cuDNN)" if device != "cuda" else _cudnn_algorithm(shape, dtype)) + fp32
@@ -371,9 +383,18 @@ def correctness_gate(provider: str, module, ref, x32, dtype, lengths) -> str | N
     """None when the provider's forward matches the float64 oracle on this shape; else the mismatch."""
     tol_dtype = torch.float16 if provider.endswith("-tf32") else dtype  # a TF32 operand has fp16's mantissa
     uses_lengths = provider == "tritonlstm-lengths"
-    expected = _oracle(ref, x32, dtype, lengths if uses_lengths else None)
+    if provider in REGULARISED:  # eval mode against tritonlstm's reference implementation in float64
+        exact = copy.deepcopy(module).to(torch.float64).eval()
+        exact.backend = "reference"
+        with torch.no_grad():
+            y, (h, c) = exact(x32.to(dtype).to(torch.float64))
+        expected = (y, h, c)
+        module.eval()
+    else:
+        expected = _oracle(ref, x32, dtype, lengths if uses_lengths else None)
     with torch.no_grad(), float32_precision(provider.endswith("-tf32")):
         actual = _forward(provider, module, x32.to(dtype), lengths)()
+    module.train()
     try:
         for a, e, name in zip(actual, expected, ("output", "h_n", "c_n")):
             assert_close(a, e, tol_dtype, name)
@@ -469,7 +490,7 @@ def _provider_rows(provider, shape, dtype, modes, device, ref, x32, lengths, cud
             gate = correctness_gate(provider, module, ref, x32, dtype, lengths)
             if gate is not None:
                 return [{"note": f"{gate} (not timed)"} for _ in modes]
-            note += "; gate passed (float64 nn.LSTM)"
+            note += "; gate passed (" + ("eval, float64 reference" if provider in REGULARISED else "float64 nn.LSTM") + ")"
     except Exception as err:  # recorded in the row and counted: the run exits 1 at the end
         return [{"note": _error(err)} for _ in modes]
     results = []

@@ -32,6 +32,14 @@ Past it the row keeps its cell state, outputs zeros, and its h_{t-1} comes from 
 was not its own (so the reverse direction starts at each row's own end). In the backward, the gradient that
 reaches a skipped step's state is carried unchanged (``dcarry``) to the step before it.
 
+Regularisers (issue 14), inside the same launches. Recurrent dropout: a [B, R] mask (HAS_MASK) scales h_{t-1}
+as it is loaded for the recurrent dot. In the backward it scales the gradient reaching h through that dot, and
+the launcher applies it to dh0 and to the h_{t-1} of dW_hh. Zoneout (ZONEOUT, no projection):
+h_t = k*h_{t-1} + (1-k)*h_new and the same for c, with k the Bernoulli(p) mask drawn in-kernel by ``tl.rand``
+from a seed read on the device (training) or p itself (eval). The backward draws the masks again. It routes
+k*dh_t through ``dcarry`` to step t-1, adds k_c*dc_t to dc_{t-1}, and recomputes the cell state before zoneout
+from the saved gates.
+
 Cell state, accumulators and the epilogue are fp32 for fp16/bf16/fp32 inputs and fp64 for fp64 inputs.
 
 Compiled variants: one forward and one backward build per layer shape and configuration, whatever the step.
@@ -130,7 +138,8 @@ def _gate_preactivations(
         m_k = o_k < R
         b_hp = _load_h_prev(h_prev_ptr, h0_ptr, o_b, o_k, m_b, m_k, v_prev, stride_hp, stride_h0, HAS_LENGTHS)
         if HAS_MASK:
-            b_hm = tl.load(hm_ptr + o_b[:, None] * stride_hp + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+            p_hm = hm_ptr + o_b[:, None] * stride_hp + o_k[None, :]
+            b_hm = tl.load(p_hm, mask=m_b[:, None] & m_k[None, :], other=0.0)
             b_hp = (b_hp.to(ACC_DTYPE) * b_hm.to(ACC_DTYPE)).to(w_ptr.dtype.element_ty)
         b_w = tl.load(w_ptr + o_k[:, None] * (4 * H) + o_g[None, :], mask=m_k[:, None] & m_g[None, :], other=0.0)
         b_acc += tl.dot(b_hp, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)

@@ -25,7 +25,9 @@ def test_gradcheck_layer(reverse, bias, backend):
     def f(*a):
         return lstm_layer(*a, reverse=reverse, backend=backend)
 
-    assert torch.autograd.gradcheck(f, tuple(args), eps=1e-6, atol=1e-7, rtol=1e-5)
+    # the full Jacobian for the reference; a random projection of it for the kernels (each forward is slow in the
+    # interpreter)
+    assert torch.autograd.gradcheck(f, tuple(args), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=backend == "triton")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -74,4 +76,4 @@ def test_gradcheck_lstm_cell(backend):
     def f(x, h, c, *ps):
         return functional_call(cell, dict(zip(names, ps)), (x, (h, c)))
 
-    assert torch.autograd.gradcheck(f, (x, h, c, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
+    assert torch.autograd.gradcheck(f, (x, h, c, *params), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=backend == "triton")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from tritonlstm import ops
+from tritonlstm import ops, reference
 
 
 def _exporting_with_dynamo() -> bool:
@@ -23,16 +23,50 @@ def _exporting_with_dynamo() -> bool:
     return torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
 
 
-def _layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, backend):
+def _layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, backend, h_mask=None, zoneout=(0.0, 0.0),
+           zoneout_seed=None):  # fmt: skip
     """One layer, parameters stacked over its D directions: ``(y [T,B,D*R], h_n [D,B,R], c_n [D,B,H])``."""
     if _exporting_with_dynamo():
         from tritonlstm import onnx_graph
 
-        return onnx_graph.layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+        if h_mask is not None or zoneout_seed is not None:
+            raise RuntimeError(_TRAINING_EXPORT)
+        return onnx_graph.layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, zoneout=zoneout)
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    y, h_n, c_n, _, _ = ops.layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, need_grad, backend)
+    y, h_n, c_n, _, _ = ops.layer_forward(
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, need_grad, backend, h_mask, float(zoneout[0]),
+        float(zoneout[1]), zoneout_seed,
+    )  # fmt: skip
     return y, h_n, c_n
+
+
+_TRAINING_EXPORT = (
+    "tritonlstm: recurrent dropout, input dropout, weight drop and the training form of zoneout draw random masks "
+    "and never reach an ONNX graph; export the model in eval mode (model.eval())"
+)
+
+
+def check_probability(name: str, p) -> float:
+    """A regulariser's probability as a float in [0, 1), else a ValueError naming the option."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {p!r}")
+    return float(p)
+
+
+def zoneout_pair(zoneout) -> tuple[float, float]:
+    """``zoneout`` as ``(p_h, p_c)``: a float for both, or a pair; each checked to lie in [0, 1)."""
+    if isinstance(zoneout, (tuple, list)):
+        if len(zoneout) != 2:
+            raise ValueError(f"zoneout must be a probability or a pair (p_h, p_c), got {zoneout!r}")
+        return check_probability("zoneout (p_h)", zoneout[0]), check_probability("zoneout (p_c)", zoneout[1])
+    p = check_probability("zoneout", zoneout)
+    return p, p
+
+
+def dropout_mask(shape, p: float, like: torch.Tensor) -> torch.Tensor:
+    """Bernoulli(1 - p) / (1 - p) of ``shape``, ``like``'s dtype and device, from torch's RNG (F.dropout's scaling)."""
+    return torch.bernoulli(torch.full(shape, 1 - p, dtype=like.dtype, device=like.device)).div_(1 - p)
 
 
 def _one(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -51,6 +85,10 @@ def lstm_layer(
     lengths: torch.Tensor | None = None,
     reverse: bool = False,
     backend: str = "auto",
+    *,
+    h_mask: torch.Tensor | None = None,
+    zoneout: float | tuple[float, float] = 0.0,
+    zoneout_seed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One LSTM layer in one direction.
 
@@ -65,13 +103,19 @@ def lstm_layer(
         reverse: process time from the last step to the first (the reverse direction of a bidirectional LSTM);
             with ``lengths`` each row starts at its own last step.
         backend: ``"auto"``, ``"triton"`` or ``"reference"`` (see :mod:`tritonlstm.backend`).
+        h_mask: ``[B, R]`` recurrent dropout mask multiplying h_{t-1} in the recurrent product at every step
+            (not differentiated), or ``None``.
+        zoneout: ``p`` or ``(p_h, p_c)``; with ``zoneout_seed`` (int64 ``[1]``, e.g.
+            :func:`tritonlstm.reference.draw_zoneout_seed`) the training form, masks drawn from the seed; without
+            it the expectation ``p * previous + (1 - p) * new``.
 
     Returns:
         ``(y [T, B, R], h_n [B, R], c_n [B, H])`` in the input's dtype.
     """
     y, h_n, c_n = _layer(
-        x, _one(h0), _one(c0), _one(w_ih), _one(w_hh), _one(b_ih), _one(b_hh), _one(w_hr), lengths, reverse, backend
-    )
+        x, _one(h0), _one(c0), _one(w_ih), _one(w_hh), _one(b_ih), _one(b_hh), _one(w_hr), lengths, reverse, backend,
+        _one(h_mask), zoneout_pair(zoneout), zoneout_seed,
+    )  # fmt: skip
     return y, h_n[0], c_n[0]
 
 
@@ -88,6 +132,11 @@ def lstm(
     backend: str = "auto",
     lengths: torch.Tensor | None = None,
     reverse: bool = False,
+    *,
+    recurrent_dropout: float = 0.0,
+    input_dropout: float = 0.0,
+    zoneout: float | tuple[float, float] = 0.0,
+    weight_drop: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Multi-layer, optionally bidirectional LSTM with ``torch._VF.lstm``'s arguments.
 
@@ -99,6 +148,11 @@ def lstm(
         dropout, train: dropout on the outputs of every layer but the last, when ``train``.
         lengths: ``[B]`` sequence lengths of a padded batch (validated by the caller), or ``None``.
         reverse: run every layer from the last step to the first (one direction only).
+        recurrent_dropout, input_dropout, zoneout, weight_drop: the regularisers of :class:`tritonlstm.LSTM`
+            (probabilities in [0, 1)). With ``train``, each layer draws, in this order and from torch's RNG on the
+            input's device: the input mask ``[B, I]``, the weight-drop mask of ``W_hh``, the recurrent mask
+            ``[D, B, R]``, the zoneout seed. Without ``train`` all but zoneout are the identity, and zoneout takes
+            its expectation.
 
     Returns:
         ``(output, h_n, c_n)`` exactly as ``torch.nn.LSTM`` returns them for a padded (or packed) batch.
@@ -106,7 +160,14 @@ def lstm(
     D = 2 if bidirectional else 1
     per_layer = len(params) // (num_layers * D)
     has_proj = per_layer == (5 if has_biases else 3)
+    recurrent_dropout = check_probability("recurrent_dropout", recurrent_dropout)
+    input_dropout = check_probability("input_dropout", input_dropout)
+    weight_drop = check_probability("weight_drop", weight_drop)
+    zoneout = zoneout_pair(zoneout)
+    if train and (recurrent_dropout or input_dropout or weight_drop or any(zoneout)) and _exporting_with_dynamo():
+        raise RuntimeError(_TRAINING_EXPORT)
     x = input.transpose(0, 1) if batch_first else input
+    B = x.shape[1]
     h_n, c_n = [], []
     for layer in range(num_layers):
         w = [params[(layer * D + d) * per_layer : (layer * D + d + 1) * per_layer] for d in range(D)]
@@ -117,9 +178,23 @@ def lstm(
         b_ih, b_hh = (stacked(2), stacked(3)) if has_biases else (None, None)
         w_hr = stacked(per_layer - 1) if has_proj else None
         states = slice(layer * D, (layer + 1) * D)
+        w_hh, h_mask, seed = stacked(1), None, None
+        if train:
+            if input_dropout > 0:
+                x = x * dropout_mask((B, x.shape[2]), input_dropout, x)  # one mask per sequence, shared over time
+            if weight_drop > 0:
+                w_hh = F.dropout(w_hh, p=weight_drop, training=True)
+            if recurrent_dropout > 0:
+                h_mask = dropout_mask((D, B, w_hh.shape[2]), recurrent_dropout, x)
+            if any(zoneout):
+                seed = reference.draw_zoneout_seed(x.device)
+        regularisers = {}
+        if any(zoneout) or h_mask is not None:
+            regularisers = {"h_mask": h_mask, "zoneout": zoneout, "zoneout_seed": seed}
         x, h, c = _layer(
-            x, hx[0][states], hx[1][states], stacked(0), stacked(1), b_ih, b_hh, w_hr, lengths, reverse, backend
-        )
+            x, hx[0][states], hx[1][states], stacked(0), w_hh, b_ih, b_hh, w_hr, lengths, reverse, backend,
+            **regularisers,
+        )  # fmt: skip
         h_n.append(h)
         c_n.append(c)
         if dropout > 0 and train and layer < num_layers - 1:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from tritonlstm import functional
+from tritonlstm import functional, reference
 from tritonlstm.backend import default_backend, validate_backend
 
 _SCALAR_TYPE_NAMES = {
@@ -91,6 +91,17 @@ class LSTM(nn.RNNBase):
             ``go_backwards``). Outputs stay aligned with the input's time axis: ``output[t]`` belongs to input
             step ``t``, and ``h_n``/``c_n`` are the states after step 0 (with ``lengths``, each row starts at its
             own last step).
+        recurrent_dropout: variational recurrent dropout (Gal & Ghahramani; Keras's ``recurrent_dropout``), a
+            probability in [0, 1), default 0. In training each forward call draws one Bernoulli(1-p)/(1-p) mask per
+            layer, direction, batch row and recurrent feature; it multiplies h_{t-1} where it enters the recurrent
+            product at every step, shared by the four gates, never the output or h_n. Identity in eval.
+        input_dropout: Keras's ``dropout``: in training one Bernoulli(1-p)/(1-p) mask per layer, batch row and input
+            feature, shared over time, on every layer's input before the input GEMM. Identity in eval.
+        zoneout: ``p`` or ``(p_h, p_c)`` (Krueger et al.), default 0. In training every element of h and of c
+            keeps its previous value with probability p_h / p_c, a new mask at every step; the output is the
+            zoned h. In eval the expectation ``p * previous + (1 - p) * new``.
+        weight_drop: DropConnect on ``W_hh`` (AWD-LSTM): in training each forward call uses
+            ``F.dropout(weight_hh, p)`` (scaled by 1/(1-p)); gradients reach the parameter, which stays as it is.
 
     Inputs: ``input, (h_0, c_0)`` as for ``torch.nn.LSTM``: batched 3-D, unbatched 2-D, or a ``PackedSequence``
     (sorted or not). Extension: ``lengths=`` (keyword) gives per-sequence lengths of a padded batch, the fast
@@ -122,6 +133,10 @@ class LSTM(nn.RNNBase):
         *,
         backend: str | None = None,
         reverse: bool = False,
+        recurrent_dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        zoneout: float | tuple[float, float] = 0.0,
+        weight_drop: float = 0.0,
     ) -> None:
         super().__init__(
             "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
@@ -131,6 +146,16 @@ class LSTM(nn.RNNBase):
             raise ValueError("reverse=True runs a single direction; it cannot be combined with bidirectional=True")
         self.backend = validate_backend(backend) if backend is not None else default_backend()
         self.reverse = bool(reverse)
+        self.recurrent_dropout = functional.check_probability("recurrent_dropout", recurrent_dropout)
+        self.input_dropout = functional.check_probability("input_dropout", input_dropout)
+        self.zoneout = functional.zoneout_pair(zoneout)
+        self.weight_drop = functional.check_probability("weight_drop", weight_drop)
+
+    def _regularisers(self) -> dict:
+        return {
+            "recurrent_dropout": self.recurrent_dropout, "input_dropout": self.input_dropout,
+            "zoneout": self.zoneout, "weight_drop": self.weight_drop,
+        }  # fmt: skip
 
     def flatten_parameters(self) -> None:
         """No-op kept for drop-in use: the kernels take the parameters as they are, no cuDNN weight buffer."""
@@ -144,11 +169,17 @@ class LSTM(nn.RNNBase):
         s = super().extra_repr()
         if getattr(self, "reverse", False):
             s += ", reverse=True"
+        for name, value in self._regularisers().items():
+            if any(value) if isinstance(value, tuple) else value:
+                s += f", {name}={value}"
         return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
 
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("reverse", False)  # modules pickled before the option existed
+        for name in ("recurrent_dropout", "input_dropout", "weight_drop"):
+            self.__dict__.setdefault(name, 0.0)
+        self.__dict__.setdefault("zoneout", (0.0, 0.0))
 
     def forward(self, input, hx=None, *, lengths=None):
         """``torch.nn.LSTM.forward``, plus ``lengths``: per-sequence lengths of a padded batch.
@@ -200,7 +231,7 @@ class LSTM(nn.RNNBase):
             lengths = _check_lengths(lengths, input, self.batch_first)
         output, h_n, c_n = functional.lstm(
             input, hx, params, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
-            self.batch_first, backend=self.backend, lengths=lengths, reverse=self.reverse,
+            self.batch_first, backend=self.backend, lengths=lengths, reverse=self.reverse, **self._regularisers(),
         )  # fmt: skip
         if not is_batched:
             output = output.squeeze(batch_dim)
@@ -227,7 +258,7 @@ class LSTM(nn.RNNBase):
         padded = data.new_zeros(len(batch_sizes), max_batch_size, data.size(-1)).index_put((t_index, b_index), data)
         output, h_n, c_n = functional.lstm(
             padded, hx, params, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
-            False, backend=self.backend, lengths=lengths, reverse=self.reverse,
+            False, backend=self.backend, lengths=lengths, reverse=self.reverse, **self._regularisers(),
         )  # fmt: skip
         return PackedSequence(output[t_index, b_index], batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
 
@@ -265,8 +296,14 @@ class LSTMCell(nn.RNNCellBase):
     Args:
         input_size, hidden_size, bias, device, dtype: as for ``torch.nn.LSTMCell``.
         backend: ``"auto"``, ``"triton"`` or ``"reference"``; ``None`` reads ``TRITONLSTM_BACKEND``.
+        zoneout: ``p`` or ``(p_h, p_c)`` as for :class:`LSTM` (the Tacotron decoder's cell): in training each
+            element of h_1 / c_1 is the previous one with probability p (a new mask every call), in eval the
+            expectation ``p * previous + (1 - p) * new``.
 
-    Inputs: ``input`` ``(B, input_size)`` or unbatched ``(input_size,)``, and optional ``(h_0, c_0)``.
+    Inputs: ``input`` ``(B, input_size)`` or unbatched ``(input_size,)``, and optional ``(h_0, c_0)``. Keyword
+    ``recurrent_mask`` ``(B, hidden_size)`` (or ``(hidden_size,)``): a recurrent dropout mask multiplying h_0 in the
+    recurrent product only (applied in eval too). Draw it once per sequence and pass the same mask at every step,
+    e.g. ``torch.bernoulli(torch.full((B, H), 1 - p)) / (1 - p)``: a new draw per call would not be variational.
     Outputs: ``(h_1, c_1)``.
 
     Example::
@@ -278,16 +315,37 @@ class LSTMCell(nn.RNNCellBase):
     """
 
     def __init__(
-        self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *, backend: str | None = None
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+        zoneout: float | tuple[float, float] = 0.0,
     ) -> None:
         super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
         self.backend = validate_backend(backend) if backend is not None else default_backend()
+        self.zoneout = functional.zoneout_pair(zoneout)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
+        if any(getattr(self, "zoneout", (0.0, 0.0))):
+            s += f", zoneout={self.zoneout}"
         return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
 
-    def forward(self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("zoneout", (0.0, 0.0))  # modules pickled before the option existed
+
+    def forward(
+        self,
+        input: torch.Tensor,
+        hx: tuple[torch.Tensor, torch.Tensor] | None = None,
+        *,
+        recurrent_mask: torch.Tensor | None = None,
+    ):
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
@@ -307,7 +365,18 @@ class LSTMCell(nn.RNNCellBase):
             hx = tuple(_autocast(hx, input.device))
         input, *params = _autocast([input, *params], input.device)
         self._check_cell_args(input, hx, *params)
-        _, h, c = functional.lstm_layer(input.unsqueeze(0), hx[0], hx[1], *params, backend=self.backend)
+        if recurrent_mask is not None:
+            recurrent_mask = recurrent_mask if is_batched else recurrent_mask.unsqueeze(0)
+            if recurrent_mask.shape != hx[0].shape:
+                raise ValueError(
+                    f"recurrent_mask must have h_0's shape {tuple(hx[0].shape)}, got {tuple(recurrent_mask.shape)}"
+                )
+            recurrent_mask = recurrent_mask.to(input.dtype)
+        seed = reference.draw_zoneout_seed(input.device) if self.training and any(self.zoneout) else None
+        _, h, c = functional.lstm_layer(
+            input.unsqueeze(0), hx[0], hx[1], *params, backend=self.backend, h_mask=recurrent_mask,
+            zoneout=self.zoneout, zoneout_seed=seed,
+        )  # fmt: skip
         if not is_batched:
             h, c = h.squeeze(0), c.squeeze(0)
         return h, c

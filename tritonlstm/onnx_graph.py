@@ -6,11 +6,13 @@ projection it emits ONNX's native ``LSTM`` operator through ``torch.onnx.ops.sym
 from PyTorch's i, f, g, o to ONNX's i, o, f, c, ``direction`` forward, reverse or bidirectional, ``layout=0``,
 ``sequence_lens`` from ``lengths``, initial states wired. With ``proj_size > 0``, which ONNX's LSTM cannot express,
 it is a ``torch.while_loop`` over time, which the exporter turns into an ONNX ``Loop``: dynamic in T and honouring
-``lengths``. Nothing here unrolls the time loop.
+``lengths``. So is eval-mode zoneout (``h_t = p_h h_{t-1} + (1 - p_h) h_new``, the same for c), which the native
+operator cannot express either. Nothing here unrolls the time loop. Training-only regularisers never get here
+(:mod:`tritonlstm.functional` refuses to export them).
 
 ``torch.onnx.export(..., dynamo=False)`` (TorchScript, deprecated by torch): the tracer records the custom op and
 :func:`_torchscript_symbolic`, registered for it, writes the same native ``LSTM`` node; a projection is refused
-with an error pointing to ``dynamo=True``.
+with an error pointing to ``dynamo=True``, and so is eval-mode zoneout.
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ def _direction(num_directions: int, reverse: bool) -> str:
     return "bidirectional" if num_directions == 2 else ("reverse" if reverse else "forward")
 
 
-def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: bool):
-    """One layer (parameters stacked over D directions) as ONNX: ``(y [T,B,D*R], h_n [D,B,R], c_n [D,B,H])``."""
-    if w_hr is not None:
-        return _projected_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: bool, zoneout=(0.0, 0.0)):
+    """One layer (parameters stacked over D directions) as ONNX: ``(y [T,B,D*R], h_n [D,B,R], c_n [D,B,H])``.
+
+    ``zoneout`` ``(p_h, p_c)``: the eval-mode expectation, written as a ``Loop``.
+    """
+    if w_hr is not None or any(zoneout):
+        return _projected_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, zoneout)
     T, B = x.shape[0], x.shape[1]
     D, H = w_ih.shape[0], w_hh.shape[2]
     order = _gate_order(H, w_ih.device)
@@ -51,12 +56,15 @@ def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: bool):
     return y, Y_h, Y_c
 
 
-def _projected_direction(gx, h0, c0, w_hh, w_hr, lengths, reverse: bool):
-    """One direction of LSTMP as a ``torch.while_loop`` over time (an ONNX ``Loop``)."""
+def _projected_direction(gx, h0, c0, w_hh, w_hr, lengths, reverse: bool, zoneout=(0.0, 0.0)):
+    """One direction of LSTMP, or of an LSTM with eval-mode zoneout, as a ``torch.while_loop`` over time (an ONNX
+    ``Loop``)."""
     T = gx.shape[0]
+    p_h, p_c = zoneout
     # the loop body closes over these: plain tensors, not views, or tracing gives each view's base its own
     # symbolic sizes, which can end up tied to (and specialise) the batch size
-    w_hh_t, w_hr_t = w_hh.t().contiguous(), w_hr.t().contiguous()
+    w_hh_t = w_hh.t().contiguous()
+    w_hr_t = w_hr.t().contiguous() if w_hr is not None else None
     h0, c0 = h0.contiguous(), c0.contiguous()
 
     def more(t, h, c, y):
@@ -67,7 +75,13 @@ def _projected_direction(gx, h0, c0, w_hh, w_hr, lengths, reverse: bool):
         gates = gx.index_select(0, at)[0] + h @ w_hh_t
         i, f, g, o = gates.chunk(4, dim=-1)
         c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h_new = (torch.sigmoid(o) * torch.tanh(c_new)) @ w_hr_t
+        h_new = torch.sigmoid(o) * torch.tanh(c_new)
+        if w_hr_t is not None:
+            h_new = h_new @ w_hr_t
+        if p_h > 0:
+            h_new = p_h * h + (1 - p_h) * h_new
+        if p_c > 0:
+            c_new = p_c * c + (1 - p_c) * c_new
         if lengths is not None:
             own = (at < lengths)[:, None]
             h_new, c_new, y_t = torch.where(own, h_new, h), torch.where(own, c_new, c), torch.where(own, h_new, 0.0)
@@ -81,19 +95,40 @@ def _projected_direction(gx, h0, c0, w_hh, w_hr, lengths, reverse: bool):
     return y, h_n, c_n
 
 
-def _projected_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: bool):
+def _projected_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: bool, zoneout=(0.0, 0.0)):
     D = w_ih.shape[0]
     dirs = (False, True) if D == 2 else (reverse,)
     runs = []
     for d, rev in enumerate(dirs):
         gx = torch.nn.functional.linear(x, w_ih[d], b_ih[d] + b_hh[d] if b_ih is not None else None)
-        runs.append(_projected_direction(gx, h0[d], c0[d], w_hh[d], w_hr[d], lengths, rev))
+        w_hr_d = w_hr[d] if w_hr is not None else None
+        runs.append(_projected_direction(gx, h0[d], c0[d], w_hh[d], w_hr_d, lengths, rev, zoneout))
     y, h_n, c_n = zip(*runs)
     return (y[0] if D == 1 else torch.cat(y, dim=-1)), torch.stack(h_n), torch.stack(c_n)
 
 
-def _torchscript_symbolic(g, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, store_for_backward, backend):
+def _constant(value):
+    """The Python value of a constant argument in the TorchScript exporter's graph."""
+    v = value.toIValue()  # prim::Constant, or onnx::Constant holding a 0-d tensor
+    return v if v is not None else value.node().t("value").item()
+
+
+def _torchscript_symbolic(g, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, store_for_backward, backend,
+                          h_mask=None, zoneout_h=None, zoneout_c=None, zoneout_seed=None):  # fmt: skip
     """``tritonlstm::layer_forward`` for the TorchScript exporter: the native ``LSTM`` node."""
+    for arg in (h_mask, zoneout_seed):
+        if arg is not None and not arg.node().mustBeNone():
+            raise RuntimeError(
+                "tritonlstm: recurrent dropout and the training form of zoneout draw random masks and never reach "
+                "an ONNX graph; export the model in eval mode (model.eval())"
+            )
+    if any(z is not None and float(_constant(z)) > 0 for z in (zoneout_h, zoneout_c)):
+        raise RuntimeError(
+            "tritonlstm: an LSTM with zoneout has no ONNX LSTM operator (eval mode takes the expectation "
+            "p*h_prev + (1-p)*h_new) and the TorchScript exporter cannot write its loop; export with "
+            "torch.onnx.export(..., dynamo=True) (the default), which writes an ONNX Loop, or with "
+            "tritonlstm.export.export_onnx"
+        )
     if not w_hr.node().mustBeNone():
         raise RuntimeError(
             "tritonlstm: an LSTM with proj_size > 0 has no ONNX LSTM operator and the TorchScript exporter cannot "
@@ -105,8 +140,7 @@ def _torchscript_symbolic(g, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, r
         raise RuntimeError("tritonlstm: the TorchScript exporter needs the LSTM weights' shapes")
     D, G = shape[0], shape[1]
     H = G // 4
-    rev = reverse.toIValue()  # a constant bool: prim::Constant, or onnx::Constant holding a 0-d tensor
-    rev = bool(rev if rev is not None else reverse.node().t("value").item())
+    rev = bool(_constant(reverse))
     order = g.op("Constant", value_t=_gate_order(H, torch.device("cpu")))
     W = g.op("Gather", w_ih, order, axis_i=1)
     R = g.op("Gather", w_hh, order, axis_i=1)

@@ -20,6 +20,20 @@ leading dimension (``w_ih [D, 4H, I]``, ``w_hh [D, 4H, R]``, ``b_ih``/``b_hh [D,
 states are ``h0 [D, B, R]``, ``c0 [D, B, H]``, and the output ``y [T, B, D*R]`` holds the directions side by side as
 ``torch.nn.LSTM`` does. With D = 1, ``reverse`` runs the direction from the last step to the first; with D = 2
 direction 1 is the reverse one. Optional results are empty tensors (a custom op returns tensors, never ``None``).
+
+Regularisers (issue 14), trailing arguments that default to off:
+
+* ``h_mask [D, B, R]`` (recurrent dropout, variational): multiplies h_{t-1} where it enters the recurrent product
+  ``h_{t-1} W_hh^T``, at every step; never the output or h_n. Drawn by the caller, not differentiated.
+* ``zoneout_h``, ``zoneout_c`` with ``zoneout_seed``: with a seed (an int64 tensor ``[1]``, training), every element of
+  h and c keeps its previous value with probability p, a new mask every step; without one (eval), the expectation
+  ``p * previous + (1 - p) * new``. The output y_t is the zoned h_t. The masks are a function of the seed alone,
+  so the backward regenerates them instead of storing them: the kernels draw them in-kernel with Philox
+  (``tl.rand``), the reference from a ``torch.Generator`` seeded by it (:func:`tritonlstm.reference.zoneout_masks`).
+  The two streams differ; forward and backward always run the same implementation, so each agrees with itself.
+
+When an implementation cannot apply a regulariser, :func:`_triton_refusal` says why and the op runs the reference
+implementation instead, for forward and backward alike.
 """
 
 from __future__ import annotations
@@ -47,9 +61,40 @@ def directions(num_directions: int, reverse: bool) -> tuple[bool, ...]:
     return (reverse,)
 
 
-def _stores_gates(backend: str, x: Tensor, store_for_backward: bool) -> bool:
+def regularised(h_mask: Tensor | None, zoneout_h: float, zoneout_c: float) -> bool:
+    """Whether any regulariser changes the maths of this call (an eval-mode zoneout expectation included)."""
+    return h_mask is not None or zoneout_h > 0 or zoneout_c > 0
+
+
+def _triton_refusal(h_mask: Tensor | None, zoneout_h: float, zoneout_c: float, has_proj: bool = False) -> str | None:
+    """Why the Triton kernels cannot run a call with these regularisers, or ``None`` when they can.
+
+    The per-step kernels apply recurrent dropout (with or without a projection) and zoneout (without one). The
+    sequence kernels (kernels/sequence.py) apply none of them, so :func:`_triton_forward` and
+    :func:`_triton_backward` never choose them for a regularised call.
+    """
+    if (zoneout_h > 0 or zoneout_c > 0) and has_proj:
+        return "zoneout with a projection (proj_size > 0) is not applied by the Triton kernels"
+    return None
+
+
+def _implementation(
+    backend: str, x: Tensor, h_mask: Tensor | None, zoneout_h: float, zoneout_c: float, w_hr: Tensor | None = None
+) -> str:
+    """``"triton"`` or ``"reference"``: the backend's choice, unless the kernels cannot apply the regularisers."""
+    name = resolve_backend(backend, x.device, x.dtype)
+    if (
+        name == "triton" and regularised(h_mask, zoneout_h, zoneout_c)
+        and _triton_refusal(h_mask, zoneout_h, zoneout_c, w_hr is not None)
+    ):  # fmt: skip
+        return "reference"
+    return name
+
+
+def _stores_gates(backend: str, x: Tensor, store_for_backward: bool, h_mask=None, zoneout_h=0.0, zoneout_c=0.0,
+                  w_hr=None) -> bool:  # fmt: skip
     # only the Triton kernels keep gates and cell states; the reference backward recomputes its loop
-    return store_for_backward and resolve_backend(backend, x.device, x.dtype) == "triton"
+    return store_for_backward and _implementation(backend, x, h_mask, zoneout_h, zoneout_c, w_hr) == "triton"
 
 
 def _sequence_kernels(x: Tensor, w_hh: Tensor, w_hr: Tensor | None, backward: bool):
@@ -62,8 +107,19 @@ def _sequence_kernels(x: Tensor, w_hh: Tensor, w_hr: Tensor | None, backward: bo
     return None
 
 
-def _triton_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, store_for_backward):
-    S = _sequence_kernels(x, w_hh, w_hr, backward=False)
+def _regulariser_kwargs(d: int, h_mask, zoneout, seed) -> dict:
+    """The per-step launchers' regulariser arguments for direction d (none when off, so older launchers work)."""
+    kwargs = {"h_mask": h_mask[d]} if h_mask is not None else {}
+    if any(zoneout):
+        kwargs.update(zoneout=zoneout, zoneout_seed=seed, zoneout_stream=2 * d)
+    return kwargs
+
+
+def _triton_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, store_for_backward, h_mask=None,
+                    zoneout=(0.0, 0.0), seed=None):  # fmt: skip
+    # the sequence kernels apply no regulariser (see _triton_refusal): such a call takes the per-step kernels
+    regularised_call = h_mask is not None or any(zoneout)
+    S = _sequence_kernels(x, w_hh, w_hr, backward=False) if not regularised_call else None
     if S is not None:  # one launch for the whole recurrence, every direction
         bias = b_ih + b_hh if b_ih is not None else None
         return S.sequence_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, dirs, store_for_backward)
@@ -72,7 +128,7 @@ def _triton_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, stor
         K.lstm_layer_forward(
             x, h0[d], c0[d], w_ih[d], w_hh[d], b_ih[d] if b_ih is not None else None,
             b_hh[d] if b_hh is not None else None, w_hr[d] if w_hr is not None else None, lengths,
-            reverse=rev, store_for_backward=store_for_backward,
+            reverse=rev, store_for_backward=store_for_backward, **_regulariser_kwargs(d, h_mask, zoneout, seed),
         )  # fmt: skip
         for d, rev in enumerate(dirs)
     ]
@@ -83,11 +139,15 @@ def _triton_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, stor
     return y, torch.stack(h_n), torch.stack(c_n), torch.stack(gates), torch.stack(cs)
 
 
-def _reference_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs):
+def _reference_forward(
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, h_mask=None, zoneout=(0.0, 0.0), seed=None
+):
     runs = [
         reference.lstm_layer(
             x, h0[d], c0[d], w_ih[d], w_hh[d], b_ih[d] if b_ih is not None else None,
             b_hh[d] if b_hh is not None else None, w_hr[d] if w_hr is not None else None, lengths, rev,
+            h_mask=h_mask[d] if h_mask is not None else None, zoneout=zoneout,
+            zoneout_masks=reference.zoneout_masks(seed, d, *zoneout) if seed is not None else None,
         )  # fmt: skip
         for d, rev in enumerate(dirs)
     ]
@@ -117,34 +177,42 @@ def layer_forward(
     reverse: bool,
     store_for_backward: bool,
     backend: str,
+    h_mask: Tensor | None = None,
+    zoneout_h: float = 0.0,
+    zoneout_c: float = 0.0,
+    zoneout_seed: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One layer, every direction: ``(y [T,B,D*R], h_n [D,B,R], c_n [D,B,H], gates [D,T,B,4H], cs [D,T,B,H])``.
 
     ``gates`` and ``cs`` (what the Triton backward needs) are empty unless ``store_for_backward`` on the Triton
-    implementation.
+    implementation. ``h_mask`` (recurrent dropout) and zoneout: see the module docstring.
     """
     dirs = directions(w_ih.shape[0], reverse)
     with _no_autocast(x):
-        if resolve_backend(backend, x.device, x.dtype) == "reference":
-            y, h_n, c_n = _reference_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs)
+        if _implementation(backend, x, h_mask, zoneout_h, zoneout_c, w_hr) == "reference":
+            y, h_n, c_n = _reference_forward(
+                x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, h_mask, (zoneout_h, zoneout_c), zoneout_seed
+            )
             gates = cs = None
         else:
             y, h_n, c_n, gates, cs = _triton_forward(
-                x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, store_for_backward
-            )
+                x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, store_for_backward, h_mask,
+                (zoneout_h, zoneout_c), zoneout_seed,
+            )  # fmt: skip
     if gates is None:
         gates, cs = x.new_empty(0), x.new_empty(0, dtype=_acc_dtype(x.dtype))
     return y, h_n, c_n, gates, cs
 
 
 @layer_forward.register_fake
-def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, store_for_backward, backend):
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, store_for_backward, backend, h_mask=None,
+      zoneout_h=0.0, zoneout_c=0.0, zoneout_seed=None):  # fmt: skip
     T, B = x.shape[0], x.shape[1]
     D, H, R = w_ih.shape[0], w_hh.shape[1] // 4, w_hh.shape[2]
     directions(D, reverse)
     acc = _acc_dtype(x.dtype)
     y, h_n, c_n = x.new_empty(T, B, D * R), x.new_empty(D, B, R), x.new_empty(D, B, H)
-    if _stores_gates(backend, x, store_for_backward):
+    if _stores_gates(backend, x, store_for_backward, h_mask, zoneout_h, zoneout_c, w_hr):
         return y, h_n, c_n, x.new_empty(D, T, B, 4 * H), x.new_empty(D, T, B, H, dtype=acc)
     return y, h_n, c_n, x.new_empty(0), x.new_empty(0, dtype=acc)
 
@@ -168,14 +236,15 @@ def _autograd_inside_op():
         yield
 
 
-def _reference_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, needs):
+def _reference_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, needs,
+                        h_mask=None, zoneout=(0.0, 0.0), seed=None):  # fmt: skip
     """Vector-Jacobian product of the reference loop: autograd through it, run again here."""
     inputs = {"x": x, "h0": h0, "c0": c0, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh, "w_hr": w_hr}
     with _autograd_inside_op():
         leaves = {k: v.detach().requires_grad_() for k, v in inputs.items() if v is not None}
         outputs = _reference_forward(
             leaves["x"], leaves["h0"], leaves["c0"], leaves["w_ih"], leaves["w_hh"], leaves.get("b_ih"),
-            leaves.get("b_hh"), leaves.get("w_hr"), lengths, dirs,
+            leaves.get("b_hh"), leaves.get("w_hr"), lengths, dirs, h_mask, zoneout, seed,
         )  # fmt: skip
         pairs = [(o, g) for o, g in zip(outputs, (dy, dh_n, dc_n)) if g is not None]
         names = list(leaves)
@@ -194,8 +263,10 @@ def _reference_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
     return result
 
 
-def _triton_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, y, gates, cs, dirs, needs):
-    S = _sequence_kernels(x, w_hh, w_hr, backward=True)
+def _triton_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, y, gates, cs, dirs, needs, h_mask=None,
+                     zoneout=(0.0, 0.0), seed=None):  # fmt: skip
+    regularised_call = h_mask is not None or any(zoneout)
+    S = _sequence_kernels(x, w_hh, w_hr, backward=True) if not regularised_call else None
     if S is not None:
         return list(S.sequence_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, dirs, tuple(needs)))
     K = kernels()
@@ -210,6 +281,7 @@ def _triton_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, y, ga
                 dy_d, dh_n[d] if dh_n is not None else None,
                 dc_n[d] if dc_n is not None else None, x, h0[d], c0[d], w_ih[d], w_hh[d], y_d, gates[d],
                 cs[d], w_hr[d] if w_hr is not None else None, lengths, reverse=rev, needs=tuple(needs),
+                **_regulariser_kwargs(d, h_mask, zoneout, seed),
             )  # fmt: skip
         )
     grads = []
@@ -243,30 +315,43 @@ def layer_backward(
     reverse: bool,
     needs: list[bool],
     backend: str,
+    h_mask: Tensor | None = None,
+    zoneout_h: float = 0.0,
+    zoneout_c: float = 0.0,
+    zoneout_seed: Tensor | None = None,
 ) -> list[Tensor]:
     """Gradients ``[dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr]``; an empty tensor for each one not in ``needs``.
 
-    ``db`` is the gradient of ``b_ih`` and of ``b_hh`` alike.
+    ``db`` is the gradient of ``b_ih`` and of ``b_hh`` alike. The regularisers are the forward's, so the same
+    masks apply (zoneout's regenerated from the seed).
     """
     dirs = directions(w_ih.shape[0], reverse)
     with _no_autocast(x):
-        if resolve_backend(backend, x.device, x.dtype) == "reference":
-            grads = _reference_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, needs)
+        if _implementation(backend, x, h_mask, zoneout_h, zoneout_c, w_hr) == "reference":
+            grads = _reference_backward(
+                dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, needs, h_mask,
+                (zoneout_h, zoneout_c), zoneout_seed,
+            )  # fmt: skip
         else:
-            grads = _triton_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, y, gates, cs, dirs, needs)
+            grads = _triton_backward(
+                dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, y, gates, cs, dirs, needs, h_mask,
+                (zoneout_h, zoneout_c), zoneout_seed,
+            )  # fmt: skip
     return [g if g is not None else x.new_empty(0) for g in grads]
 
 
 @layer_backward.register_fake
-def _(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, y, gates, cs, reverse, needs, backend):
+def _(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, y, gates, cs, reverse, needs, backend,
+      h_mask=None, zoneout_h=0.0, zoneout_c=0.0, zoneout_seed=None):  # fmt: skip
     shapes = [x.shape, h0.shape, c0.shape, w_ih.shape, w_hh.shape, w_hh.shape[:2], w_hr.shape if w_hr is not None else None]
     return [x.new_empty(s) if need and s is not None else x.new_empty(0) for need, s in zip(needs, shapes)]
 
 
 def _setup_context(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, _, backend = inputs
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, _, backend, h_mask, zh, zc, seed = inputs
     y, _, _, gates, cs = output
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, y, gates, cs)
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, y, gates, cs, h_mask, seed)
+    ctx.zoneout = (zh, zc)
     ctx.reverse = reverse
     ctx.backend = backend
     ctx.has_bias = b_ih is not None
@@ -276,19 +361,20 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcs):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, y, gates, cs = ctx.saved_tensors
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, y, gates, cs, h_mask, seed = ctx.saved_tensors
     n = ctx.needs_input_grad
     need_db = ctx.has_bias and (n[5] or n[6])
     needs = [n[0], n[1], n[2], n[3], n[4], need_db, ctx.has_proj and n[7]]
     if ctx.has_proj and dy is None and dh_n is None and x.shape[0] == 1:
         needs[6] = False  # one step, only c_n's gradient: W_hr acts after c_1, so autograd would give it none
     dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = layer_backward(
-        dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, y, gates, cs, ctx.reverse, needs, ctx.backend
-    )
+        dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, y, gates, cs, ctx.reverse, needs, ctx.backend,
+        h_mask, *ctx.zoneout, seed,
+    )  # fmt: skip
     grads = [g if need else None for g, need in zip((dx, dh0, dc0, dw_ih, dw_hh), needs)]
     db_ih = db if need_db and n[5] else None
     db_hh = (db.clone() if db_ih is not None else db) if need_db and n[6] else None
-    return (*grads, db_ih, db_hh, dw_hr if needs[6] else None, None, None, None, None)
+    return (*grads, db_ih, db_hh, dw_hr if needs[6] else None, None, None, None, None, None, None, None, None)
 
 
 layer_forward.register_autograd(_backward, setup_context=_setup_context)

@@ -5,11 +5,38 @@ then per step the recurrent product and the gate maths with the cell state (and 
 float32 for float16/bfloat16/float32 inputs and float64 for float64, the optional projection
 ``h_t = (o * tanh(c_t)) W_hr^T``, and per-row lengths (a row stops updating past its length and outputs
 zeros there). Autograd differentiates it.
+
+Regularisers: ``h_mask`` (recurrent dropout) multiplies h_{t-1} in the recurrent product only; ``zoneout=(p_h, p_c)``
+with ``zoneout_masks`` (a generator, training) lets each element of h and c keep its previous value with
+probability p, a fresh draw every processed step; without masks (eval) it takes the expectation
+``p * previous + (1 - p) * new``. Rows past their length keep their state either way.
 """
 
 from __future__ import annotations
 
 import torch
+
+
+ZONEOUT_SEED_HIGH = 2**62
+"""Zoneout seeds are drawn uniformly from [0, ZONEOUT_SEED_HIGH) (int64)."""
+
+
+def draw_zoneout_seed(device: torch.device) -> torch.Tensor:
+    """A fresh zoneout seed, ``[1]`` int64 on ``device``, from torch's RNG (``torch.manual_seed`` reproduces it;
+    on CUDA it comes from the graph-safe Philox state, so each CUDA-graph replay draws a new one)."""
+    return torch.randint(ZONEOUT_SEED_HIGH, (1,), device=device, dtype=torch.int64)
+
+
+def zoneout_masks(seed: torch.Tensor, direction: int, p_h: float, p_c: float) -> torch.Generator:
+    """The reference's zoneout stream for one direction: a generator seeded from ``seed`` (and the direction).
+
+    :func:`lstm_layer` draws from it, at every processed step, ``rand(B, R) < p_h`` (h keeps its previous value)
+    when ``p_h > 0``, then ``rand(B, H) < p_c`` when ``p_c > 0``, in the accumulator dtype, on the seed's device.
+    Forward and backward build the same generator, so the VJP sees the forward's masks.
+    """
+    g = torch.Generator(device=seed.device)
+    g.manual_seed((int(seed.reshape(-1)[0]) + 1_000_003 * direction) % ZONEOUT_SEED_HIGH)
+    return g
 
 
 def lstm_layer(
@@ -23,6 +50,9 @@ def lstm_layer(
     w_hr: torch.Tensor | None = None,  # [P, H]
     lengths: torch.Tensor | None = None,  # [B]
     reverse: bool = False,
+    h_mask: torch.Tensor | None = None,  # [B, R] recurrent dropout mask
+    zoneout: tuple[float, float] = (0.0, 0.0),  # (p_h, p_c)
+    zoneout_masks: torch.Generator | None = None,  # training: the stream of zoneout_masks(); None: expectation
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One layer, one direction: ``(y [T, B, R], h_n [B, R], c_n [B, H])`` in the input's dtype."""
     if torch.compiler.is_compiling():
@@ -40,18 +70,41 @@ def lstm_layer(
     w_hh_t = w_hh.to(acc).t()
     w_hr_t = w_hr.to(acc).t() if w_hr is not None else None
     lengths = lengths.to(x.device) if lengths is not None else None
+    h_mask = h_mask.to(acc) if h_mask is not None else None
+    p_h, p_c = zoneout
     h, c = h0, c0.to(acc)
     ys: list[torch.Tensor] = [x.new_empty(0)] * x.shape[0]
     for t in range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0]):
-        gates = gx[t].to(acc) + h.to(acc) @ w_hh_t
+        h_in = h.to(acc) if h_mask is None else h.to(acc) * h_mask
+        gates = gx[t].to(acc) + h_in @ w_hh_t
         i, f, g, o = gates.chunk(4, dim=-1)
         c_t = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h_t = (torch.sigmoid(o) * torch.tanh(c_t)).to(dtype)
         if w_hr_t is not None:
             h_t = (h_t.to(acc) @ w_hr_t).to(dtype)
+        if p_h > 0 or p_c > 0:
+            h_t, c_t = _zoneout(h, c, h_t, c_t, p_h, p_c, zoneout_masks, acc)
         if lengths is None:
             h, c, ys[t] = h_t, c_t, h_t
         else:
             own = (t < lengths)[:, None]
             h, c, ys[t] = torch.where(own, h_t, h), torch.where(own, c_t, c), torch.where(own, h_t, 0)
     return torch.stack(ys), h, c.to(dtype)
+
+
+def _zoneout(h, c, h_t, c_t, p_h, p_c, masks, acc):
+    """Zoned (h_t, c_t): in training the previous value where a mask drawn from ``masks`` says keep, else the
+    expectation ``p * previous + (1 - p) * new``."""
+    if masks is None:
+        if p_h > 0:
+            h_t = (p_h * h.to(acc) + (1 - p_h) * h_t.to(acc)).to(h_t.dtype)
+        if p_c > 0:
+            c_t = p_c * c + (1 - p_c) * c_t
+        return h_t, c_t
+    if p_h > 0:
+        keep = torch.rand(h.shape, generator=masks, device=masks.device, dtype=acc) < p_h
+        h_t = torch.where(keep.to(h_t.device), h, h_t)
+    if p_c > 0:
+        keep = torch.rand(c.shape, generator=masks, device=masks.device, dtype=acc) < p_c
+        c_t = torch.where(keep.to(c_t.device), c, c_t)
+    return h_t, c_t
