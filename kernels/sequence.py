@@ -146,6 +146,18 @@ def _fwd_epilogue(
     return b_c, b_m
 
 
+@triton.jit
+def _batch_rows(len_ptr, i_b, B, T, BLOCK_B: tl.constexpr, HAS_LENGTHS: tl.constexpr):
+    """The batch tile of program row i_b: offsets, in-range mask, each row's length (T without lengths)."""
+    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    m_b = o_b < B
+    if HAS_LENGTHS:
+        b_len = tl.load(len_ptr + o_b, mask=m_b, other=0)
+    else:
+        b_len = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    return o_b, m_b, b_len
+
+
 @triton.jit(do_not_specialize=["T", "B", "rev_mask", "spin_limit"])
 def _seq_fwd_kernel(
     gx_ptr,  # [D, T, B, G]  x_t W_ih^T + b (interleaved); overwritten by the activated gates if STORE_GATES
@@ -186,12 +198,7 @@ def _seq_fwd_kernel(
     G = 4 * H
     ldy = tl.num_programs(1) * R
     rev = (rev_mask >> tl.program_id(1)) & 1
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    m_b = o_b < B
-    if HAS_LENGTHS:
-        b_len = tl.load(len_ptr + o_b, mask=m_b, other=0)
-    else:
-        b_len = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    o_b, m_b, b_len = _batch_rows(len_ptr, i_b, B, T, BLOCK_B, HAS_LENGTHS)
     TC = T if STORE_GATES else 2
     gx_d = gx_ptr + i_d * T * B * G
     w_d = w_ptr + i_d * G * R
@@ -417,12 +424,7 @@ def _seq_bwd_kernel(
     G = 4 * H
     ldy = tl.num_programs(1) * R
     rev = (rev_mask >> tl.program_id(1)) & 1
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    m_b = o_b < B
-    if HAS_LENGTHS:
-        b_len = tl.load(len_ptr + o_b, mask=m_b, other=0)
-    else:
-        b_len = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    o_b, m_b, b_len = _batch_rows(len_ptr, i_b, B, T, BLOCK_B, HAS_LENGTHS)
     w_d = w_ptr + i_d * G * R
     wr_d = wr_ptr + i_d * P * H
     gates_d = gates_ptr + i_d * T * B * G
