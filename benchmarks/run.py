@@ -294,14 +294,13 @@ def _provider_module(provider: str, shape: Shape, dtype: torch.dtype, device: st
     if provider.startswith("tritonlstm"):
         regularisers = REGULARISED.get(provider, {})
         m = tritonlstm.LSTM(shape.input_size, shape.hidden, backend="triton", **regularisers)
-        note = "per-step launch kernels" + fp32
+        note = "Triton kernels as the op picks them (sequence or per-step: TRITONLSTM_KERNEL)" + fp32
         if provider == "tritonlstm-lengths":
             note += f"; lengths= on {device}, uniform in [T/2, T]"
         if regularisers:
             from tritonlstm.ops import _triton_refusal
 
-            reason = _triton_refusal(torch.ones(1) if "recurrent_dropout" in regularisers else None,
-                                     *m.zoneout)  # fmt: skip
+            reason = _triton_refusal(*m.zoneout, has_proj=m.proj_size > 0)
             kernels_note = "the per-step kernels (the sequence kernels take no regulariser)"
             note += f"; training mode, {regularisers}; " + (f"REFERENCE LOOP ({reason})" if reason else kernels_note)
     elif provider.startswith("cudnn"):

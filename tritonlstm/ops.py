@@ -61,40 +61,34 @@ def directions(num_directions: int, reverse: bool) -> tuple[bool, ...]:
     return (reverse,)
 
 
-def regularised(h_mask: Tensor | None, zoneout_h: float, zoneout_c: float) -> bool:
+def regularised(h_mask: Tensor | None, zoneout: tuple[float, float]) -> bool:
     """Whether any regulariser changes the maths of this call (an eval-mode zoneout expectation included)."""
-    return h_mask is not None or zoneout_h > 0 or zoneout_c > 0
+    return h_mask is not None or any(p > 0 for p in zoneout)
 
 
-def _triton_refusal(h_mask: Tensor | None, zoneout_h: float, zoneout_c: float, has_proj: bool = False) -> str | None:
-    """Why the Triton kernels cannot run a call with these regularisers, or ``None`` when they can.
+def _triton_refusal(zoneout_h: float, zoneout_c: float, has_proj: bool) -> str | None:
+    """Why the Triton kernels cannot apply this call's regularisers, or ``None`` when they can.
 
     The per-step kernels apply recurrent dropout (with or without a projection) and zoneout (without one). The
-    sequence kernels (kernels/sequence.py) apply none of them, so :func:`_triton_forward` and
-    :func:`_triton_backward` never choose them for a regularised call.
+    sequence kernels (kernels/sequence.py) apply none, so a :func:`regularised` call never takes them.
     """
     if (zoneout_h > 0 or zoneout_c > 0) and has_proj:
         return "zoneout with a projection (proj_size > 0) is not applied by the Triton kernels"
     return None
 
 
-def _implementation(
-    backend: str, x: Tensor, h_mask: Tensor | None, zoneout_h: float, zoneout_c: float, w_hr: Tensor | None = None
-) -> str:
+def _implementation(backend: str, x: Tensor, zoneout_h: float, zoneout_c: float, w_hr: Tensor | None) -> str:
     """``"triton"`` or ``"reference"``: the backend's choice, unless the kernels cannot apply the regularisers."""
     name = resolve_backend(backend, x.device, x.dtype)
-    if (
-        name == "triton" and regularised(h_mask, zoneout_h, zoneout_c)
-        and _triton_refusal(h_mask, zoneout_h, zoneout_c, w_hr is not None)
-    ):  # fmt: skip
+    if name == "triton" and _triton_refusal(zoneout_h, zoneout_c, w_hr is not None):
         return "reference"
     return name
 
 
-def _stores_gates(backend: str, x: Tensor, store_for_backward: bool, h_mask=None, zoneout_h=0.0, zoneout_c=0.0,
-                  w_hr=None) -> bool:  # fmt: skip
+def _stores_gates(backend: str, x: Tensor, store_for_backward: bool, zoneout_h: float, zoneout_c: float,
+                  w_hr: Tensor | None) -> bool:  # fmt: skip
     # only the Triton kernels keep gates and cell states; the reference backward recomputes its loop
-    return store_for_backward and _implementation(backend, x, h_mask, zoneout_h, zoneout_c, w_hr) == "triton"
+    return store_for_backward and _implementation(backend, x, zoneout_h, zoneout_c, w_hr) == "triton"
 
 
 def _sequence_kernels(x: Tensor, w_hh: Tensor, w_hr: Tensor | None, backward: bool):
@@ -118,8 +112,7 @@ def _regulariser_kwargs(d: int, h_mask, zoneout, seed) -> dict:
 def _triton_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, store_for_backward, h_mask=None,
                     zoneout=(0.0, 0.0), seed=None):  # fmt: skip
     # the sequence kernels apply no regulariser (see _triton_refusal): such a call takes the per-step kernels
-    regularised_call = h_mask is not None or any(zoneout)
-    S = _sequence_kernels(x, w_hh, w_hr, backward=False) if not regularised_call else None
+    S = None if regularised(h_mask, zoneout) else _sequence_kernels(x, w_hh, w_hr, backward=False)
     if S is not None:  # one launch for the whole recurrence, every direction
         bias = b_ih + b_hh if b_ih is not None else None
         return S.sequence_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, dirs, store_for_backward)
@@ -189,7 +182,7 @@ def layer_forward(
     """
     dirs = directions(w_ih.shape[0], reverse)
     with _no_autocast(x):
-        if _implementation(backend, x, h_mask, zoneout_h, zoneout_c, w_hr) == "reference":
+        if _implementation(backend, x, zoneout_h, zoneout_c, w_hr) == "reference":
             y, h_n, c_n = _reference_forward(
                 x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, h_mask, (zoneout_h, zoneout_c), zoneout_seed
             )
@@ -212,7 +205,7 @@ def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, store_for_backw
     directions(D, reverse)
     acc = _acc_dtype(x.dtype)
     y, h_n, c_n = x.new_empty(T, B, D * R), x.new_empty(D, B, R), x.new_empty(D, B, H)
-    if _stores_gates(backend, x, store_for_backward, h_mask, zoneout_h, zoneout_c, w_hr):
+    if _stores_gates(backend, x, store_for_backward, zoneout_h, zoneout_c, w_hr):
         return y, h_n, c_n, x.new_empty(D, T, B, 4 * H), x.new_empty(D, T, B, H, dtype=acc)
     return y, h_n, c_n, x.new_empty(0), x.new_empty(0, dtype=acc)
 
@@ -265,8 +258,7 @@ def _reference_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
 
 def _triton_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, y, gates, cs, dirs, needs, h_mask=None,
                      zoneout=(0.0, 0.0), seed=None):  # fmt: skip
-    regularised_call = h_mask is not None or any(zoneout)
-    S = _sequence_kernels(x, w_hh, w_hr, backward=True) if not regularised_call else None
+    S = None if regularised(h_mask, zoneout) else _sequence_kernels(x, w_hh, w_hr, backward=True)
     if S is not None:
         return list(S.sequence_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, dirs, tuple(needs)))
     K = kernels()
@@ -327,7 +319,7 @@ def layer_backward(
     """
     dirs = directions(w_ih.shape[0], reverse)
     with _no_autocast(x):
-        if _implementation(backend, x, h_mask, zoneout_h, zoneout_c, w_hr) == "reference":
+        if _implementation(backend, x, zoneout_h, zoneout_c, w_hr) == "reference":
             grads = _reference_backward(
                 dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, needs, h_mask,
                 (zoneout_h, zoneout_c), zoneout_seed,
