@@ -27,6 +27,11 @@ requires_triton = pytest.mark.skipif(
 BACKENDS = ["reference", pytest.param("triton", marks=requires_triton)]
 
 
+def backend_device(backend: str) -> str:
+    """Where a test of ``backend`` puts its tensors: the kernels' device for "triton", else the CPU."""
+    return TRITON_DEVICE if backend == "triton" else "cpu"
+
+
 @dataclass(frozen=True)
 class Tol:
     atol: float
@@ -78,10 +83,13 @@ def weighted_loss(y: torch.Tensor, h: torch.Tensor, c: torch.Tensor, seed: int =
 
 
 def run_and_grad(module, x, hx=None):
-    """Forward, weighted loss over output and final states, backward. Returns outputs and grads by name."""
-    x = x.detach().clone().requires_grad_(True)
+    """Forward, weighted loss over output and final states, backward. Returns outputs and grads by name.
+
+    The inputs go to the module's device first (make_pair puts modules on DEVICE, tests often build CPU inputs)."""
+    device = next(module.parameters()).device
+    x = x.detach().to(device, copy=True).requires_grad_(True)
     if hx is not None:
-        hx = tuple(t.detach().clone().requires_grad_(True) for t in hx)
+        hx = tuple(t.detach().to(device, copy=True).requires_grad_(True) for t in hx)
     y, (h, c) = module(x, hx)
     module.zero_grad(set_to_none=True)
     weighted_loss(y, h, c).backward()

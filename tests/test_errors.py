@@ -365,14 +365,14 @@ def test_unbatched_hx_with_extra_tensor_works_like_nn_lstm():
         assert_close(got, exp, torch.float64, name)
 
 
-def _strided(shape, layout, requires_grad=True):
+def _strided(shape, layout, requires_grad=True, device=DEVICE):
     """A float64 leaf and a non-contiguous view of it with `shape`: transposed, or every other element."""
     if layout == "transposed":  # (d0, d1, d2) stored as (d1, d0, d2)
-        base = torch.randn(shape[1], shape[0], *shape[2:], dtype=torch.float64, device=DEVICE)
+        base = torch.randn(shape[1], shape[0], *shape[2:], dtype=torch.float64).to(device)  # CPU draws
         base.requires_grad_(requires_grad)
         view = base.transpose(0, 1)
     else:  # "step": every other element of the last dimension
-        base = torch.randn(*shape[:-1], 2 * shape[-1], dtype=torch.float64, device=DEVICE)
+        base = torch.randn(*shape[:-1], 2 * shape[-1], dtype=torch.float64).to(device)
         base.requires_grad_(requires_grad)
         view = base[..., ::2]
     assert view.shape == shape and not view.is_contiguous()
@@ -382,28 +382,30 @@ def _strided(shape, layout, requires_grad=True):
 @pytest.mark.parametrize("layout", ["transposed", "step"])
 @pytest.mark.parametrize("what", ["hx", "input"])
 def test_non_contiguous_inputs(what, layout):
-    """Non-contiguous hx (or input): same outputs and same gradients (of the strided leaves) as nn.LSTM."""
+    """Non-contiguous hx (or input): same outputs and same gradients (of the strided leaves) as nn.LSTM.
+
+    The oracle runs on the CPU: on CUDA, nn.LSTM (cuDNN) refuses a non-contiguous hx, which tritonlstm accepts."""
     ref, ours = _pair64(num_layers=2, bidirectional=True)
     results = []
-    for module in (ref, ours):
-        torch.manual_seed(1)
+    for module, dev in ((ref.cpu(), "cpu"), (ours, DEVICE)):
+        torch.manual_seed(1)  # the same draws on the CPU, then moved
         if what == "hx":
-            x_leaf = x_view = torch.randn(T, B, I, dtype=torch.float64, device=DEVICE, requires_grad=True)
-            (h_leaf, h_view), (c_leaf, c_view) = _strided((4, B, H), layout), _strided((4, B, H), layout)
+            x_leaf = x_view = torch.randn(T, B, I, dtype=torch.float64).to(dev).requires_grad_()
+            (h_leaf, h_view), (c_leaf, c_view) = (_strided((4, B, H), layout, device=dev) for _ in range(2))
         else:
-            x_leaf, x_view = _strided((T, B, I), layout)
-            h_leaf = h_view = torch.randn(4, B, H, dtype=torch.float64, device=DEVICE, requires_grad=True)
-            c_leaf = c_view = torch.randn(4, B, H, dtype=torch.float64, device=DEVICE, requires_grad=True)
+            x_leaf, x_view = _strided((T, B, I), layout, device=dev)
+            h_leaf = h_view = torch.randn(4, B, H, dtype=torch.float64).to(dev).requires_grad_()
+            c_leaf = c_view = torch.randn(4, B, H, dtype=torch.float64).to(dev).requires_grad_()
         y, (h, c) = module(x_view, (h_view, c_view))
         g = torch.Generator().manual_seed(3)
-        loss = sum((t * torch.randn(t.shape, generator=g, dtype=torch.float64).to(DEVICE)).sum() for t in (y, h, c))
+        loss = sum((t * torch.randn(t.shape, generator=g, dtype=torch.float64).to(dev)).sum() for t in (y, h, c))
         loss.backward()
         results.append({"output": y, "h_n": h, "c_n": c, "grad_x": x_leaf.grad, "grad_h0": h_leaf.grad,
                         "grad_c0": c_leaf.grad})  # fmt: skip
     expected, actual = results
     for name in expected:
         assert actual[name] is not None, f"{name}: no gradient"
-        assert_close(actual[name].detach(), expected[name].detach(), torch.float64, name)
+        assert_close(actual[name].detach().cpu(), expected[name].detach(), torch.float64, name)
 
 
 # ---------------------------------------------------------------- PackedSequence and proj_size: work like nn.LSTM

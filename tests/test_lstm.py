@@ -88,7 +88,7 @@ def test_gradient_through_one_output_only(which):
         xi = x.clone().requires_grad_()
         y, (h, c) = m(xi)
         out = {"output": y, "h_n": h, "c_n": c}[which]
-        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view_as(out)).sum().backward()
         grads.append([xi.grad] + [p.grad for p in m.parameters()])
     for e, a in zip(*grads):
         assert_close(a, e, torch.float64, which)
@@ -186,7 +186,7 @@ def test_dropout_between_layers():
     assert_close(ours(x)[0], ref(x)[0], torch.float64, "eval output")
     # train: same masks as the reference backend for the same seed (both draw them with F.dropout)
     ours.train()
-    reference = tritonlstm.LSTM(**cfg, backend="reference", dtype=torch.float64)
+    reference = tritonlstm.LSTM(**cfg, backend="reference", dtype=torch.float64, device=DEVICE)  # same RNG device
     reference.load_state_dict(ours.state_dict())
     torch.manual_seed(7)
     a = run_and_grad(ours, x)

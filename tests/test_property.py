@@ -119,7 +119,8 @@ def test_partial_requires_grad_and_inference(case, data):
         y, (h, c) = module(xi, hi)
         outs = dict(zip(LOSS_TERMS, (y, h, c)))
         g = torch.Generator().manual_seed(2)
-        loss = sum((outs[k].to(torch.float64) * torch.randn(outs[k].shape, generator=g, dtype=torch.float64)).sum()
+        weights = {k: torch.randn(outs[k].shape, generator=g, dtype=torch.float64).to(outs[k].device) for k in terms}
+        loss = sum((outs[k].to(torch.float64) * weights[k]).sum()
                    for k in sorted(terms))
         if loss.requires_grad:  # nothing requires grad (every leaf drawn frozen): forward only
             loss.backward()

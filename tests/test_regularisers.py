@@ -21,6 +21,7 @@ from tests.helpers import (
     CPU_DTYPES,
     DEVICE,
     TRITON_DEVICE,
+    backend_device,
     assert_close,
     compare_with_nn_lstm,
     make_pair,
@@ -112,9 +113,13 @@ def test_eval_mode_is_nn_lstm(backend):
 def test_zero_probabilities_in_training_are_nn_lstm_and_draw_nothing():
     ref, ours = make_pair(torch.float64, "reference", input_size=I, hidden_size=H, num_layers=2)
     x = torch.randn(4, 3, I)
-    state = torch.get_rng_state()
+
+    def rng_states():
+        return [torch.get_rng_state()] + ([torch.cuda.get_rng_state()] if torch.cuda.is_available() else [])
+
+    state = rng_states()
     compare_with_nn_lstm(ref, ours, x, dtype=torch.float64)
-    assert torch.equal(state, torch.get_rng_state())
+    assert all(torch.equal(a, b) for a, b in zip(state, rng_states()))
 
 
 # ------------------------------------------------------------------------------ recurrent dropout
@@ -126,19 +131,20 @@ def test_zero_probabilities_in_training_are_nn_lstm_and_draw_nothing():
 def test_recurrent_dropout_matches_oracle(backend, dtype, lengths):
     """Bidirectional layer in training: the replayed [D, B, H] mask on h_{t-1} only; outputs and every gradient."""
     p, T, B = 0.4, 4, 3
-    m = tritonlstm.LSTM(I, H, bidirectional=True, recurrent_dropout=p, backend=backend).to(dtype)
-    x = torch.randn(T, B, I, dtype=dtype)
-    lens = torch.tensor(lengths) if lengths is not None else None
+    dev = backend_device(backend)
+    m = tritonlstm.LSTM(I, H, bidirectional=True, recurrent_dropout=p, backend=backend).to(dev, dtype)
+    x = torch.randn(T, B, I, dtype=dtype, device=dev)
+    lens = torch.tensor(lengths, device=dev) if lengths is not None else None
     torch.manual_seed(7)
     xg = x.clone().requires_grad_()
     y, (h, c) = m(xg, lengths=lens)
     weighted_loss(y, h, c).backward()
-    torch.manual_seed(7)
-    mask = torch.bernoulli(torch.full((2, B, H), 1 - p, dtype=dtype)) / (1 - p)
+    torch.manual_seed(7)  # the module drew its mask on x's device: replay it there
+    mask = torch.bernoulli(torch.full((2, B, H), 1 - p, dtype=dtype, device=dev)) / (1 - p)
     assert (mask == 0).any() and (mask != 0).any()
     leaves = {k: v.double().requires_grad_() for k, v in zip(("x", "w_ih", "w_hh", "b_ih", "b_hh", "w_ih_r", "w_hh_r",
               "b_ih_r", "b_hh_r"), (x, *_params(m), *_params(m, "_reverse")))}  # fmt: skip
-    z = torch.zeros(B, H, dtype=torch.float64)
+    z = torch.zeros(B, H, dtype=torch.float64, device=dev)
     yf, hf, cf = _oracle(leaves["x"], z, z, leaves["w_ih"], leaves["w_hh"], leaves["b_ih"], leaves["b_hh"],
                          h_mask=mask[0], lengths=lens)  # fmt: skip
     yr, hr, cr = _oracle(leaves["x"], z, z, leaves["w_ih_r"], leaves["w_hh_r"], leaves["b_ih_r"], leaves["b_hh_r"],
@@ -214,11 +220,11 @@ def test_input_dropout_is_one_mask_per_sequence_before_the_input_gemm():
     p, T, B = 0.5, 5, 3
     ref, ours = make_pair(torch.float64, "reference", input_size=I, hidden_size=H)
     ours.input_dropout = p
-    x = torch.randn(T, B, I, dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64, device=DEVICE)
     torch.manual_seed(11)
     y, (h, c) = ours(x)
     torch.manual_seed(11)
-    mask = torch.bernoulli(torch.full((B, I), 1 - p, dtype=torch.float64)) / (1 - p)
+    mask = torch.bernoulli(torch.full((B, I), 1 - p, dtype=torch.float64, device=DEVICE)) / (1 - p)
     ye, (he, ce) = ref(x * mask)
     for a, e, n in ((y, ye, "output"), (h, he, "h_n"), (c, ce, "c_n")):
         assert_close(a.detach(), e.detach(), torch.float64, n)
@@ -233,7 +239,7 @@ def test_weight_drop_masks_w_hh_once_per_call_and_grads_reach_the_raw_parameter(
     ours.weight_drop = p
     keys = list(ours.state_dict())
     raw = ours.weight_hh_l0.detach().clone()
-    x = torch.randn(T, B, I, dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64, device=DEVICE)
     torch.manual_seed(5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no flatten_parameters / non-contiguous weight warnings
@@ -302,11 +308,12 @@ def test_zoneout_mask_statistics_and_fresh_masks_every_step():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_zoneout_eval_is_the_expectation(backend):
     p_h, p_c, T, B = 0.2, 0.6, 4, 3
-    m = tritonlstm.LSTM(I, H, num_layers=1, bidirectional=True, zoneout=(p_h, p_c), backend=backend).double().eval()
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    lens = torch.tensor([4, 1, 3])
+    dev = backend_device(backend)
+    m = tritonlstm.LSTM(I, H, bidirectional=True, zoneout=(p_h, p_c), backend=backend).to(dev, torch.float64).eval()
+    x = torch.randn(T, B, I, dtype=torch.float64, device=dev)
+    lens = torch.tensor([4, 1, 3], device=dev)
     y, (h, c) = m(x, lengths=lens)
-    z = torch.zeros(B, H, dtype=torch.float64)
+    z = torch.zeros(B, H, dtype=torch.float64, device=dev)
     yf, hf, cf = _oracle(x, z, z, *_params(m), zoneout=(p_h, p_c), lengths=lens)
     yr, hr, cr = _oracle(x, z, z, *_params(m, "_reverse"), zoneout=(p_h, p_c), lengths=lens, reverse=True)
     assert_close(y, torch.cat([yf, yr], -1), torch.float64, "output")
@@ -331,8 +338,8 @@ def test_zoneout_seed_reproduces_and_packed_sequence_keeps_its_meaning():
 # ------------------------------------------------------------------------------------------ LSTMCell
 
 
-def _cell_and_weights(backend, zoneout=(0.25, 0.5)):
-    cell = tritonlstm.LSTMCell(I, H, backend=backend, zoneout=zoneout).double().to(DEVICE)
+def _cell_and_weights(backend, zoneout=(0.25, 0.5), device=DEVICE):
+    cell = tritonlstm.LSTMCell(I, H, backend=backend, zoneout=zoneout).double().to(device)
     return cell, [cell.weight_ih.detach(), cell.weight_hh.detach(), cell.bias_ih.detach(), cell.bias_hh.detach()]
 
 
@@ -340,7 +347,7 @@ def test_cell_training_zoneout_and_recurrent_mask():
     """A decoder loop in training (reference implementation): a new zoneout draw per call, the same recurrent mask
     at every step; the oracle replays the seeds."""
     B = 3
-    cell, w = _cell_and_weights("reference")
+    cell, w = _cell_and_weights("reference", device="cpu")  # the oracle replays CPU seeds
     xs = torch.randn(3, B, I, dtype=torch.float64)
     h0, c0 = torch.randn(B, H, dtype=torch.float64), torch.randn(B, H, dtype=torch.float64)
     mask = functional.dropout_mask((B, H), 0.5, xs)
