@@ -209,7 +209,7 @@ def _zoneout_rates(zs_ptr, stream, t, o_b, o_u, B, N, p, ZONEOUT: tl.constexpr, 
     if ZONEOUT == 2:
         return _zoneout_keep(zs_ptr, stream, t, o_b, o_u, B, N, p).to(ACC_DTYPE)
     else:
-        return tl.zeros((o_b.shape[0], o_u.shape[0]), dtype=ACC_DTYPE) + p
+        return tl.full((o_b.shape[0], o_u.shape[0]), p, ACC_DTYPE)  # p is float64: exact for a float64 layer
 
 
 @triton.jit
@@ -249,8 +249,8 @@ def _lstm_fwd_step_kernel(
     hm_ptr,  # [B, H]  recurrent dropout mask on h_{t-1} (read if HAS_MASK), y's row stride
     zs_ptr,  # [1]  int64 zoneout seed (read if ZONEOUT == 2)
     zm_ptr,  # [2, T, B, H]  int8 out: the zoneout masks drawn, h then c (test-only, if STORE_ZONEOUT)
-    zo_h,  # zoneout probabilities of h and c
-    zo_c,
+    zo_h: "fp64",  # zoneout probabilities of h and c, float64 so that a float64 layer's eval expectation is exact
+    zo_c: "fp64",
     zo_stream,  # 2 * direction: the Philox streams of h (zo_stream) and c (zo_stream + 1)
     B,
     T,
@@ -403,8 +403,8 @@ def _lstm_bwd_step_kernel(
     len_ptr,  # [B]
     hm_ptr,  # [B, H]  recurrent dropout mask (read if HAS_MASK), dy's row stride
     zs_ptr,  # [1]  the forward's zoneout seed: its masks are drawn again
-    zo_h,
-    zo_c,
+    zo_h: "fp64",
+    zo_c: "fp64",
     zo_stream,
     B,
     T,

@@ -43,6 +43,7 @@ import warnings
 import torch
 import triton
 import triton.language as tl
+from triton.compiler.errors import CompilationError
 
 from tritonlstm.kernels.lstm import (
     INTERPRETER,
@@ -561,8 +562,8 @@ def _seq_bwd_kernel(
                 )  # fmt: skip
                 if n < T:
                     dh_t = dhall_d + tc * B * P
-                    b_dh = b_dh.to(dhall_ptr.dtype.element_ty)
-                    tl.store(dh_t + o_b[:, None] * P + o_c[None, :], b_dh, mask=m_b[:, None] & m_c[None, :])
+                    b_dhq = b_dh.to(dhall_ptr.dtype.element_ty)  # a new name: Triton 3.6 refuses a retyped b_dh
+                    tl.store(dh_t + o_b[:, None] * P + o_c[None, :], b_dhq, mask=m_b[:, None] & m_c[None, :])
                     for u in range(0, H, BLOCK_H):
                         o_u = u + tl.arange(0, BLOCK_H)
                         o_g = 4 * u + tl.arange(0, 4 * BLOCK_H)
@@ -571,7 +572,7 @@ def _seq_bwd_kernel(
                         b_wr = tl.load(
                             wr_d + o_c[:, None] * H + o_u[None, :], mask=m_c[:, None] & m_u[None, :], other=0.0
                         )
-                        b_dm = tl.dot(b_dh, b_wr, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+                        b_dm = tl.dot(b_dhq, b_wr, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
                         b_dc = _load_dc(dc_d, dcn_d, o_b, o_u, m_b, m_u, n, H, HAS_DCN, ACC_DTYPE)
                         b_dc = _bwd_cell(
                             b_dm, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, gates_t, cs_t,
@@ -795,7 +796,8 @@ def _constexprs(cfg: dict, H: int, R: int, P: int, backward: bool) -> tuple[dict
     k = dict(BLOCK_B=cfg["BLOCK_B"], BLOCK_H=bh, BLOCK_K=cfg.get("BLOCK_K", 16), BLOCK_P=bp, SPLIT=split)
     if backward:
         k.update(
-            BLOCK_G=triton.next_power_of_2(4 * H) // cfg.get("G_CHUNKS", 1) if split else 16,
+            # at least 16: a tl.dot dimension (H < 4 would give a smaller one; the rows past 4H are masked)
+            BLOCK_G=max(16, triton.next_power_of_2(4 * H) // cfg.get("G_CHUNKS", 1)) if split else 16,
             G_CHUNKS=cfg.get("G_CHUNKS", 1) if split else 1,
             BLOCK_F=max(16, triton.next_power_of_2(P)) if split and P else 16,
         )
@@ -916,7 +918,10 @@ def sequence_forward(
 
         y, h_n, c_n, gates, cs = sequence_forward(x, h0, c0, w_ih, w_hh, b_ih + b_hh, None, None, (False, True), True)
     """
-    out, err = _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, store_for_backward, config)
+    try:
+        out, err = _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, store_for_backward, config)
+    except CompilationError as e:
+        raise _uncompilable(x, w_hh, w_hr, False, e) from e
     _check_flag(err, "forward")
     return out
 
@@ -1031,9 +1036,43 @@ def sequence_backward(
     gradient of ``b_ih`` and of ``b_hh`` alike. ``dy``, ``dh_n``, ``dc_n`` may be ``None`` (zeros). ``gates``/``cs``
     may come from :func:`sequence_forward` or, stacked over directions, from ``lstm_layer_forward``.
     """
-    grads, err = _backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, reverse, needs, config)
+    try:
+        grads, err = _backward(
+            dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, reverse, needs, config
+        )
+    except CompilationError as e:
+        raise _uncompilable(x, w_hh, w_hr, True, e) from e
     _check_flag(err, "backward")
     return grads
+
+
+class SequenceCompileError(RuntimeError):
+    """A sequence kernel did not compile for a layer's shape. The op catches it and runs the per-step kernels;
+    :func:`choose_kernel` sends that shape to them from then on (warned once)."""
+
+
+_UNCOMPILABLE: set[tuple] = set()
+
+
+def _shape_key(device: torch.device, dtype: torch.dtype, B: int, H: int, P: int, D: int, backward: bool) -> tuple:
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return str(device), dtype, B, H, P, D, backward
+
+
+def _uncompilable(x, w_hh, w_hr, backward: bool, error: CompilationError) -> SequenceCompileError:
+    D, G, _ = w_hh.shape
+    P = w_hr.shape[1] if w_hr is not None else 0
+    key = _shape_key(x.device, x.dtype, x.shape[1], G // 4, P, D, backward)
+    _UNCOMPILABLE.add(key)
+    what = f"{'backward' if backward else 'forward'} sequence kernel for B={key[2]} H={key[3]} P={P} D={D} {x.dtype}"
+    warnings.warn(
+        f"tritonlstm: the {what} did not compile ({str(error).strip().splitlines()[-1][:200]}); this shape runs "
+        "the per-step kernels.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return SequenceCompileError(what)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1204,7 +1243,7 @@ def choose_kernel(
         if reason:
             raise RuntimeError(f"TRITONLSTM_KERNEL=sequence, but the sequence kernels cannot run here: {reason}")
         return "sequence"
-    if reason:
+    if reason or _shape_key(device, dtype, B, H, P, D, backward) in _UNCOMPILABLE:
         return "step"
     cfg = sequence_config(B, H, P, D, dtype, _sm_count(device), backward)
     if cfg["prefer_step"]:

@@ -44,14 +44,17 @@ _I32_POINTERS = {"len_ptr", "sync_ptr", "err_ptr"}
 
 
 @lru_cache(maxsize=None)
-def _compiled(B: int, H: int, P: int, D: int, dtype: torch.dtype, backward: bool, regime: str | None = None):
-    """Compile one kernel as the launcher would launch it; returns (config, grid size, CompiledKernel)."""
+def _compiled(
+    B: int, H: int, P: int, D: int, dtype: torch.dtype, backward: bool, regime: str | None = None, config=None
+):
+    """Compile one kernel as the launcher would launch it; returns (config, grid size, CompiledKernel).
+    ``config``: a tuple of the config dict's items, instead of the one :func:`sequence_config` picks."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from tritonlstm.kernels import sequence as S
 
-    cfg = S.sequence_config(B, H, P, D, dtype, SMS, backward)
+    cfg = dict(config) if config is not None else S.sequence_config(B, H, P, D, dtype, SMS, backward)
     assert regime is None or cfg["regime"] == regime, f"the rule picked {cfg} for B={B} H={H} P={P} D={D}"
     k, ns = S._constexprs(cfg, H, P or H, P, backward)
     kernel = S._seq_bwd_kernel if backward else S._seq_fwd_kernel
@@ -179,3 +182,25 @@ def test_batch_owned_streams_w_hh_each_step_without_spills(backward):
     assert "mma.sync" in ptx or "wgmma" in ptx
     regs, stack = _resources(compiled)
     assert stack == 0, f"{stack} bytes of register spills per thread ({regs} registers)"
+
+
+# (H, P, dtype, backward, regime): what the GPU first saw fail to compile under Triton 3.6 (a retyped variable in
+# the batch-owned backward with a projection; a 4-row dot operand at H=1), and the configs of the first-use self-test
+COMPILE_CASES = [
+    pytest.param(H, P, dtype, backward, regime, id=f"{regime}-{'bwd' if backward else 'fwd'}-H{H}-P{P}-{_STORAGE[dtype]}")
+    for regime in ("split", "batch")
+    for backward in (False, True)
+    for dtype in (torch.float16, torch.float32)
+    for H, P in ((40, 0), (40, 16))
+] + [pytest.param(1, 0, torch.float16, True, "split", id="split-bwd-H1-P0-fp16")]
+
+
+@pytest.mark.parametrize("H, P, dtype, backward, regime", COMPILE_CASES)
+def test_every_regime_compiles(H, P, dtype, backward, regime):
+    """Each regime, direction and dtype compiles for sm_90 with the self-test's tiles (and the tiniest H)."""
+    from tritonlstm.kernels import sequence as S
+
+    cfg = S._self_test_config(torch.device("cuda"), dtype, regime, H, P, backward)
+    cfg.setdefault("num_warps", 4)
+    _, _, compiled, _ = _compiled(3, H, P, 2, dtype, backward, regime, tuple(sorted(cfg.items())))
+    assert compiled.asm["ptx"]

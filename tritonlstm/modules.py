@@ -57,13 +57,21 @@ def _check_attributes(input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor]
                 )
 
 
+# Device types with an autocast mode, asked once here: under torch.compile, torch 2.11's dynamo cannot trace
+# torch.amp.is_autocast_available (2.13's can), and torch.is_autocast_enabled raises for the other types.
+_AUTOCAST_DEVICES = frozenset(
+    t for t in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia", torch._C._get_privateuse1_backend_name())
+    if torch.amp.is_autocast_available(t)
+)
+
+
 def _autocast(tensors, device: torch.device):
     """Under torch.autocast, the recurrent op runs in the autocast dtype like a matmul: cast its float inputs.
 
     The casts are differentiable, so gradients reach fp32 master weights in fp32. The cell state stays fp32
     inside the kernels whatever the dtype.
     """
-    if not (torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type)):
+    if device.type not in _AUTOCAST_DEVICES or not torch.is_autocast_enabled(device.type):
         return list(tensors)
     dtype = torch.get_autocast_dtype(device.type)
     return [t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors]

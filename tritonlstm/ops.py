@@ -115,7 +115,10 @@ def _triton_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, stor
     S = None if regularised(h_mask, zoneout) else _sequence_kernels(x, w_hh, w_hr, backward=False)
     if S is not None:  # one launch for the whole recurrence, every direction
         bias = b_ih + b_hh if b_ih is not None else None
-        return S.sequence_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, dirs, store_for_backward)
+        try:
+            return S.sequence_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, dirs, store_for_backward)
+        except S.SequenceCompileError:
+            pass  # warned once: this shape runs the per-step kernels from now on
     K = kernels()  # the per-step kernels: one launch per step and direction
     runs = [
         K.lstm_layer_forward(
@@ -181,6 +184,8 @@ def layer_forward(
     implementation. ``h_mask`` (recurrent dropout) and zoneout: see the module docstring.
     """
     dirs = directions(w_ih.shape[0], reverse)
+    if lengths is not None and lengths.device != x.device:  # the kernels read lengths on x's device
+        lengths = lengths.to(x.device)
     with _no_autocast(x):
         if _implementation(backend, x, zoneout_h, zoneout_c, w_hr) == "reference":
             y, h_n, c_n = _reference_forward(
@@ -260,7 +265,12 @@ def _triton_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, y, ga
                      zoneout=(0.0, 0.0), seed=None):  # fmt: skip
     S = None if regularised(h_mask, zoneout) else _sequence_kernels(x, w_hh, w_hr, backward=True)
     if S is not None:
-        return list(S.sequence_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, dirs, tuple(needs)))
+        try:
+            return list(S.sequence_backward(
+                dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, dirs, tuple(needs)
+            ))  # fmt: skip
+        except S.SequenceCompileError:
+            pass  # warned once: this shape runs the per-step kernels from now on
     K = kernels()
     R = w_hh.shape[2]
     per_direction = []
@@ -318,6 +328,8 @@ def layer_backward(
     masks apply (zoneout's regenerated from the seed).
     """
     dirs = directions(w_ih.shape[0], reverse)
+    if lengths is not None and lengths.device != x.device:  # the kernels read lengths on x's device
+        lengths = lengths.to(x.device)
     with _no_autocast(x):
         if _implementation(backend, x, zoneout_h, zoneout_c, w_hr) == "reference":
             grads = _reference_backward(
