@@ -249,8 +249,8 @@ def _lstm_fwd_step_kernel(
     hm_ptr,  # [B, H]  recurrent dropout mask on h_{t-1} (read if HAS_MASK), y's row stride
     zs_ptr,  # [1]  int64 zoneout seed (read if ZONEOUT == 2)
     zm_ptr,  # [2, T, B, H]  int8 out: the zoneout masks drawn, h then c (test-only, if STORE_ZONEOUT)
-    zo_h: "fp64",  # zoneout probabilities of h and c, float64 so that a float64 layer's eval expectation is exact
-    zo_c: "fp64",
+    zo_h: tl.float64,  # zoneout probabilities of h and c, float64 so that a float64 layer's eval expectation is exact
+    zo_c: tl.float64,
     zo_stream,  # 2 * direction: the Philox streams of h (zo_stream) and c (zo_stream + 1)
     B,
     T,
@@ -403,8 +403,8 @@ def _lstm_bwd_step_kernel(
     len_ptr,  # [B]
     hm_ptr,  # [B, H]  recurrent dropout mask (read if HAS_MASK), dy's row stride
     zs_ptr,  # [1]  the forward's zoneout seed: its masks are drawn again
-    zo_h: "fp64",
-    zo_c: "fp64",
+    zo_h: tl.float64,
+    zo_c: tl.float64,
     zo_stream,
     B,
     T,
