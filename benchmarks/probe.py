@@ -68,8 +68,8 @@ def probe(shapes, dtypes, T, bidirectional, rows):
             pick = (seq.choose_kernel(dev, dtype, B, H, 0, D), seq.choose_kernel(dev, dtype, B, H, 0, D, True))
             row = dict(what="time", dtype=name, B=B, H=H, T=T, D=D, fwd_regime=cfg_f["regime"],
                        bwd_regime=cfg_b["regime"], auto_fwd=pick[0], auto_bwd=pick[1])  # fmt: skip
-            for kernel in ("sequence", "step"):
-                _kernel_env(kernel)
+            for kernel in ("sequence", "step", "auto"):
+                _kernel_env(None if kernel == "auto" else kernel)
                 try:
                     row[f"err_{kernel}"] = _check(model, ref, x, dtype)
                     with torch.no_grad():
@@ -103,7 +103,7 @@ def main(argv=None) -> None:
     rows: list[dict] = []
     probe(shapes, args.dtypes, args.T, args.bidirectional, rows)
     print(f"{'dtype':5} {'B':>5} {'H':>5} {'regime f/b':>12} {'auto':>14} {'seq fwd':>8} {'step fwd':>8} "
-          f"{'cudnn fwd':>9} {'seq f+b':>8} {'step f+b':>8} {'cudnn f+b':>9}  (us/step)")  # fmt: skip
+          f"{'cudnn fwd':>9} {'seq f+b':>8} {'step f+b':>8} {'auto f+b':>8} {'cudnn f+b':>9}  (us/step)")  # fmt: skip
     for r in rows:
         if r["what"] != "time":
             continue
@@ -114,7 +114,7 @@ def main(argv=None) -> None:
 
         print(f"{r['dtype']:5} {r['B']:5} {r['H']:5} {r['fwd_regime'] + '/' + r['bwd_regime']:>12} "
               f"{r['auto_fwd'] + '/' + r['auto_bwd']:>14} {us('fwd_sequence_ms')} {us('fwd_step_ms')} "
-              f"{us('fwd_cudnn_ms'):>9} {us('fb_sequence_ms')} {us('fb_step_ms')} {us('fb_cudnn_ms'):>9}")  # fmt: skip
+              f"{us('fwd_cudnn_ms'):>9} {us('fb_sequence_ms')} {us('fb_step_ms')} {us('fb_auto_ms')} {us('fb_cudnn_ms'):>9}")  # fmt: skip
     if args.csv:
         keys = sorted({k for r in rows for k in r})
         with open(args.csv, "w", newline="") as f:
