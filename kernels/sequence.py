@@ -99,6 +99,21 @@ def _load_h_prev(y_ptr, h0_ptr, o_b, o_k, m_b, m_k, v_prev, tp, B, ldy, R):
 
 
 @triton.jit
+def _masked(b_h, hm_d, o_b, o_k, m_b, m_k, R, ACC_DTYPE: tl.constexpr):
+    """h_{t-1} * the recurrent dropout mask ([B, R] at hm_d), rounded back to h's dtype as the per-step kernels do."""
+    b_hm = tl.load(hm_d + o_b[:, None] * R + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+    return (b_h.to(ACC_DTYPE) * b_hm.to(ACC_DTYPE)).to(b_h.dtype)
+
+
+@triton.jit
+def _publish_masked(xh_d, n, B, R, o_b, o_x, m_bx, b_h, b_hm, STORE_DTYPE: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """Store h_t * mask (h_t rounded to the storage dtype first, as the per-step kernels read it) in step n's slot.
+    Rows past their length store garbage there: the next step reads h0 * mask for them."""
+    b_hx = (b_h.to(STORE_DTYPE).to(ACC_DTYPE) * b_hm).to(STORE_DTYPE)
+    tl.store(xh_d + (n % 2) * (B.to(tl.int64) * R) + o_b[:, None] * R + o_x[None, :], b_hx, mask=m_bx)
+
+
+@triton.jit
 def _fwd_epilogue(
     b_pre,
     b_cp,
@@ -172,6 +187,8 @@ def _seq_fwd_kernel(
     cs_ptr,  # [D, TC, B, H]  out: c_t, accumulator dtype (TC = T with STORE_GATES; else 2 slots, alternating)
     m_ptr,  # [D, B, H]  scratch: m_t exchanged between unit-split programs (SPLIT and HAS_PROJ)
     len_ptr,  # [B]  int32 lengths (read if HAS_LENGTHS)
+    hm_ptr,  # [D, B, R]  recurrent dropout mask on h_{t-1} (read if HAS_MASK)
+    xh_ptr,  # [D, 3, B, R]  h_t * mask exchanged between unit-split programs, slots 0/1 by step, h0 * mask in 2
     sync_ptr,  # [D, NB]  int32 barrier counters, zero at launch (SPLIT)
     err_ptr,  # [1]  int32: set to 1 when a barrier wait times out
     T,
@@ -191,6 +208,7 @@ def _seq_fwd_kernel(
     STORE_GATES: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
     HAS_PROJ: tl.constexpr,
+    HAS_MASK: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
@@ -200,6 +218,8 @@ def _seq_fwd_kernel(
     ldy = tl.num_programs(1) * R
     rev = (rev_mask >> tl.program_id(1)) & 1
     o_b, m_b, b_len = _batch_rows(len_ptr, i_b, B, T, BLOCK_B, HAS_LENGTHS)
+    hm_d = hm_ptr + i_d * B * R
+    xh_d = xh_ptr + i_d * 3 * B * R
     TC = T if STORE_GATES else 2
     gx_d = gx_ptr + i_d * T * B * G
     w_d = w_ptr + i_d * G * R
@@ -229,6 +249,12 @@ def _seq_fwd_kernel(
             o_f = tl.arange(0, BLOCK_F)
             m_p, m_f = o_p < P, o_f < H
             b_wr = tl.load(wr_d + o_p[None, :] * H + o_f[:, None], mask=m_f[:, None] & m_p[None, :], other=0.0)
+        if HAS_MASK:
+            # recurrent dropout, applied where h_t is published: each program masks the columns of h_t it writes
+            # (its units, or its P slice) into the exchange slots, so the consumers load h_{t-1} * mask as is
+            o_x = o_p if HAS_PROJ else o_u
+            m_bx = m_b[:, None] & ((m_p if HAS_PROJ else m_u)[None, :])
+            b_hmx = tl.load(hm_d + o_b[:, None] * R + o_x[None, :], mask=m_bx, other=0.0).to(ACC_DTYPE)
 
     for n in range(0, T):
         t = n + rev * (T - 1 - 2 * n)
@@ -248,10 +274,12 @@ def _seq_fwd_kernel(
         gx_t = gx_d + t.to(tl.int64) * B * G
         y_t = y_d + t.to(tl.int64) * B * ldy
         if SPLIT:
-            b_acc = tl.dot(
-                _load_h_prev(y_d, h0_d, o_b, o_r, m_b, m_r, v_prev, tp, B, ldy, R), b_w,
-                out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION,
-            )  # fmt: skip
+            if HAS_MASK:  # the previous step's slot of h * mask, or h0 * mask
+                xh_prev = xh_d + ((n + 1) % 2) * (B.to(tl.int64) * R)
+                b_hp = _load_h_prev(xh_prev, xh_d + 2 * (B.to(tl.int64) * R), o_b, o_r, m_b, m_r, v_prev, 0, B, R, R)
+            else:
+                b_hp = _load_h_prev(y_d, h0_d, o_b, o_r, m_b, m_r, v_prev, tp, B, ldy, R)
+            b_acc = tl.dot(b_hp, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
             p_gx = gx_t + o_b[:, None] * G + o_g[None, :]
             b_pre = b_acc + tl.load(p_gx, mask=m_b[:, None] & m_g[None, :], other=0.0).to(ACC_DTYPE)
             b_c, b_m = _fwd_epilogue(
@@ -283,8 +311,12 @@ def _seq_fwd_kernel(
                     b_hr.to(hn_ptr.dtype.element_ty),
                     mask=m_bp & v_last[:, None],
                 )
+                if HAS_MASK:
+                    _publish_masked(xh_d, n, B, R, o_b, o_p, m_bx, b_hr, b_hmx, y_ptr.dtype.element_ty, ACC_DTYPE)
                 failed = _barrier(sync, NS * (2 * n + 2), failed, spin_limit)
             else:
+                if HAS_MASK:
+                    _publish_masked(xh_d, n, B, R, o_b, o_u, m_bx, b_m, b_hmx, y_ptr.dtype.element_ty, ACC_DTYPE)
                 failed = _barrier(sync, NS * (n + 1), failed, spin_limit)
         else:
             if HAS_PROJ:
@@ -301,6 +333,8 @@ def _seq_fwd_kernel(
                     o_k = k + tl.arange(0, BLOCK_K)
                     m_k = o_k < R
                     b_hp = _load_h_prev(y_d, h0_d, o_b, o_k, m_b, m_k, v_prev, tp, B, ldy, R)
+                    if HAS_MASK:
+                        b_hp = _masked(b_hp, hm_d, o_b, o_k, m_b, m_k, R, ACC_DTYPE)
                     b_wk = tl.load(w_d + o_w[None, :] * R + o_k[:, None], mask=m_k[:, None] & m_g[None, :], other=0.0)
                     b_acc += tl.dot(b_hp, b_wk, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
                 p_gx = gx_t + o_b[:, None] * G + o_g[None, :]
@@ -395,6 +429,7 @@ def _seq_bwd_kernel(
     dh0_ptr,  # [D, B, R]  out
     dc0_ptr,  # [D, B, H]  out
     len_ptr,  # [B]
+    hm_ptr,  # [D, B, R]  the forward's recurrent dropout mask (read if HAS_MASK)
     sync_ptr,  # [D, NB]
     err_ptr,  # [1]
     T,
@@ -417,6 +452,7 @@ def _seq_bwd_kernel(
     HAS_DCN: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
     HAS_PROJ: tl.constexpr,
+    HAS_MASK: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
@@ -426,6 +462,7 @@ def _seq_bwd_kernel(
     ldy = tl.num_programs(1) * R
     rev = (rev_mask >> tl.program_id(1)) & 1
     o_b, m_b, b_len = _batch_rows(len_ptr, i_b, B, T, BLOCK_B, HAS_LENGTHS)
+    hm_d = hm_ptr + i_d * B * R
     w_d = w_ptr + i_d * G * R
     wr_d = wr_ptr + i_d * P * H
     gates_d = gates_ptr + i_d * T * B * G
@@ -471,6 +508,8 @@ def _seq_bwd_kernel(
         b_dc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
         if HAS_DCN:
             b_dc += tl.load(dcn_d + o_b[:, None] * H + o_u[None, :], mask=m_bu, other=0.0).to(ACC_DTYPE)
+        if HAS_MASK:  # h_t entered the next step's product as h_t * mask: so does its gradient, on the program's columns
+            b_hmc = tl.load(hm_d + o_b[:, None] * R + o_c[None, :], mask=m_bc, other=0.0).to(ACC_DTYPE)
         b_carry = tl.zeros((BLOCK_B, BLOCK_P if HAS_PROJ else BLOCK_H), dtype=ACC_DTYPE)
         if HAS_DHN:
             b_carry += tl.load(dhn_d + o_b[:, None] * R + o_c[None, :], mask=m_bc, other=0.0).to(ACC_DTYPE)
@@ -509,6 +548,8 @@ def _seq_bwd_kernel(
                     cache_modifier=".cg",
                 )
                 b_rec += tl.dot(b_dgn1, b_w1, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+            if HAS_MASK:
+                b_rec = b_rec * b_hmc
             b_rec += b_carry
             if n == T:
                 tl.store(
@@ -557,8 +598,8 @@ def _seq_bwd_kernel(
                 o_c = tl.arange(0, BLOCK_P)
                 m_c = o_c < P
                 b_dh = _bwd_grad_into_h(
-                    dgn_t, w_d, dy_t, dcarry_d, dhn_d, dh0_d, o_b, o_c, m_b, m_c, v_t, n, T, B, H, R, ldy, poison,
-                    BLOCK_B, BLOCK_P, BLOCK_K, HAS_DY, HAS_DHN, HAS_LENGTHS, ACC_DTYPE, INPUT_PRECISION,
+                    dgn_t, w_d, dy_t, dcarry_d, dhn_d, dh0_d, hm_d, o_b, o_c, m_b, m_c, v_t, n, T, B, H, R, ldy, poison,
+                    BLOCK_B, BLOCK_P, BLOCK_K, HAS_DY, HAS_DHN, HAS_LENGTHS, HAS_MASK, ACC_DTYPE, INPUT_PRECISION,
                 )  # fmt: skip
                 if n < T:
                     dh_t = dhall_d + tc * B * P
@@ -589,8 +630,9 @@ def _seq_bwd_kernel(
                     o_g = 4 * u + tl.arange(0, 4 * BLOCK_H)
                     m_u, m_g = o_u < H, o_g < G
                     b_dh = _bwd_grad_into_h(
-                        dgn_t, w_d, dy_t, dcarry_d, dhn_d, dh0_d, o_b, o_u, m_b, m_u, v_t, n, T, B, H, R, ldy, poison,
-                        BLOCK_B, BLOCK_H, BLOCK_K, HAS_DY, HAS_DHN, HAS_LENGTHS, ACC_DTYPE, INPUT_PRECISION,
+                        dgn_t, w_d, dy_t, dcarry_d, dhn_d, dh0_d, hm_d, o_b, o_u, m_b, m_u, v_t, n, T, B, H, R, ldy,
+                        poison, BLOCK_B, BLOCK_H, BLOCK_K, HAS_DY, HAS_DHN, HAS_LENGTHS, HAS_MASK, ACC_DTYPE,
+                        INPUT_PRECISION,
                     )  # fmt: skip
                     if n < T:
                         b_dc = _load_dc(dc_d, dcn_d, o_b, o_u, m_b, m_u, n, H, HAS_DCN, ACC_DTYPE)
@@ -626,6 +668,7 @@ def _bwd_grad_into_h(
     dcarry_d,
     dhn_d,
     dh0_d,
+    hm_d,
     o_b,
     o_c,
     m_b,
@@ -644,6 +687,7 @@ def _bwd_grad_into_h(
     HAS_DY: tl.constexpr,
     HAS_DHN: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
+    HAS_MASK: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
@@ -668,6 +712,8 @@ def _bwd_grad_into_h(
                 w_d + _torch_rows(o_k, H)[:, None] * R + o_c[None, :], mask=m_k[:, None] & m_c[None, :], other=0.0
             )
             b_rec += tl.dot(b_dgn, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+    if HAS_MASK:  # the next step's product saw h_t * mask
+        b_rec *= tl.load(hm_d + o_bc, mask=m_bc, other=0.0).to(ACC_DTYPE)
     # what reached the state without a gate: h_n's gradient on the first pass, skipped steps' with lengths
     if HAS_LENGTHS:
         b_rec += tl.load(dcarry_d + o_bc, mask=m_bc & (n > 0), other=0.0).to(ACC_DTYPE)
@@ -843,7 +889,7 @@ def _check_flag(err: torch.Tensor, what: str) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, store_for_backward, config):
+def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, store_for_backward, config, h_mask=None):
     T, B, I = x.shape
     D, G, R = w_hh.shape
     H = G // 4
@@ -876,13 +922,18 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, store_for_back
     if B > 0:
         m = torch.empty(D, B, H, device=dev, dtype=dtype) if (P and k["SPLIT"]) else y
         lens = lengths.to(dtype=torch.int32).contiguous() if lengths is not None else flags
+        hm = h_mask.to(dtype).contiguous() if h_mask is not None else y  # y: unread
+        xh = y  # unread unless unit-split with recurrent dropout: then h_t * mask slots and h0 * mask
+        if h_mask is not None and k["SPLIT"]:
+            xh = torch.empty(D, 3, B, R, device=dev, dtype=dtype)
+            xh[:, 2] = (h0.to(acc) * hm.to(acc)).to(dtype)
         rev_mask = sum(1 << d for d, r in enumerate(reverse) if r)
         with _launch_guard(x.device):
             _seq_fwd_kernel[(nb, D, ns)](
                 gx, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else w_hh, h0.contiguous(),
-                c0.contiguous(), y, h_n, c_n, cs, m, lens, sync, err, T, B, H, R, P, rev_mask,
+                c0.contiguous(), y, h_n, c_n, cs, m, lens, hm, xh, sync, err, T, B, H, R, P, rev_mask,
                 cfg.get("spin_limit", DEFAULT_SPIN_LIMIT), STORE_GATES=store_for_backward,
-                HAS_LENGTHS=lengths is not None, HAS_PROJ=P > 0, ACC_DTYPE=_TL_ACC[acc],
+                HAS_LENGTHS=lengths is not None, HAS_PROJ=P > 0, HAS_MASK=h_mask is not None, ACC_DTYPE=_TL_ACC[acc],
                 INPUT_PRECISION=_input_precision(dtype), **k, **_launch_options(x, k["SPLIT"], cfg["num_warps"]),
             )  # fmt: skip
     else:
@@ -905,6 +956,7 @@ def sequence_forward(
     reverse: tuple[bool, ...],  # per direction: runs from the last step to the first
     store_for_backward: bool,
     config: dict | None = None,
+    h_mask: torch.Tensor | None = None,  # [D, B, R] recurrent dropout mask on h_{t-1}
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One layer, every direction, one launch for the whole recurrence.
 
@@ -912,21 +964,22 @@ def sequence_forward(
     ``y`` holds the directions side by side (nn.LSTM's bidirectional layout); ``gates[d]``/``cs[d]`` are exactly
     what ``lstm_layer_forward`` returns for direction d (activated gates, interleaved, input dtype; every c_t in
     the accumulator dtype), ``None`` unless ``store_for_backward``. ``config`` overrides
-    :func:`sequence_config` (keys ``regime``, ``BLOCK_*``, ``num_warps``, ``spin_limit``).
+    :func:`sequence_config` (keys ``regime``, ``BLOCK_*``, ``num_warps``, ``spin_limit``). ``h_mask``, recurrent
+    dropout, multiplies h_{t-1} where it enters the recurrent product, as in the per-step kernels.
 
     Example::
 
         y, h_n, c_n, gates, cs = sequence_forward(x, h0, c0, w_ih, w_hh, b_ih + b_hh, None, None, (False, True), True)
     """
     try:
-        out, err = _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, store_for_backward, config)
+        out, err = _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, store_for_backward, config, h_mask)
     except CompilationError as e:
         raise _uncompilable(x, w_hh, w_hr, False, e) from e
     _check_flag(err, "forward")
     return out
 
 
-def _backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, reverse, needs, config):
+def _backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, reverse, needs, config, h_mask=None):
     need_dx, need_dh0, need_dc0, need_dw_ih, need_dw_hh, need_db, need_dw_hr = needs
     T, B, I = x.shape
     D, G, R = w_hh.shape
@@ -948,16 +1001,17 @@ def _backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths
         dc = torch.empty(D, B, H, device=dev, dtype=acc) if not k["SPLIT"] else dc0
         dcarry = torch.empty(D, B, R, device=dev, dtype=acc) if lengths is not None and not k["SPLIT"] else dh0
         lens = lengths.to(dtype=torch.int32).contiguous() if lengths is not None else flags
+        hm = h_mask.to(dtype).contiguous() if h_mask is not None else dg  # dg: unread
         rev_mask = sum(1 << d for d, r in enumerate(reverse) if r)
         with _launch_guard(x.device):
             _seq_bwd_kernel[(nb, D, ns)](
                 dy.contiguous() if dy is not None else y, dh_n.contiguous() if dh_n is not None else dh0,
                 dc_n.contiguous() if dc_n is not None else dc0, w_hh.contiguous(),
                 w_hr.contiguous() if w_hr is not None else w_hh, gates, cs, c0.contiguous(), dg,
-                dh_all if dh_all is not None else dg, dc, dcarry, dh0, dc0, lens, sync, err, T, B, H, R, P,
+                dh_all if dh_all is not None else dg, dc, dcarry, dh0, dc0, lens, hm, sync, err, T, B, H, R, P,
                 rev_mask, cfg.get("spin_limit", DEFAULT_SPIN_LIMIT), HAS_DY=dy is not None,
                 HAS_DHN=dh_n is not None, HAS_DCN=dc_n is not None, HAS_LENGTHS=lengths is not None,
-                HAS_PROJ=P > 0, ACC_DTYPE=_TL_ACC[acc], INPUT_PRECISION=_input_precision(dtype), **k,
+                HAS_PROJ=P > 0, HAS_MASK=h_mask is not None, ACC_DTYPE=_TL_ACC[acc], INPUT_PRECISION=_input_precision(dtype), **k,
                 **_launch_options(x, k["SPLIT"], cfg["num_warps"]),
             )  # fmt: skip
     else:
@@ -979,7 +1033,8 @@ def _backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths
     if need_dw_hh:
         dw_hh = torch.empty(D, G, R, device=dev, dtype=dtype)
         for d in range(D):
-            dw_hh[d] = _dw_hh_one(dg[d], y[..., d * R : (d + 1) * R], h0[d], lengths, reverse[d])
+            hm_d = h_mask[d].to(dtype) if h_mask is not None else None
+            dw_hh[d] = _dw_hh_one(dg[d], y[..., d * R : (d + 1) * R], h0[d], lengths, reverse[d], hm_d)
         dw_hh = _deinterleave(dw_hh, D, H)
     if need_db:
         db = _deinterleave(dg.sum((1, 2), dtype=acc), D, H).to(dtype)
@@ -996,17 +1051,20 @@ def _deinterleave(t: torch.Tensor, D: int, H: int) -> torch.Tensor:
     return t.reshape(D, H, 4, -1).transpose(1, 2).reshape(t.shape)
 
 
-def _dw_hh_one(dg, y, h0, lengths, reverse):
-    """Interleaved dW_hh of one direction: sum over steps of dG_t^T h_{t-1} (h0 where the step was a row's first)."""
+def _dw_hh_one(dg, y, h0, lengths, reverse, h_mask=None):
+    """Interleaved dW_hh of one direction: sum over steps of dG_t^T h_{t-1} (h0 where the step was a row's first),
+    h_{t-1} * ``h_mask`` with recurrent dropout."""
     T = dg.shape[0]
     G, R = dg.shape[-1], h0.shape[-1]
     first = T - 1 if reverse else 0
-    dw = torch.mm(dg[first].t(), h0)
+    dw = torch.mm(dg[first].t(), h0 if h_mask is None else h0 * h_mask)
     if T > 1:
         dg_rest, h_rest = (dg[:-1], y[1:]) if reverse else (dg[1:], y[:-1])
         if lengths is not None and reverse:
             own = (torch.arange(1, T, device=dg.device)[:, None] < lengths[None, :])[..., None]
             h_rest = torch.where(own, h_rest, h0[None])
+        if h_mask is not None:
+            h_rest = h_rest * h_mask
         dw = torch.addmm(dw, dg_rest.reshape(-1, G).t(), h_rest.reshape(-1, R))
     return dw
 
@@ -1028,6 +1086,7 @@ def sequence_backward(
     reverse: tuple[bool, ...],
     needs: tuple[bool, ...] = (True,) * 7,
     config: dict | None = None,
+    h_mask: torch.Tensor | None = None,  # [D, B, R] the forward's recurrent dropout mask
 ) -> tuple[torch.Tensor | None, ...]:
     """Gradients of one layer, every direction, one launch for the whole recurrence.
 
@@ -1038,7 +1097,7 @@ def sequence_backward(
     """
     try:
         grads, err = _backward(
-            dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, reverse, needs, config
+            dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, reverse, needs, config, h_mask
         )
     except CompilationError as e:
         raise _uncompilable(x, w_hh, w_hr, True, e) from e
@@ -1132,7 +1191,7 @@ def self_test(device: torch.device | str, dtype: torch.dtype, regime: str) -> st
     """Run the sequence kernels of ``regime`` against the per-step kernels on small random problems.
 
     Returns ``None`` when they agree and no barrier timed out, else what failed. Bidirectional, lengths, h0/c0,
-    with and without a projection, forward and backward.
+    with and without a projection, with a recurrent dropout mask, forward and backward.
     """
     device = torch.device(device)
     try:
@@ -1150,7 +1209,7 @@ def _self_test(device: torch.device, dtype: torch.dtype, regime: str) -> str | N
     # on a GPU H=40 gives three unit programs per group (16 units each); the interpreter gets a smaller H
     T, B, I, H, D = 5, 3, 7, 40 if device.type == "cuda" else 12, 2
     tol = _SELF_TEST_TOL[dtype]
-    for P in (0, 16):
+    for P, masked in ((0, False), (16, False), (0, True)):
         R = P or H
 
         def r(*shape):
@@ -1160,13 +1219,15 @@ def _self_test(device: torch.device, dtype: torch.dtype, regime: str) -> str | N
         w_ih, w_hh, bias = r(D, 4 * H, I), r(D, 4 * H, R), r(D, 4 * H)
         w_hr = r(D, P, H) if P else None
         lengths = torch.tensor([5, 2, 4], device=device)
+        h_mask = (torch.rand(D, B, R, generator=gen) > 0.3).to(device=device, dtype=dtype) / 0.7 if masked else None
+        mask_kwargs = [{"h_mask": h_mask[d]} if masked else {} for d in range(D)]
         rev = (False, True)
         fcfg = _self_test_config(device, dtype, regime, H, P, False)
         bcfg = _self_test_config(device, dtype, regime, H, P, True)
-        (y, h_n, c_n, gates, cs), err_f = _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, rev, True, fcfg)
+        (y, h_n, c_n, gates, cs), err_f = _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, rev, True, fcfg, h_mask)
         dy, dh_n, dc_n = r(*y.shape), r(*h_n.shape), r(*c_n.shape)
         grads, err_b = _backward(
-            dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, rev, (True,) * 7, bcfg
+            dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, rev, (True,) * 7, bcfg, h_mask
         )
         if int(err_f.item()) or int(err_b.item()):
             return f"a barrier wait timed out (error flag set; P={P})"
@@ -1185,11 +1246,11 @@ def _self_test(device: torch.device, dtype: torch.dtype, regime: str) -> str | N
         for d in range(D):
             yd, hd, cd, gd, csd = lstm_layer_forward(
                 x, h0[d], c0[d], w_ih[d], w_hh[d], bias[d], torch.zeros_like(bias[d]), w_hr[d] if P else None,
-                lengths, rev[d], True,
+                lengths, rev[d], True, **mask_kwargs[d],
             )  # fmt: skip
             g = lstm_layer_backward(
                 dy[..., d * R : (d + 1) * R], dh_n[d], dc_n[d], x, h0[d], c0[d], w_ih[d], w_hh[d], yd, gd, csd,
-                w_hr[d] if P else None, lengths, rev[d],
+                w_hr[d] if P else None, lengths, rev[d], **mask_kwargs[d],
             )  # fmt: skip
             for name, v in zip(("y", "h_n", "c_n"), (yd, hd, cd)):
                 ref[name].append(v)
@@ -1211,7 +1272,8 @@ def _self_test(device: torch.device, dtype: torch.dtype, regime: str) -> str | N
             scale = max(1.0, want.abs().max().item())
             bad = (have - want).abs().max().item() if have.shape == want.shape else float("inf")
             if not bad <= tol * scale:  # NaN fails too
-                return f"{name} differs from the per-step kernels by {bad:.3g} (P={P}, {dtype}, {regime})"
+                mask = ", recurrent dropout" if masked else ""
+                return f"{name} differs from the per-step kernels by {bad:.3g} (P={P}{mask}, {dtype}, {regime})"
     return None
 
 

@@ -477,11 +477,14 @@ def _count_launches_and_big_tensors(monkeypatch, module, x, threshold):
     from torch.utils._python_dispatch import TorchDispatchMode
 
     import tritonlstm.kernels.lstm as K
+    import tritonlstm.kernels.sequence as S
 
     counts: dict = {}
     names = ("_lstm_fwd_step_kernel", "_lstm_bwd_step_kernel", "_lstmp_fwd_step_kernel", "_lstmp_bwd_step_kernel")
     for name in names:
         monkeypatch.setattr(K, name, _Launches(getattr(K, name), counts, name))
+    for name in ("_seq_fwd_kernel", "_seq_bwd_kernel"):
+        monkeypatch.setattr(S, name, _Launches(getattr(S, name), counts, name))
     big: list = []
 
     class Record(TorchDispatchMode):
@@ -499,6 +502,8 @@ def _count_launches_and_big_tensors(monkeypatch, module, x, threshold):
         (y.sum() + h.sum() + c.sum()).backward()
     for name in names:
         monkeypatch.setattr(K, name, getattr(K, name).kernel)
+    for name in ("_seq_fwd_kernel", "_seq_bwd_kernel"):
+        monkeypatch.setattr(S, name, getattr(S, name).kernel)
     return counts, sorted(big, key=repr)
 
 
@@ -506,8 +511,7 @@ def _count_launches_and_big_tensors(monkeypatch, module, x, threshold):
 def test_regularisers_add_no_launch_and_no_sequence_sized_mask(monkeypatch):
     """The host-overhead probe: per layer the same Triton launches with or without the regularisers (the masks
     are applied inside the step kernels), and zoneout allocates nothing of T x B x H; recurrent dropout's forward
-    neither (its mask is [D, B, H]). Against the per-step kernels: the sequence kernels take no regulariser, so
-    a regularised call runs the per-step kernels wherever the sequence kernels would have run."""
+    neither (its mask is [D, B, H]). The per-step kernels here; the sequence kernels in the next test."""
     monkeypatch.setenv("TRITONLSTM_KERNEL", "step")
     T, B, Hb = 4, 4, 8
     x = torch.randn(T, B, I, device=TRITON_DEVICE)
@@ -525,6 +529,24 @@ def test_regularisers_add_no_launch_and_no_sequence_sized_mask(monkeypatch):
         else:
             assert extra == [], extra
         assert not any(dtype in (torch.bool, torch.int8, torch.uint8) for _, dtype in big_reg)
+
+
+@requires_triton
+def test_recurrent_dropout_keeps_the_sequence_kernels(monkeypatch):
+    """With recurrent dropout a layer still takes one sequence-kernel launch forward and one backward (both
+    directions), and allocates nothing of T x B x H beyond the backward's h_{t-1} * mask for dW_hh."""
+    monkeypatch.setenv("TRITONLSTM_KERNEL", "sequence")
+    T, B, Hb = 4, 4, 8
+    x = torch.randn(T, B, I, device=TRITON_DEVICE)
+    base = tritonlstm.LSTM(I, Hb, bidirectional=True, backend="triton").to(TRITON_DEVICE)
+    launches, big = _count_launches_and_big_tensors(monkeypatch, base, x, T * B * Hb)
+    assert launches == {"_seq_fwd_kernel": 1, "_seq_bwd_kernel": 1}
+    m = tritonlstm.LSTM(I, Hb, bidirectional=True, backend="triton", recurrent_dropout=0.3).to(TRITON_DEVICE)
+    m.load_state_dict(base.state_dict())
+    got, big_reg = _count_launches_and_big_tensors(monkeypatch, m, x, T * B * Hb)
+    assert got == launches
+    extra = [s for s in big_reg if s not in big or big_reg.count(s) > big.count(s)]
+    assert all(s == ((T - 1, B, Hb), torch.float32) for s in extra), extra
 
 
 @requires_triton

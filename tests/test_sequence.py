@@ -46,16 +46,20 @@ def _split(H: int) -> dict:
 def _seq(inp, lengths, reverse, upstream, config=None, needs=(True,) * 7, store=True):
     y, h_n, c_n, gates, cs = S.sequence_forward(
         inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], inp["bias"], inp["w_hr"], lengths, reverse, store,
-        config,
+        config, h_mask=inp.get("h_mask"),
     )  # fmt: skip
     if not store:
         return (y, h_n, c_n, gates, cs), None
     dy, dh_n, dc_n = upstream(y, h_n, c_n)
     grads = S.sequence_backward(
         dy, dh_n, dc_n, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], y, gates, cs, inp["w_hr"], lengths,
-        reverse, needs, config,
+        reverse, needs, config, h_mask=inp.get("h_mask"),
     )  # fmt: skip
     return (y, h_n, c_n, gates, cs), grads
+
+
+def _mask_kwargs(inp, d):
+    return {"h_mask": inp["h_mask"][d]} if inp.get("h_mask") is not None else {}
 
 
 def _step_forward(inp, lengths, reverse, d):
@@ -63,7 +67,7 @@ def _step_forward(inp, lengths, reverse, d):
     return lstm_layer_forward(
         inp["x"], inp["h0"][d], inp["c0"][d], inp["w_ih"][d], inp["w_hh"][d], b[d] if b is not None else None,
         torch.zeros_like(b[d]) if b is not None else None, inp["w_hr"][d] if inp["w_hr"] is not None else None,
-        lengths, reverse[d], True,
+        lengths, reverse[d], True, **_mask_kwargs(inp, d),
     )  # fmt: skip
 
 
@@ -72,7 +76,7 @@ def _step_backward(inp, lengths, reverse, d, dy, dh_n, dc_n, y, gates, cs):
     return lstm_layer_backward(
         dy[..., d * R : (d + 1) * R] if dy is not None else None, dh_n[d] if dh_n is not None else None,
         dc_n[d] if dc_n is not None else None, inp["x"], inp["h0"][d], inp["c0"][d], inp["w_ih"][d], inp["w_hh"][d],
-        y, gates, cs, inp["w_hr"][d] if inp["w_hr"] is not None else None, lengths, reverse[d],
+        y, gates, cs, inp["w_hr"][d] if inp["w_hr"] is not None else None, lengths, reverse[d], **_mask_kwargs(inp, d),
     )  # fmt: skip
 
 
@@ -152,6 +156,36 @@ def test_parity_with_step_kernels(case, dtype):
     want = _step(inp, lengths, reverse, _upstream())
     # batch-owned with the per-step tiles reduces in their order: the forward is theirs bit for bit
     _compare(got, want, dtype, bitwise_forward=regime == "batch")
+
+
+MASKED = [
+    pytest.param(case, dtype, id=f"{case[0]}-{str(dtype).split('.')[-1]}")
+    for case in CASES
+    if case[0] in RICH + ("split-2-gate-chunks-lengths",)
+    for dtype in (torch.float64, torch.float32)
+] + [pytest.param(CASES[6], torch.float16, id=f"{CASES[6][0]}-float16")]
+
+
+@requires_interpreter
+@pytest.mark.parametrize("case, dtype", MASKED)
+def test_recurrent_dropout_parity_with_step_kernels(case, dtype):
+    """A [D, B, R] recurrent dropout mask (zeros and 1/(1-p)) on h_{t-1}: the same numbers as the per-step kernels,
+    which are tested against a plain loop with the same mask (tests/test_regularisers.py)."""
+    _, T, B, I, H, P, reverse, lengths, bias, regime = case
+    inp = _inputs(T, B, I, H, P, len(reverse), dtype, bias)
+    g = torch.Generator().manual_seed(5)
+    keep = torch.bernoulli(torch.full((len(reverse), B, P or H), 0.6, dtype=torch.float64), generator=g)
+    inp["h_mask"] = (keep / 0.6).to(dtype)
+    assert (keep == 0).any() and (keep == 1).any()
+    lengths = torch.tensor(lengths) if lengths is not None else None
+    config = _split(H) if regime.startswith("split") else None
+    if regime == "split-2":
+        config = {**config, "G_CHUNKS": 2}
+    got = _seq(inp, lengths, reverse, _upstream(), config)
+    want = _step(inp, lengths, reverse, _upstream())
+    _compare(got, want, dtype, bitwise_forward=regime == "batch")
+    unmasked = _seq({**inp, "h_mask": None}, lengths, reverse, _upstream(), config)
+    assert not torch.equal(unmasked[0][0], got[0][0]), "the mask must change the output"
 
 
 @requires_interpreter

@@ -45,10 +45,12 @@ _I32_POINTERS = {"len_ptr", "sync_ptr", "err_ptr"}
 
 @lru_cache(maxsize=None)
 def _compiled(
-    B: int, H: int, P: int, D: int, dtype: torch.dtype, backward: bool, regime: str | None = None, config=None
+    B: int, H: int, P: int, D: int, dtype: torch.dtype, backward: bool, regime: str | None = None, config=None,
+    masked: bool = False,
 ):
     """Compile one kernel as the launcher would launch it; returns (config, grid size, CompiledKernel).
-    ``config``: a tuple of the config dict's items, instead of the one :func:`sequence_config` picks."""
+    ``config``: a tuple of the config dict's items, instead of the one :func:`sequence_config` picks; ``masked``:
+    with a recurrent dropout mask."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -58,7 +60,7 @@ def _compiled(
     assert regime is None or cfg["regime"] == regime, f"the rule picked {cfg} for B={B} H={H} P={P} D={D}"
     k, ns = S._constexprs(cfg, H, P or H, P, backward)
     kernel = S._seq_bwd_kernel if backward else S._seq_fwd_kernel
-    flags = dict(HAS_LENGTHS=True, HAS_PROJ=P > 0, ACC_DTYPE=tl.float32, INPUT_PRECISION="ieee")
+    flags = dict(HAS_LENGTHS=True, HAS_PROJ=P > 0, HAS_MASK=masked, ACC_DTYPE=tl.float32, INPUT_PRECISION="ieee")
     flags.update(dict(HAS_DY=True, HAS_DHN=True, HAS_DCN=True) if backward else dict(STORE_GATES=True))
     constexprs = {**k, **flags}
     storage = _STORAGE[dtype]
@@ -144,23 +146,28 @@ def _global_loads_in_time_loop(ttgir: str, arg_names: list[str]) -> set[str]:
     return found
 
 
-# (B, H, P, D, dtype, backward): the unit-split shapes of the latency regime, as the rule tiles them
+# (B, H, P, D, dtype, backward, masked): the unit-split shapes of the latency regime, as the rule tiles them;
+# masked: with recurrent dropout (the mask multiplies h_{t-1} each step: no spills from it either)
 SPLIT_CASES = [
-    pytest.param(16, 1024, 0, 1, torch.bfloat16, False, id="fwd-B16-H1024-bf16"),
-    pytest.param(64, 256, 0, 1, torch.float16, False, id="fwd-B64-H256-fp16"),
-    pytest.param(16, 512, 0, 1, torch.bfloat16, True, id="bwd-B16-H512-bf16"),
-    pytest.param(16, 256, 128, 1, torch.bfloat16, False, id="fwd-proj-B16-H256-P128-bf16"),
-    pytest.param(16, 256, 128, 1, torch.bfloat16, True, id="bwd-proj-B16-H256-P128-bf16"),
+    pytest.param(16, 1024, 0, 1, torch.bfloat16, False, False, id="fwd-B16-H1024-bf16"),
+    pytest.param(16, 1024, 0, 1, torch.bfloat16, False, True, id="fwd-B16-H1024-bf16-rdrop"),
+    pytest.param(64, 256, 0, 1, torch.float16, False, False, id="fwd-B64-H256-fp16"),
+    pytest.param(16, 512, 0, 1, torch.bfloat16, True, False, id="bwd-B16-H512-bf16"),
+    pytest.param(16, 512, 0, 1, torch.bfloat16, True, True, id="bwd-B16-H512-bf16-rdrop"),
+    pytest.param(16, 256, 128, 1, torch.bfloat16, False, False, id="fwd-proj-B16-H256-P128-bf16"),
+    pytest.param(16, 256, 128, 1, torch.bfloat16, True, False, id="bwd-proj-B16-H256-P128-bf16"),
 ]
 
 
-@pytest.mark.parametrize("B, H, P, D, dtype, backward", SPLIT_CASES)
-def test_unit_split_structure(B, H, P, D, dtype, backward):
-    cfg, grid, compiled, args = _compiled(B, H, P, D, dtype, backward, "split")
+@pytest.mark.parametrize("B, H, P, D, dtype, backward, masked", SPLIT_CASES)
+def test_unit_split_structure(B, H, P, D, dtype, backward, masked):
+    cfg, grid, compiled, args = _compiled(B, H, P, D, dtype, backward, "split", masked=masked)
     # the weights stay on chip: nothing in the time loop reads them from global memory
     loads = _global_loads_in_time_loop(compiled.asm["ttgir"], args)
     assert "w_ptr" not in loads and "wr_ptr" not in loads, f"time loop loads {sorted(loads)}"
-    assert ("dg_ptr" if backward else "y_ptr") in loads, "the tracer must see the exchanged rows loaded each step"
+    exchanged = "dg_ptr" if backward else ("xh_ptr" if masked else "y_ptr")
+    assert exchanged in loads, "the tracer must see the exchanged rows loaded each step"
+    assert "hm_ptr" not in loads, "the recurrent dropout mask is loaded once, before the time loop"
     ptx = compiled.asm["ptx"]
     assert "mma.sync" in ptx or "wgmma" in ptx, "bf16/fp16 dots must use tensor-core MMA"
     regs, stack = _resources(compiled)
@@ -195,12 +202,14 @@ COMPILE_CASES = [
 ] + [pytest.param(1, 0, torch.float16, True, "split", id="split-bwd-H1-P0-fp16")]
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "rdrop"])
 @pytest.mark.parametrize("H, P, dtype, backward, regime", COMPILE_CASES)
-def test_every_regime_compiles(H, P, dtype, backward, regime):
-    """Each regime, direction and dtype compiles for sm_90 with the self-test's tiles (and the tiniest H)."""
+def test_every_regime_compiles(H, P, dtype, backward, regime, masked):
+    """Each regime, direction and dtype compiles for sm_90 with the self-test's tiles (and the tiniest H), with and
+    without recurrent dropout."""
     from tritonlstm.kernels import sequence as S
 
     cfg = S._self_test_config(torch.device("cuda"), dtype, regime, H, P, backward)
     cfg.setdefault("num_warps", 4)
-    _, _, compiled, _ = _compiled(3, H, P, 2, dtype, backward, regime, tuple(sorted(cfg.items())))
+    _, _, compiled, _ = _compiled(3, H, P, 2, dtype, backward, regime, tuple(sorted(cfg.items())), masked)
     assert compiled.asm["ptx"]
