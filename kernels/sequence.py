@@ -52,6 +52,10 @@ from tritonlstm.kernels.lstm import (
     _cell_forward,
     _input_precision,
     _launch_guard,
+    _split_gates,
+    _zoneout_args,
+    _zoneout_mode,
+    _zoneout_rates,
     acc_dtype,
     step_config,
 )
@@ -136,15 +140,29 @@ def _fwd_epilogue(
     H,
     R,
     ldy,
+    b_hp,  # [BLOCK_B, BLOCK_H] h_{t-1} of these units (read with zoneout)
+    zs_ptr,
+    zo_stream,
+    t,
+    zo_h,
+    zo_c,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     STORE_GATES: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
     HAS_PROJ: tl.constexpr,
+    ZONEOUT: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
 ):
-    """Cell update of one unit tile and its stores; returns (c_t, m_t = o * tanh(c_t))."""
+    """Cell update of one unit tile and its stores; returns (c_t, m_t = o * tanh(c_t)), both after zoneout."""
     m_bu = m_b[:, None] & m_u[None, :]
     b_gates, b_c, b_m = _cell_forward(b_pre, b_cp, BLOCK_B, BLOCK_H)
+    if ZONEOUT > 0:
+        # the per-step kernels' zoneout exactly: the same Philox streams and counters, or p in eval
+        b_kh = _zoneout_rates(zs_ptr, zo_stream, t, o_b, o_u, B, H, zo_h, ZONEOUT, ACC_DTYPE)
+        b_kc = _zoneout_rates(zs_ptr, zo_stream + 1, t, o_b, o_u, B, H, zo_c, ZONEOUT, ACC_DTYPE)
+        b_m = b_kh * b_hp.to(ACC_DTYPE) + (1.0 - b_kh) * b_m
+        b_c = b_kc * b_cp + (1.0 - b_kc) * b_c
     if HAS_LENGTHS:
         b_c = tl.where(v_t[:, None], b_c, b_cp)
     b_c += poison
@@ -189,6 +207,9 @@ def _seq_fwd_kernel(
     len_ptr,  # [B]  int32 lengths (read if HAS_LENGTHS)
     hm_ptr,  # [D, B, R]  recurrent dropout mask on h_{t-1} (read if HAS_MASK)
     xh_ptr,  # [D, 3, B, R]  h_t * mask exchanged between unit-split programs, slots 0/1 by step, h0 * mask in 2
+    zs_ptr,  # [1]  int64 zoneout seed (read if ZONEOUT == 2)
+    zo_h: tl.float64,  # zoneout probabilities of h and c
+    zo_c: tl.float64,
     sync_ptr,  # [D, NB]  int32 barrier counters, zero at launch (SPLIT)
     err_ptr,  # [1]  int32: set to 1 when a barrier wait times out
     T,
@@ -209,6 +230,7 @@ def _seq_fwd_kernel(
     HAS_LENGTHS: tl.constexpr,
     HAS_PROJ: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    ZONEOUT: tl.constexpr,  # 0 off, 1 eval (expectation), 2 training (Philox masks); never with HAS_PROJ
     ACC_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
@@ -217,6 +239,7 @@ def _seq_fwd_kernel(
     G = 4 * H
     ldy = tl.num_programs(1) * R
     rev = (rev_mask >> tl.program_id(1)) & 1
+    zo_stream = 2 * tl.program_id(1)  # the per-step kernels' streams: h on 2d, c on 2d + 1
     o_b, m_b, b_len = _batch_rows(len_ptr, i_b, B, T, BLOCK_B, HAS_LENGTHS)
     hm_d = hm_ptr + i_d * B * R
     xh_d = xh_ptr + i_d * 3 * B * R
@@ -282,9 +305,13 @@ def _seq_fwd_kernel(
             b_acc = tl.dot(b_hp, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
             p_gx = gx_t + o_b[:, None] * G + o_g[None, :]
             b_pre = b_acc + tl.load(p_gx, mask=m_b[:, None] & m_g[None, :], other=0.0).to(ACC_DTYPE)
+            b_hu = b_c  # unread without zoneout
+            if ZONEOUT > 0:  # h_{t-1} of the program's own units, unmasked
+                b_hu = _load_h_prev(y_d, h0_d, o_b, o_u, m_b, m_u, v_prev, tp, B, ldy, R)
             b_c, b_m = _fwd_epilogue(
                 b_pre, b_c, v_t, v_last, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, p_gx, cs_t, cn_d, hn_d,
-                y_t, B, H, R, ldy, BLOCK_B, BLOCK_H, STORE_GATES, HAS_LENGTHS, HAS_PROJ,
+                y_t, B, H, R, ldy, b_hu, zs_ptr, zo_stream, t, zo_h, zo_c, BLOCK_B, BLOCK_H, STORE_GATES,
+                HAS_LENGTHS, HAS_PROJ, ZONEOUT, ACC_DTYPE,
             )  # fmt: skip
             if HAS_PROJ:
                 # phase 2: publish m_t, then each program projects its slice of P from the whole m_t
@@ -343,9 +370,13 @@ def _seq_fwd_kernel(
                 o_bu = o_b[:, None] * H + o_u[None, :]
                 b_cp = tl.load(cs_p + o_bu, mask=m_bu & (n > 0), other=0.0).to(ACC_DTYPE)
                 b_cp += tl.load(c0_d + o_bu, mask=m_bu & (n == 0), other=0.0).to(ACC_DTYPE)
+                b_hu = b_cp  # unread without zoneout
+                if ZONEOUT > 0:
+                    b_hu = _load_h_prev(y_d, h0_d, o_b, o_u, m_b, m_u, v_prev, tp, B, ldy, R)
                 _, b_m = _fwd_epilogue(
                     b_pre, b_cp, v_t, v_last, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, p_gx, cs_t, cn_d,
-                    hn_d, y_t, B, H, R, ldy, BLOCK_B, BLOCK_H, STORE_GATES, HAS_LENGTHS, HAS_PROJ,
+                    hn_d, y_t, B, H, R, ldy, b_hu, zs_ptr, zo_stream, t, zo_h, zo_c, BLOCK_B, BLOCK_H, STORE_GATES,
+                    HAS_LENGTHS, HAS_PROJ, ZONEOUT, ACC_DTYPE,
                 )  # fmt: skip
                 if HAS_PROJ:
                     # h_t += m_t[:, units] @ W_hr^T[units, :]; m_t rounded to the storage dtype as torch does
@@ -388,20 +419,30 @@ def _bwd_cell(
     dg_t,
     dc0_d,
     H,
+    b_kc,  # zoneout's share of c_{t-1} in c_t (mask or p; read if ZONEOUT)
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
+    ZONEOUT: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):
-    """Gate gradients of one unit tile from the gradient of m_t (b_dh) and dc_t; stores dG_t; returns dc_{t-1}."""
+    """Gate gradients of one unit tile from the gradient of m_t (b_dh; with zoneout, the share that went through
+    the cell) and dc_t; stores dG_t; returns dc_{t-1}."""
     m_bu = m_b[:, None] & m_u[None, :]
     m_bg = m_b[:, None] & m_g[None, :]
     o_bu = o_b[:, None] * H + o_u[None, :]
     b_gates = tl.load(gates_t + o_b[:, None] * (4 * H) + o_g[None, :], mask=m_bg, other=0.0).to(ACC_DTYPE)
-    b_c = tl.load(cs_t + o_bu, mask=m_bu, other=0.0).to(ACC_DTYPE)
     b_cp = tl.load(cs_p + o_bu, mask=_and(m_bu, ~first_fwd), other=0.0).to(ACC_DTYPE)
     b_cp += tl.load(c0_d + o_bu, mask=_and(m_bu, first_fwd), other=0.0).to(ACC_DTYPE)
-    b_dg, b_dcp = _cell_backward(b_dh, b_gates, b_c, b_cp, b_dc, BLOCK_B, BLOCK_H)
+    if ZONEOUT > 0:
+        # c_t before zoneout, recomputed from the gates; the kept share of dc_t goes straight to c_{t-1}
+        b_i, b_f, b_g, b_o = _split_gates(b_gates, BLOCK_B, BLOCK_H)
+        b_c = b_f * b_cp + b_i * b_g
+        b_dg, b_dcp = _cell_backward(b_dh, b_gates, b_c, b_cp, (1.0 - b_kc) * b_dc, BLOCK_B, BLOCK_H)
+        b_dcp += b_kc * b_dc
+    else:
+        b_c = tl.load(cs_t + o_bu, mask=m_bu, other=0.0).to(ACC_DTYPE)
+        b_dg, b_dcp = _cell_backward(b_dh, b_gates, b_c, b_cp, b_dc, BLOCK_B, BLOCK_H)
     if HAS_LENGTHS:
         b_dg = tl.where(v_t[:, None], b_dg, 0.0)
         b_dcp = tl.where(v_t[:, None], b_dcp, b_dc)
@@ -430,6 +471,9 @@ def _seq_bwd_kernel(
     dc0_ptr,  # [D, B, H]  out
     len_ptr,  # [B]
     hm_ptr,  # [D, B, R]  the forward's recurrent dropout mask (read if HAS_MASK)
+    zs_ptr,  # [1]  the forward's zoneout seed: its masks are drawn again (ZONEOUT == 2)
+    zo_h: tl.float64,
+    zo_c: tl.float64,
     sync_ptr,  # [D, NB]
     err_ptr,  # [1]
     T,
@@ -453,6 +497,7 @@ def _seq_bwd_kernel(
     HAS_LENGTHS: tl.constexpr,
     HAS_PROJ: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    ZONEOUT: tl.constexpr,  # as in the forward; never with HAS_PROJ
     ACC_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
@@ -461,6 +506,7 @@ def _seq_bwd_kernel(
     G = 4 * H
     ldy = tl.num_programs(1) * R
     rev = (rev_mask >> tl.program_id(1)) & 1
+    zo_stream = 2 * tl.program_id(1)
     o_b, m_b, b_len = _batch_rows(len_ptr, i_b, B, T, BLOCK_B, HAS_LENGTHS)
     hm_d = hm_ptr + i_d * B * R
     w_d = w_ptr + i_d * G * R
@@ -561,7 +607,16 @@ def _seq_bwd_kernel(
                     b_dh += tl.load(dy_t + o_b[:, None] * ldy + o_c[None, :], mask=m_bc & v_t[:, None], other=0.0).to(
                         ACC_DTYPE
                     )
-                if HAS_LENGTHS:
+                b_kc = b_dc  # unread without zoneout
+                if ZONEOUT > 0:
+                    # the kept share of dh_t goes straight to h_{t-1} (carried), the rest through the cell
+                    b_kh = _zoneout_rates(zs_ptr, zo_stream, t, o_b, o_u, B, H, zo_h, ZONEOUT, ACC_DTYPE)
+                    b_kc = _zoneout_rates(zs_ptr, zo_stream + 1, t, o_b, o_u, B, H, zo_c, ZONEOUT, ACC_DTYPE)
+                    b_carry = b_kh * b_dh
+                    if HAS_LENGTHS:
+                        b_carry = tl.where(v_t[:, None], b_carry, b_rec)
+                    b_dh = (1.0 - b_kh) * b_dh
+                elif HAS_LENGTHS:
                     b_carry = tl.where(v_t[:, None], 0.0, b_rec)
                 else:
                     b_carry = b_carry * 0.0
@@ -584,13 +639,13 @@ def _seq_bwd_kernel(
                     b_dm = tl.dot(b_dhf, b_wr, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
                     b_dc = _bwd_cell(
                         b_dm, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, gates_t, cs_t, cs_p,
-                        c0_d, first_fwd, dg_t, dc0_d, H, BLOCK_B, BLOCK_H, HAS_LENGTHS, ACC_DTYPE,
+                        c0_d, first_fwd, dg_t, dc0_d, H, b_kc, BLOCK_B, BLOCK_H, HAS_LENGTHS, 0, ACC_DTYPE,
                     )  # fmt: skip
                     failed = _barrier(sync, NS * (2 * n + 2), failed, spin_limit)
                 else:
                     b_dc = _bwd_cell(
                         b_dh, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, gates_t, cs_t, cs_p,
-                        c0_d, first_fwd, dg_t, dc0_d, H, BLOCK_B, BLOCK_H, HAS_LENGTHS, ACC_DTYPE,
+                        c0_d, first_fwd, dg_t, dc0_d, H, b_kc, BLOCK_B, BLOCK_H, HAS_LENGTHS, ZONEOUT, ACC_DTYPE,
                     )  # fmt: skip
                     failed = _barrier(sync, NS * (n + 1), failed, spin_limit)
         else:
@@ -599,7 +654,8 @@ def _seq_bwd_kernel(
                 m_c = o_c < P
                 b_dh = _bwd_grad_into_h(
                     dgn_t, w_d, dy_t, dcarry_d, dhn_d, dh0_d, hm_d, o_b, o_c, m_b, m_c, v_t, n, T, B, H, R, ldy, poison,
-                    BLOCK_B, BLOCK_P, BLOCK_K, HAS_DY, HAS_DHN, HAS_LENGTHS, HAS_MASK, ACC_DTYPE, INPUT_PRECISION,
+                    zs_ptr, zo_stream, t, zo_h, BLOCK_B, BLOCK_P, BLOCK_K, HAS_DY, HAS_DHN, HAS_LENGTHS, HAS_MASK, 0,
+                    ACC_DTYPE, INPUT_PRECISION,
                 )  # fmt: skip
                 if n < T:
                     dh_t = dhall_d + tc * B * P
@@ -617,7 +673,7 @@ def _seq_bwd_kernel(
                         b_dc = _load_dc(dc_d, dcn_d, o_b, o_u, m_b, m_u, n, H, HAS_DCN, ACC_DTYPE)
                         b_dc = _bwd_cell(
                             b_dm, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, gates_t, cs_t,
-                            cs_p, c0_d, first_fwd, dg_t, dc0_d, H, BLOCK_B, BLOCK_H, HAS_LENGTHS, ACC_DTYPE,
+                            cs_p, c0_d, first_fwd, dg_t, dc0_d, H, b_dc, BLOCK_B, BLOCK_H, HAS_LENGTHS, 0, ACC_DTYPE,
                         )  # fmt: skip
                         tl.store(
                             dc_d + o_b[:, None] * H + o_u[None, :],
@@ -631,14 +687,18 @@ def _seq_bwd_kernel(
                     m_u, m_g = o_u < H, o_g < G
                     b_dh = _bwd_grad_into_h(
                         dgn_t, w_d, dy_t, dcarry_d, dhn_d, dh0_d, hm_d, o_b, o_u, m_b, m_u, v_t, n, T, B, H, R, ldy,
-                        poison, BLOCK_B, BLOCK_H, BLOCK_K, HAS_DY, HAS_DHN, HAS_LENGTHS, HAS_MASK, ACC_DTYPE,
-                        INPUT_PRECISION,
+                        poison, zs_ptr, zo_stream, t, zo_h, BLOCK_B, BLOCK_H, BLOCK_K, HAS_DY, HAS_DHN, HAS_LENGTHS,
+                        HAS_MASK, ZONEOUT, ACC_DTYPE, INPUT_PRECISION,
                     )  # fmt: skip
                     if n < T:
                         b_dc = _load_dc(dc_d, dcn_d, o_b, o_u, m_b, m_u, n, H, HAS_DCN, ACC_DTYPE)
+                        b_kc = b_dc  # unread without zoneout
+                        if ZONEOUT > 0:
+                            b_kc = _zoneout_rates(zs_ptr, zo_stream + 1, t, o_b, o_u, B, H, zo_c, ZONEOUT, ACC_DTYPE)
                         b_dc = _bwd_cell(
                             b_dh, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, gates_t, cs_t,
-                            cs_p, c0_d, first_fwd, dg_t, dc0_d, H, BLOCK_B, BLOCK_H, HAS_LENGTHS, ACC_DTYPE,
+                            cs_p, c0_d, first_fwd, dg_t, dc0_d, H, b_kc, BLOCK_B, BLOCK_H, HAS_LENGTHS, ZONEOUT,
+                            ACC_DTYPE,
                         )  # fmt: skip
                         tl.store(
                             dc_d + o_b[:, None] * H + o_u[None, :],
@@ -681,6 +741,10 @@ def _bwd_grad_into_h(
     R,
     ldy,
     poison,
+    zs_ptr,
+    zo_stream,
+    t,
+    zo_h,
     BLOCK_B: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -688,10 +752,12 @@ def _bwd_grad_into_h(
     HAS_DHN: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    ZONEOUT: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    """Batch-owned: the gradient reaching h_t[:, o_c] (all of it: through the state, carried, dy_t).
+    """Batch-owned: the gradient reaching h_t[:, o_c] (all of it: through the state, carried, dy_t); with zoneout
+    only the share that goes through the cell, the kept share being carried to h_{t-1}.
 
     On the extra pass (n == T) the part through the state is h0's gradient: it is stored to dh0 instead.
     """
@@ -714,8 +780,9 @@ def _bwd_grad_into_h(
             b_rec += tl.dot(b_dgn, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
     if HAS_MASK:  # the next step's product saw h_t * mask
         b_rec *= tl.load(hm_d + o_bc, mask=m_bc, other=0.0).to(ACC_DTYPE)
-    # what reached the state without a gate: h_n's gradient on the first pass, skipped steps' with lengths
-    if HAS_LENGTHS:
+    # what reached the state without a gate: h_n's gradient on the first pass, skipped steps' with lengths,
+    # zoneout's kept share
+    if HAS_LENGTHS or ZONEOUT > 0:
         b_rec += tl.load(dcarry_d + o_bc, mask=m_bc & (n > 0), other=0.0).to(ACC_DTYPE)
     if HAS_DHN:
         b_rec += tl.load(dhn_d + o_bc, mask=m_bc & (n == 0), other=0.0).to(ACC_DTYPE)
@@ -723,10 +790,18 @@ def _bwd_grad_into_h(
     b_dh = b_rec
     if HAS_DY:
         b_dh += tl.load(dy_t + o_b[:, None] * ldy + o_c[None, :], mask=m_bc & v_t[:, None], other=0.0).to(ACC_DTYPE)
-    if HAS_LENGTHS:
+    if ZONEOUT > 0:
+        b_kh = _zoneout_rates(zs_ptr, zo_stream, t, o_b, o_c, B, H, zo_h, ZONEOUT, ACC_DTYPE)
+        b_carry = b_kh * b_dh
+        if HAS_LENGTHS:
+            b_carry = tl.where(v_t[:, None], b_carry, b_rec)
+        tl.store(dcarry_d + o_bc, b_carry.to(dcarry_d.dtype.element_ty), mask=_and(m_bc, n < T))
+        b_dh = (1.0 - b_kh) * b_dh
+    elif HAS_LENGTHS:
         tl.store(
             dcarry_d + o_bc, tl.where(v_t[:, None], 0.0, b_rec).to(dcarry_d.dtype.element_ty), mask=_and(m_bc, n < T)
         )
+    if HAS_LENGTHS:
         b_dh = tl.where(v_t[:, None], b_dh, 0.0)
     return b_dh
 
@@ -889,7 +964,10 @@ def _check_flag(err: torch.Tensor, what: str) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, store_for_backward, config, h_mask=None):
+def _forward(
+    x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, store_for_backward, config, h_mask=None,
+    zoneout=(0.0, 0.0), zoneout_seed=None,
+):
     T, B, I = x.shape
     D, G, R = w_hh.shape
     H = G // 4
@@ -931,9 +1009,10 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, store_for_back
         with _launch_guard(x.device):
             _seq_fwd_kernel[(nb, D, ns)](
                 gx, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else w_hh, h0.contiguous(),
-                c0.contiguous(), y, h_n, c_n, cs, m, lens, hm, xh, sync, err, T, B, H, R, P, rev_mask,
-                cfg.get("spin_limit", DEFAULT_SPIN_LIMIT), STORE_GATES=store_for_backward,
-                HAS_LENGTHS=lengths is not None, HAS_PROJ=P > 0, HAS_MASK=h_mask is not None, ACC_DTYPE=_TL_ACC[acc],
+                c0.contiguous(), y, h_n, c_n, cs, m, lens, hm, xh, *_zoneout_kernel_args(zoneout, zoneout_seed, y, w_hr),
+                sync, err, T, B, H, R, P, rev_mask, cfg.get("spin_limit", DEFAULT_SPIN_LIMIT),
+                STORE_GATES=store_for_backward, HAS_LENGTHS=lengths is not None, HAS_PROJ=P > 0,
+                HAS_MASK=h_mask is not None, ZONEOUT=_zoneout_mode(zoneout, zoneout_seed), ACC_DTYPE=_TL_ACC[acc],
                 INPUT_PRECISION=_input_precision(dtype), **k, **_launch_options(x, k["SPLIT"], cfg["num_warps"]),
             )  # fmt: skip
     else:
@@ -942,6 +1021,12 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, store_for_back
     if not store_for_backward:
         return (y, h_n, c_n, None, None), err
     return (y, h_n, c_n, gx.view(D, T, B, G), cs), err
+
+
+def _zoneout_kernel_args(zoneout, seed, unread, w_hr) -> list:
+    """``[zs_ptr, p_h, p_c]`` of the sequence kernels (the per-step kernels' arguments less their own extras)."""
+    zs, _, p_h, p_c, _ = _zoneout_args(zoneout, seed, 0, unread, w_hr)
+    return [zs, p_h, p_c]
 
 
 def sequence_forward(
@@ -957,6 +1042,8 @@ def sequence_forward(
     store_for_backward: bool,
     config: dict | None = None,
     h_mask: torch.Tensor | None = None,  # [D, B, R] recurrent dropout mask on h_{t-1}
+    zoneout: tuple[float, float] = (0.0, 0.0),  # (p_h, p_c); not with a projection
+    zoneout_seed: torch.Tensor | None = None,  # [1] int64: training masks from Philox; None: the eval expectation
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One layer, every direction, one launch for the whole recurrence.
 
@@ -965,21 +1052,28 @@ def sequence_forward(
     what ``lstm_layer_forward`` returns for direction d (activated gates, interleaved, input dtype; every c_t in
     the accumulator dtype), ``None`` unless ``store_for_backward``. ``config`` overrides
     :func:`sequence_config` (keys ``regime``, ``BLOCK_*``, ``num_warps``, ``spin_limit``). ``h_mask``, recurrent
-    dropout, multiplies h_{t-1} where it enters the recurrent product, as in the per-step kernels.
+    dropout, multiplies h_{t-1} where it enters the recurrent product, as in the per-step kernels; ``zoneout`` and
+    ``zoneout_seed`` are theirs too (direction d on Philox streams 2d and 2d + 1), so the masks are the same.
 
     Example::
 
         y, h_n, c_n, gates, cs = sequence_forward(x, h0, c0, w_ih, w_hh, b_ih + b_hh, None, None, (False, True), True)
     """
     try:
-        out, err = _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, store_for_backward, config, h_mask)
+        out, err = _forward(
+            x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, store_for_backward, config, h_mask, zoneout,
+            zoneout_seed,
+        )
     except CompilationError as e:
         raise _uncompilable(x, w_hh, w_hr, False, e) from e
     _check_flag(err, "forward")
     return out
 
 
-def _backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, reverse, needs, config, h_mask=None):
+def _backward(
+    dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, reverse, needs, config, h_mask=None,
+    zoneout=(0.0, 0.0), zoneout_seed=None,
+):
     need_dx, need_dh0, need_dc0, need_dw_ih, need_dw_hh, need_db, need_dw_hr = needs
     T, B, I = x.shape
     D, G, R = w_hh.shape
@@ -999,7 +1093,8 @@ def _backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths
     err, sync = flags[:1], flags[1:]
     if B > 0:
         dc = torch.empty(D, B, H, device=dev, dtype=acc) if not k["SPLIT"] else dc0
-        dcarry = torch.empty(D, B, R, device=dev, dtype=acc) if lengths is not None and not k["SPLIT"] else dh0
+        carried = lengths is not None or any(p > 0 for p in zoneout)
+        dcarry = torch.empty(D, B, R, device=dev, dtype=acc) if carried and not k["SPLIT"] else dh0
         lens = lengths.to(dtype=torch.int32).contiguous() if lengths is not None else flags
         hm = h_mask.to(dtype).contiguous() if h_mask is not None else dg  # dg: unread
         rev_mask = sum(1 << d for d, r in enumerate(reverse) if r)
@@ -1008,10 +1103,11 @@ def _backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths
                 dy.contiguous() if dy is not None else y, dh_n.contiguous() if dh_n is not None else dh0,
                 dc_n.contiguous() if dc_n is not None else dc0, w_hh.contiguous(),
                 w_hr.contiguous() if w_hr is not None else w_hh, gates, cs, c0.contiguous(), dg,
-                dh_all if dh_all is not None else dg, dc, dcarry, dh0, dc0, lens, hm, sync, err, T, B, H, R, P,
-                rev_mask, cfg.get("spin_limit", DEFAULT_SPIN_LIMIT), HAS_DY=dy is not None,
-                HAS_DHN=dh_n is not None, HAS_DCN=dc_n is not None, HAS_LENGTHS=lengths is not None,
-                HAS_PROJ=P > 0, HAS_MASK=h_mask is not None, ACC_DTYPE=_TL_ACC[acc], INPUT_PRECISION=_input_precision(dtype), **k,
+                dh_all if dh_all is not None else dg, dc, dcarry, dh0, dc0, lens, hm,
+                *_zoneout_kernel_args(zoneout, zoneout_seed, dg, w_hr), sync, err, T, B, H, R, P, rev_mask,
+                cfg.get("spin_limit", DEFAULT_SPIN_LIMIT), HAS_DY=dy is not None, HAS_DHN=dh_n is not None,
+                HAS_DCN=dc_n is not None, HAS_LENGTHS=lengths is not None, HAS_PROJ=P > 0,
+                HAS_MASK=h_mask is not None, ZONEOUT=_zoneout_mode(zoneout, zoneout_seed), ACC_DTYPE=_TL_ACC[acc], INPUT_PRECISION=_input_precision(dtype), **k,
                 **_launch_options(x, k["SPLIT"], cfg["num_warps"]),
             )  # fmt: skip
     else:
@@ -1087,6 +1183,8 @@ def sequence_backward(
     needs: tuple[bool, ...] = (True,) * 7,
     config: dict | None = None,
     h_mask: torch.Tensor | None = None,  # [D, B, R] the forward's recurrent dropout mask
+    zoneout: tuple[float, float] = (0.0, 0.0),  # the forward's
+    zoneout_seed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, ...]:
     """Gradients of one layer, every direction, one launch for the whole recurrence.
 
@@ -1097,7 +1195,8 @@ def sequence_backward(
     """
     try:
         grads, err = _backward(
-            dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, reverse, needs, config, h_mask
+            dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, reverse, needs, config, h_mask,
+            zoneout, zoneout_seed,
         )
     except CompilationError as e:
         raise _uncompilable(x, w_hh, w_hr, True, e) from e
@@ -1191,7 +1290,7 @@ def self_test(device: torch.device | str, dtype: torch.dtype, regime: str) -> st
     """Run the sequence kernels of ``regime`` against the per-step kernels on small random problems.
 
     Returns ``None`` when they agree and no barrier timed out, else what failed. Bidirectional, lengths, h0/c0,
-    with and without a projection, with a recurrent dropout mask, forward and backward.
+    with and without a projection, with recurrent dropout and training zoneout, forward and backward.
     """
     device = torch.device(device)
     try:
@@ -1209,7 +1308,7 @@ def _self_test(device: torch.device, dtype: torch.dtype, regime: str) -> str | N
     # on a GPU H=40 gives three unit programs per group (16 units each); the interpreter gets a smaller H
     T, B, I, H, D = 5, 3, 7, 40 if device.type == "cuda" else 12, 2
     tol = _SELF_TEST_TOL[dtype]
-    for P, masked in ((0, False), (16, False), (0, True)):
+    for P, masked in ((0, False), (16, False), (0, True)):  # the masked case also runs training zoneout
         R = P or H
 
         def r(*shape):
@@ -1220,14 +1319,21 @@ def _self_test(device: torch.device, dtype: torch.dtype, regime: str) -> str | N
         w_hr = r(D, P, H) if P else None
         lengths = torch.tensor([5, 2, 4], device=device)
         h_mask = (torch.rand(D, B, R, generator=gen) > 0.3).to(device=device, dtype=dtype) / 0.7 if masked else None
-        mask_kwargs = [{"h_mask": h_mask[d]} if masked else {} for d in range(D)]
+        zoneout, seed = ((0.25, 0.4), torch.tensor([97], device=device)) if masked else ((0.0, 0.0), None)
+        mask_kwargs = [
+            dict(h_mask=h_mask[d], zoneout=zoneout, zoneout_seed=seed, zoneout_stream=2 * d) if masked else {}
+            for d in range(D)
+        ]
         rev = (False, True)
         fcfg = _self_test_config(device, dtype, regime, H, P, False)
         bcfg = _self_test_config(device, dtype, regime, H, P, True)
-        (y, h_n, c_n, gates, cs), err_f = _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, rev, True, fcfg, h_mask)
+        (y, h_n, c_n, gates, cs), err_f = _forward(
+            x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, rev, True, fcfg, h_mask, zoneout, seed
+        )
         dy, dh_n, dc_n = r(*y.shape), r(*h_n.shape), r(*c_n.shape)
         grads, err_b = _backward(
-            dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, rev, (True,) * 7, bcfg, h_mask
+            dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, rev, (True,) * 7, bcfg, h_mask,
+            zoneout, seed,
         )
         if int(err_f.item()) or int(err_b.item()):
             return f"a barrier wait timed out (error flag set; P={P})"
@@ -1272,7 +1378,7 @@ def _self_test(device: torch.device, dtype: torch.dtype, regime: str) -> str | N
             scale = max(1.0, want.abs().max().item())
             bad = (have - want).abs().max().item() if have.shape == want.shape else float("inf")
             if not bad <= tol * scale:  # NaN fails too
-                mask = ", recurrent dropout" if masked else ""
+                mask = ", recurrent dropout and zoneout" if masked else ""
                 return f"{name} differs from the per-step kernels by {bad:.3g} (P={P}{mask}, {dtype}, {regime})"
     return None
 

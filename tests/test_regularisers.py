@@ -532,21 +532,25 @@ def test_regularisers_add_no_launch_and_no_sequence_sized_mask(monkeypatch):
 
 
 @requires_triton
-def test_recurrent_dropout_keeps_the_sequence_kernels(monkeypatch):
-    """With recurrent dropout a layer still takes one sequence-kernel launch forward and one backward (both
-    directions), and allocates nothing of T x B x H beyond the backward's h_{t-1} * mask for dW_hh."""
+def test_regularisers_keep_the_sequence_kernels(monkeypatch):
+    """With recurrent dropout or zoneout a layer still takes one sequence-kernel launch forward and one backward
+    (both directions), and allocates nothing of T x B x H beyond the backward's h_{t-1} * mask for dW_hh."""
     monkeypatch.setenv("TRITONLSTM_KERNEL", "sequence")
     T, B, Hb = 4, 4, 8
     x = torch.randn(T, B, I, device=TRITON_DEVICE)
     base = tritonlstm.LSTM(I, Hb, bidirectional=True, backend="triton").to(TRITON_DEVICE)
     launches, big = _count_launches_and_big_tensors(monkeypatch, base, x, T * B * Hb)
     assert launches == {"_seq_fwd_kernel": 1, "_seq_bwd_kernel": 1}
-    m = tritonlstm.LSTM(I, Hb, bidirectional=True, backend="triton", recurrent_dropout=0.3).to(TRITON_DEVICE)
-    m.load_state_dict(base.state_dict())
-    got, big_reg = _count_launches_and_big_tensors(monkeypatch, m, x, T * B * Hb)
-    assert got == launches
-    extra = [s for s in big_reg if s not in big or big_reg.count(s) > big.count(s)]
-    assert all(s == ((T - 1, B, Hb), torch.float32) for s in extra), extra
+    for options in ({"recurrent_dropout": 0.3}, {"zoneout": (0.2, 0.3)}, {"zoneout": 0.1, "recurrent_dropout": 0.2}):
+        m = tritonlstm.LSTM(I, Hb, bidirectional=True, backend="triton", **options).to(TRITON_DEVICE)
+        m.load_state_dict(base.state_dict())
+        got, big_reg = _count_launches_and_big_tensors(monkeypatch, m, x, T * B * Hb)
+        assert got == launches, options
+        extra = [s for s in big_reg if s not in big or big_reg.count(s) > big.count(s)]
+        if "recurrent_dropout" in options:
+            assert all(s == ((T - 1, B, Hb), torch.float32) for s in extra), (options, extra)
+        else:
+            assert extra == [], (options, extra)
 
 
 @requires_triton

@@ -46,20 +46,29 @@ def _split(H: int) -> dict:
 def _seq(inp, lengths, reverse, upstream, config=None, needs=(True,) * 7, store=True):
     y, h_n, c_n, gates, cs = S.sequence_forward(
         inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], inp["bias"], inp["w_hr"], lengths, reverse, store,
-        config, h_mask=inp.get("h_mask"),
+        config, **_regularisers(inp),
     )  # fmt: skip
     if not store:
         return (y, h_n, c_n, gates, cs), None
     dy, dh_n, dc_n = upstream(y, h_n, c_n)
     grads = S.sequence_backward(
         dy, dh_n, dc_n, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], y, gates, cs, inp["w_hr"], lengths,
-        reverse, needs, config, h_mask=inp.get("h_mask"),
+        reverse, needs, config, **_regularisers(inp),
     )  # fmt: skip
     return (y, h_n, c_n, gates, cs), grads
 
 
+def _regularisers(inp) -> dict:
+    """The sequence API's regulariser arguments in ``inp`` (recurrent dropout mask, zoneout and its seed)."""
+    return {k: inp[k] for k in ("h_mask", "zoneout", "zoneout_seed") if inp.get(k) is not None}
+
+
 def _mask_kwargs(inp, d):
-    return {"h_mask": inp["h_mask"][d]} if inp.get("h_mask") is not None else {}
+    """The per-step launchers' regulariser arguments for direction d (zoneout on Philox streams 2d, 2d + 1)."""
+    kwargs = {"h_mask": inp["h_mask"][d]} if inp.get("h_mask") is not None else {}
+    if inp.get("zoneout") is not None:
+        kwargs.update(zoneout=inp["zoneout"], zoneout_seed=inp.get("zoneout_seed"), zoneout_stream=2 * d)
+    return kwargs
 
 
 def _step_forward(inp, lengths, reverse, d):
@@ -186,6 +195,40 @@ def test_recurrent_dropout_parity_with_step_kernels(case, dtype):
     _compare(got, want, dtype, bitwise_forward=regime == "batch")
     unmasked = _seq({**inp, "h_mask": None}, lengths, reverse, _upstream(), config)
     assert not torch.equal(unmasked[0][0], got[0][0]), "the mask must change the output"
+
+
+ZONED = [
+    pytest.param(case, dtype, train, id=f"{case[0]}-{str(dtype).split('.')[-1]}-{'train' if train else 'eval'}")
+    for case in CASES
+    if not case[5] and case[0] in ("bidir-lengths-H9", "split-bidir-lengths-H9", "split-2-gate-chunks-lengths",
+                                   "reverse-B1-H7", "bidir-H33-two-unit-tiles")
+    for dtype in (torch.float64, torch.float32)
+    for train in (True, False)
+    if dtype == torch.float64 or train
+] + [pytest.param(CASES[6], torch.float16, True, id=f"{CASES[6][0]}-float16-train")]
+
+
+@requires_interpreter
+@pytest.mark.parametrize("case, dtype, train", ZONED)
+def test_zoneout_parity_with_step_kernels(case, dtype, train):
+    """Zoneout (training: the same Philox masks, drawn again in the backward; eval: the expectation), with a
+    recurrent dropout mask along: the same numbers as the per-step kernels, which are tested against a plain loop
+    replaying the masks they drew (tests/test_regularisers.py)."""
+    _, T, B, I, H, P, reverse, lengths, bias, regime = case
+    inp = _inputs(T, B, I, H, P, len(reverse), dtype, bias)
+    g = torch.Generator().manual_seed(6)
+    inp["h_mask"] = (torch.bernoulli(torch.full((len(reverse), B, H), 0.75, dtype=torch.float64), generator=g) / 0.75).to(dtype)
+    inp["zoneout"] = (0.3, 0.45)
+    inp["zoneout_seed"] = torch.tensor([4321]) if train else None
+    lengths = torch.tensor(lengths) if lengths is not None else None
+    config = _split(H) if regime.startswith("split") else None
+    if regime == "split-2":
+        config = {**config, "G_CHUNKS": 2}
+    got = _seq(inp, lengths, reverse, _upstream(), config)
+    want = _step(inp, lengths, reverse, _upstream())
+    _compare(got, want, dtype, bitwise_forward=regime == "batch")
+    plain = _seq({**inp, "zoneout": None, "zoneout_seed": None}, lengths, reverse, _upstream(), config)
+    assert not torch.equal(plain[0][0], got[0][0]), "zoneout must change the output"
 
 
 @requires_interpreter

@@ -46,11 +46,11 @@ _I32_POINTERS = {"len_ptr", "sync_ptr", "err_ptr"}
 @lru_cache(maxsize=None)
 def _compiled(
     B: int, H: int, P: int, D: int, dtype: torch.dtype, backward: bool, regime: str | None = None, config=None,
-    masked: bool = False,
+    masked: bool = False, zoneout: int = 0,
 ):
     """Compile one kernel as the launcher would launch it; returns (config, grid size, CompiledKernel).
     ``config``: a tuple of the config dict's items, instead of the one :func:`sequence_config` picks; ``masked``:
-    with a recurrent dropout mask."""
+    with a recurrent dropout mask; ``zoneout``: 0 off, 1 eval, 2 training."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -60,7 +60,8 @@ def _compiled(
     assert regime is None or cfg["regime"] == regime, f"the rule picked {cfg} for B={B} H={H} P={P} D={D}"
     k, ns = S._constexprs(cfg, H, P or H, P, backward)
     kernel = S._seq_bwd_kernel if backward else S._seq_fwd_kernel
-    flags = dict(HAS_LENGTHS=True, HAS_PROJ=P > 0, HAS_MASK=masked, ACC_DTYPE=tl.float32, INPUT_PRECISION="ieee")
+    flags = dict(HAS_LENGTHS=True, HAS_PROJ=P > 0, HAS_MASK=masked, ZONEOUT=zoneout, ACC_DTYPE=tl.float32,
+                 INPUT_PRECISION="ieee")  # fmt: skip
     flags.update(dict(HAS_DY=True, HAS_DHN=True, HAS_DCN=True) if backward else dict(STORE_GATES=True))
     constexprs = {**k, **flags}
     storage = _STORAGE[dtype]
@@ -70,6 +71,10 @@ def _compiled(
             signature[name] = "constexpr"
         elif name in _I32_POINTERS:
             signature[name] = "*i32"
+        elif name == "zs_ptr":
+            signature[name] = "*i64"
+        elif name in ("zo_h", "zo_c"):
+            signature[name] = "fp64"
         elif name.endswith("_ptr"):
             signature[name] = "*fp32" if name in _ACC_POINTERS else f"*{storage}"
         else:
@@ -101,7 +106,7 @@ def _global_loads_in_time_loop(ttgir: str, arg_names: list[str]) -> set[str]:
     """Kernel pointer arguments that loads inside the time loop (the outermost scf.for) read from."""
     lines = ttgir.splitlines()
     func = next(i for i, line in enumerate(lines) if "tt.func public" in line)
-    params = re.findall(r"(%[\w.$-]+): !tt\.ptr|(%[\w.$-]+): i\d+", lines[func])
+    params = re.findall(r"(%[\w.$-]+): !tt\.ptr|(%[\w.$-]+): (?:i|f)\d+", lines[func])
     params = [a or b for a, b in params]
     assert len(params) == len(arg_names), (params, arg_names)
     arg_of = dict(zip(params, arg_names))
@@ -146,22 +151,22 @@ def _global_loads_in_time_loop(ttgir: str, arg_names: list[str]) -> set[str]:
     return found
 
 
-# (B, H, P, D, dtype, backward, masked): the unit-split shapes of the latency regime, as the rule tiles them;
-# masked: with recurrent dropout (the mask multiplies h_{t-1} each step: no spills from it either)
+# (B, H, P, D, dtype, backward, masked, zoneout): the unit-split shapes of the latency regime, as the rule tiles
+# them; masked: with recurrent dropout, zoneout: 2 = training masks (no spills from either)
 SPLIT_CASES = [
-    pytest.param(16, 1024, 0, 1, torch.bfloat16, False, False, id="fwd-B16-H1024-bf16"),
-    pytest.param(16, 1024, 0, 1, torch.bfloat16, False, True, id="fwd-B16-H1024-bf16-rdrop"),
-    pytest.param(64, 256, 0, 1, torch.float16, False, False, id="fwd-B64-H256-fp16"),
-    pytest.param(16, 512, 0, 1, torch.bfloat16, True, False, id="bwd-B16-H512-bf16"),
-    pytest.param(16, 512, 0, 1, torch.bfloat16, True, True, id="bwd-B16-H512-bf16-rdrop"),
-    pytest.param(16, 256, 128, 1, torch.bfloat16, False, False, id="fwd-proj-B16-H256-P128-bf16"),
-    pytest.param(16, 256, 128, 1, torch.bfloat16, True, False, id="bwd-proj-B16-H256-P128-bf16"),
+    pytest.param(16, 1024, 0, 1, torch.bfloat16, False, False, 0, id="fwd-B16-H1024-bf16"),
+    pytest.param(16, 1024, 0, 1, torch.bfloat16, False, True, 2, id="fwd-B16-H1024-bf16-rdrop-zoneout"),
+    pytest.param(64, 256, 0, 1, torch.float16, False, False, 0, id="fwd-B64-H256-fp16"),
+    pytest.param(16, 512, 0, 1, torch.bfloat16, True, False, 0, id="bwd-B16-H512-bf16"),
+    pytest.param(16, 512, 0, 1, torch.bfloat16, True, True, 2, id="bwd-B16-H512-bf16-rdrop-zoneout"),
+    pytest.param(16, 256, 128, 1, torch.bfloat16, False, False, 0, id="fwd-proj-B16-H256-P128-bf16"),
+    pytest.param(16, 256, 128, 1, torch.bfloat16, True, False, 0, id="bwd-proj-B16-H256-P128-bf16"),
 ]
 
 
-@pytest.mark.parametrize("B, H, P, D, dtype, backward, masked", SPLIT_CASES)
-def test_unit_split_structure(B, H, P, D, dtype, backward, masked):
-    cfg, grid, compiled, args = _compiled(B, H, P, D, dtype, backward, "split", masked=masked)
+@pytest.mark.parametrize("B, H, P, D, dtype, backward, masked, zoneout", SPLIT_CASES)
+def test_unit_split_structure(B, H, P, D, dtype, backward, masked, zoneout):
+    cfg, grid, compiled, args = _compiled(B, H, P, D, dtype, backward, "split", masked=masked, zoneout=zoneout)
     # the weights stay on chip: nothing in the time loop reads them from global memory
     loads = _global_loads_in_time_loop(compiled.asm["ttgir"], args)
     assert "w_ptr" not in loads and "wr_ptr" not in loads, f"time loop loads {sorted(loads)}"
@@ -202,14 +207,15 @@ COMPILE_CASES = [
 ] + [pytest.param(1, 0, torch.float16, True, "split", id="split-bwd-H1-P0-fp16")]
 
 
-@pytest.mark.parametrize("masked", [False, True], ids=["plain", "rdrop"])
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "regularised"])
 @pytest.mark.parametrize("H, P, dtype, backward, regime", COMPILE_CASES)
 def test_every_regime_compiles(H, P, dtype, backward, regime, masked):
     """Each regime, direction and dtype compiles for sm_90 with the self-test's tiles (and the tiniest H), with and
-    without recurrent dropout."""
+    without the regularisers (recurrent dropout; training zoneout too where there is no projection)."""
     from tritonlstm.kernels import sequence as S
 
     cfg = S._self_test_config(torch.device("cuda"), dtype, regime, H, P, backward)
     cfg.setdefault("num_warps", 4)
-    _, _, compiled, _ = _compiled(3, H, P, 2, dtype, backward, regime, tuple(sorted(cfg.items())), masked)
+    zoneout = 2 if masked and not P else 0
+    _, _, compiled, _ = _compiled(3, H, P, 2, dtype, backward, regime, tuple(sorted(cfg.items())), masked, zoneout)
     assert compiled.asm["ptx"]

@@ -64,8 +64,8 @@ def directions(num_directions: int, reverse: bool) -> tuple[bool, ...]:
 def _triton_refusal(zoneout_h: float, zoneout_c: float, has_proj: bool) -> str | None:
     """Why the Triton kernels cannot apply this call's regularisers, or ``None`` when they can.
 
-    The per-step kernels apply recurrent dropout (with or without a projection) and zoneout (without one); the
-    sequence kernels (kernels/sequence.py) apply recurrent dropout, so a zoneout call runs the per-step kernels.
+    Both the per-step and the sequence kernels apply recurrent dropout (with or without a projection) and zoneout
+    (without one).
     """
     if (zoneout_h > 0 or zoneout_c > 0) and has_proj:
         return "zoneout with a projection (proj_size > 0) is not applied by the Triton kernels"
@@ -106,13 +106,13 @@ def _regulariser_kwargs(d: int, h_mask, zoneout, seed) -> dict:
 
 def _triton_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, store_for_backward, h_mask=None,
                     zoneout=(0.0, 0.0), seed=None):  # fmt: skip
-    # the sequence kernels apply recurrent dropout but not zoneout: a zoneout call takes the per-step kernels
-    S = None if any(p > 0 for p in zoneout) else _sequence_kernels(x, w_hh, w_hr, backward=False)
+    S = _sequence_kernels(x, w_hh, w_hr, backward=False)
     if S is not None:  # one launch for the whole recurrence, every direction
         bias = b_ih + b_hh if b_ih is not None else None
         try:
             return S.sequence_forward(
-                x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, dirs, store_for_backward, h_mask=h_mask
+                x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, dirs, store_for_backward, h_mask=h_mask,
+                zoneout=zoneout, zoneout_seed=seed,
             )
         except S.SequenceCompileError:
             pass  # warned once: this shape runs the per-step kernels from now on
@@ -260,11 +260,12 @@ def _reference_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
 
 def _triton_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, y, gates, cs, dirs, needs, h_mask=None,
                      zoneout=(0.0, 0.0), seed=None):  # fmt: skip
-    S = None if any(p > 0 for p in zoneout) else _sequence_kernels(x, w_hh, w_hr, backward=True)
+    S = _sequence_kernels(x, w_hh, w_hr, backward=True)
     if S is not None:
         try:
             return list(S.sequence_backward(
-                dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, dirs, tuple(needs), h_mask=h_mask
+                dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, dirs, tuple(needs),
+                h_mask=h_mask, zoneout=zoneout, zoneout_seed=seed,
             ))  # fmt: skip
         except S.SequenceCompileError:
             pass  # warned once: this shape runs the per-step kernels from now on
