@@ -40,7 +40,7 @@ def _check(model, ref, x, dtype) -> float:
     return ((y - y_ref).abs().max() / y_ref.abs().max()).item()
 
 
-def probe(shapes, dtypes, T, bidirectional, rows, recurrent_dropout=0.0):
+def probe(shapes, dtypes, T, bidirectional, rows, recurrent_dropout=0.0, zoneout=0.0):
     import tritonlstm
     from tritonlstm.kernels import sequence as seq
 
@@ -57,7 +57,8 @@ def probe(shapes, dtypes, T, bidirectional, rows, recurrent_dropout=0.0):
         for name in dtypes:
             dtype = DTYPES[name]
             torch.manual_seed(0)
-            model = tritonlstm.LSTM(H, H, bidirectional=bidirectional, recurrent_dropout=recurrent_dropout)
+            model = tritonlstm.LSTM(H, H, bidirectional=bidirectional, recurrent_dropout=recurrent_dropout,
+                                    zoneout=zoneout)
             model = model.to(dev, dtype)
             ref = torch.nn.LSTM(H, H, bidirectional=bidirectional).to(dev, torch.float64)
             ref.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
@@ -67,13 +68,13 @@ def probe(shapes, dtypes, T, bidirectional, rows, recurrent_dropout=0.0):
             cfg_b = seq.sequence_config(B, H, 0, D, dtype, sm, True)
             _kernel_env(None)
             pick = (seq.choose_kernel(dev, dtype, B, H, 0, D), seq.choose_kernel(dev, dtype, B, H, 0, D, True))
-            row = dict(what="time", dtype=name, B=B, H=H, T=T, D=D, rdrop=recurrent_dropout,
+            row = dict(what="time", dtype=name, B=B, H=H, T=T, D=D, rdrop=recurrent_dropout, zoneout=zoneout,
                        fwd_regime=cfg_f["regime"], bwd_regime=cfg_b["regime"], auto_fwd=pick[0],
                        auto_bwd=pick[1])  # fmt: skip
             for kernel in ("sequence", "step", "auto"):
                 _kernel_env(None if kernel == "auto" else kernel)
                 try:
-                    if not recurrent_dropout:  # with a mask drawn per call there is no nn.LSTM to compare with
+                    if not (recurrent_dropout or zoneout):  # masks drawn per call: no nn.LSTM to compare with
                         row[f"err_{kernel}"] = _check(model, ref, x, dtype)
                     with torch.no_grad():
                         row[f"fwd_{kernel}_ms"] = _time(lambda: model(x))
@@ -98,6 +99,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dtypes", nargs="+", default=["fp16", "bf16", "fp32"], choices=list(DTYPES))
     ap.add_argument("--bidirectional", action="store_true")
     ap.add_argument("--recurrent-dropout", type=float, default=0.0, help="train-mode recurrent dropout p (default 0)")
+    ap.add_argument("--zoneout", type=float, default=0.0, help="train-mode zoneout p for h and c (default 0)")
     ap.add_argument("--csv")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -105,7 +107,7 @@ def main(argv=None) -> None:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
     rows: list[dict] = []
-    probe(shapes, args.dtypes, args.T, args.bidirectional, rows, args.recurrent_dropout)
+    probe(shapes, args.dtypes, args.T, args.bidirectional, rows, args.recurrent_dropout, args.zoneout)
     print(f"{'dtype':5} {'B':>5} {'H':>5} {'regime f/b':>12} {'auto':>14} {'seq fwd':>8} {'step fwd':>8} "
           f"{'cudnn fwd':>9} {'seq f+b':>8} {'step f+b':>8} {'auto f+b':>8} {'cudnn f+b':>9}  (us/step)")  # fmt: skip
     for r in rows:

@@ -301,3 +301,16 @@ def test_plots_script_writes_its_files_beside_the_csvs(tmp_path):
     _bash("benchmarks/gpu/plots.sh", str(tmp_path), env={"PYTHON": sys.executable, "OUT": ""})
     declared = _bash("benchmarks/gpu/plots.sh", str(tmp_path), env={"DRY_RUN": "1"}).stdout.split()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(declared + ["bench-quick.csv"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the probe's refusal on a machine without a GPU")
+def test_probe_refuses_without_a_gpu_and_lists_its_options(capsys):
+    from benchmarks import probe
+
+    with pytest.raises(SystemExit) as e:
+        probe.main(["--zoneout", "0.1", "--recurrent-dropout", "0.25"])
+    assert "needs a CUDA GPU" in str(e.value)
+    with pytest.raises(SystemExit):
+        probe.main(["--help"])
+    out = capsys.readouterr().out
+    assert all(opt in out for opt in ("--shapes", "--recurrent-dropout", "--zoneout", "--bidirectional", "--csv"))
