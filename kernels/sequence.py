@@ -554,7 +554,7 @@ def _seq_bwd_kernel(
         b_dc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
         if HAS_DCN:
             b_dc += tl.load(dcn_d + o_b[:, None] * H + o_u[None, :], mask=m_bu, other=0.0).to(ACC_DTYPE)
-        if HAS_MASK:  # h_t entered the next step's product as h_t * mask: so does its gradient, on the program's columns
+        if HAS_MASK:  # h_t entered the next step's product as h_t * mask: so does its gradient (own columns)
             b_hmc = tl.load(hm_d + o_b[:, None] * R + o_c[None, :], mask=m_bc, other=0.0).to(ACC_DTYPE)
         b_carry = tl.zeros((BLOCK_B, BLOCK_P if HAS_PROJ else BLOCK_H), dtype=ACC_DTYPE)
         if HAS_DHN:
@@ -1009,8 +1009,9 @@ def _forward(
         with _launch_guard(x.device):
             _seq_fwd_kernel[(nb, D, ns)](
                 gx, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else w_hh, h0.contiguous(),
-                c0.contiguous(), y, h_n, c_n, cs, m, lens, hm, xh, *_zoneout_kernel_args(zoneout, zoneout_seed, y, w_hr),
-                sync, err, T, B, H, R, P, rev_mask, cfg.get("spin_limit", DEFAULT_SPIN_LIMIT),
+                c0.contiguous(), y, h_n, c_n, cs, m, lens, hm, xh,
+                *_zoneout_kernel_args(zoneout, zoneout_seed, y, w_hr), sync, err, T, B, H, R, P, rev_mask,
+                cfg.get("spin_limit", DEFAULT_SPIN_LIMIT),
                 STORE_GATES=store_for_backward, HAS_LENGTHS=lengths is not None, HAS_PROJ=P > 0,
                 HAS_MASK=h_mask is not None, ZONEOUT=_zoneout_mode(zoneout, zoneout_seed), ACC_DTYPE=_TL_ACC[acc],
                 INPUT_PRECISION=_input_precision(dtype), **k, **_launch_options(x, k["SPLIT"], cfg["num_warps"]),
@@ -1107,8 +1108,8 @@ def _backward(
                 *_zoneout_kernel_args(zoneout, zoneout_seed, dg, w_hr), sync, err, T, B, H, R, P, rev_mask,
                 cfg.get("spin_limit", DEFAULT_SPIN_LIMIT), HAS_DY=dy is not None, HAS_DHN=dh_n is not None,
                 HAS_DCN=dc_n is not None, HAS_LENGTHS=lengths is not None, HAS_PROJ=P > 0,
-                HAS_MASK=h_mask is not None, ZONEOUT=_zoneout_mode(zoneout, zoneout_seed), ACC_DTYPE=_TL_ACC[acc], INPUT_PRECISION=_input_precision(dtype), **k,
-                **_launch_options(x, k["SPLIT"], cfg["num_warps"]),
+                HAS_MASK=h_mask is not None, ZONEOUT=_zoneout_mode(zoneout, zoneout_seed), ACC_DTYPE=_TL_ACC[acc],
+                INPUT_PRECISION=_input_precision(dtype), **k, **_launch_options(x, k["SPLIT"], cfg["num_warps"]),
             )  # fmt: skip
     else:
         dh0.zero_()

@@ -167,6 +167,31 @@ def test_parity_with_step_kernels(case, dtype):
     _compare(got, want, dtype, bitwise_forward=regime == "batch")
 
 
+def _regularised_parity(case, dtype, **regularisers):
+    """The sequence kernels with ``regularisers`` (the sequence API's arguments) against the per-step kernels, and
+    against themselves without them (the regulariser must change the output)."""
+    _, T, B, I, H, P, reverse, lengths, bias, regime = case
+    inp = {**_inputs(T, B, I, H, P, len(reverse), dtype, bias), **regularisers}
+    lengths = torch.tensor(lengths) if lengths is not None else None
+    config = _split(H) if regime.startswith("split") else None
+    if regime == "split-2":
+        config = {**config, "G_CHUNKS": 2}
+    got = _seq(inp, lengths, reverse, _upstream(), config)
+    want = _step(inp, lengths, reverse, _upstream())
+    _compare(got, want, dtype, bitwise_forward=regime == "batch")
+    plain = _seq({k: v for k, v in inp.items() if k not in regularisers}, lengths, reverse, _upstream(), config)
+    assert not torch.equal(plain[0][0], got[0][0]), f"{sorted(regularisers)} must change the output"
+
+
+def _dropout_mask(case, dtype, keep, seed):
+    """A [D, B, R] recurrent dropout mask, zeros and 1/keep."""
+    D, B, R = len(case[6]), case[2], case[5] or case[4]
+    g = torch.Generator().manual_seed(seed)
+    drawn = torch.bernoulli(torch.full((D, B, R), keep, dtype=torch.float64), generator=g)
+    assert (drawn == 0).any() and (drawn == 1).any()
+    return (drawn / keep).to(dtype)
+
+
 MASKED = [
     pytest.param(case, dtype, id=f"{case[0]}-{str(dtype).split('.')[-1]}")
     for case in CASES
@@ -178,23 +203,9 @@ MASKED = [
 @requires_interpreter
 @pytest.mark.parametrize("case, dtype", MASKED)
 def test_recurrent_dropout_parity_with_step_kernels(case, dtype):
-    """A [D, B, R] recurrent dropout mask (zeros and 1/(1-p)) on h_{t-1}: the same numbers as the per-step kernels,
-    which are tested against a plain loop with the same mask (tests/test_regularisers.py)."""
-    _, T, B, I, H, P, reverse, lengths, bias, regime = case
-    inp = _inputs(T, B, I, H, P, len(reverse), dtype, bias)
-    g = torch.Generator().manual_seed(5)
-    keep = torch.bernoulli(torch.full((len(reverse), B, P or H), 0.6, dtype=torch.float64), generator=g)
-    inp["h_mask"] = (keep / 0.6).to(dtype)
-    assert (keep == 0).any() and (keep == 1).any()
-    lengths = torch.tensor(lengths) if lengths is not None else None
-    config = _split(H) if regime.startswith("split") else None
-    if regime == "split-2":
-        config = {**config, "G_CHUNKS": 2}
-    got = _seq(inp, lengths, reverse, _upstream(), config)
-    want = _step(inp, lengths, reverse, _upstream())
-    _compare(got, want, dtype, bitwise_forward=regime == "batch")
-    unmasked = _seq({**inp, "h_mask": None}, lengths, reverse, _upstream(), config)
-    assert not torch.equal(unmasked[0][0], got[0][0]), "the mask must change the output"
+    """A recurrent dropout mask on h_{t-1}: the same numbers as the per-step kernels, which are tested against a
+    plain loop with the same mask (tests/test_regularisers.py)."""
+    _regularised_parity(case, dtype, h_mask=_dropout_mask(case, dtype, 0.6, seed=5))
 
 
 ZONED = [
@@ -214,21 +225,10 @@ def test_zoneout_parity_with_step_kernels(case, dtype, train):
     """Zoneout (training: the same Philox masks, drawn again in the backward; eval: the expectation), with a
     recurrent dropout mask along: the same numbers as the per-step kernels, which are tested against a plain loop
     replaying the masks they drew (tests/test_regularisers.py)."""
-    _, T, B, I, H, P, reverse, lengths, bias, regime = case
-    inp = _inputs(T, B, I, H, P, len(reverse), dtype, bias)
-    g = torch.Generator().manual_seed(6)
-    inp["h_mask"] = (torch.bernoulli(torch.full((len(reverse), B, H), 0.75, dtype=torch.float64), generator=g) / 0.75).to(dtype)
-    inp["zoneout"] = (0.3, 0.45)
-    inp["zoneout_seed"] = torch.tensor([4321]) if train else None
-    lengths = torch.tensor(lengths) if lengths is not None else None
-    config = _split(H) if regime.startswith("split") else None
-    if regime == "split-2":
-        config = {**config, "G_CHUNKS": 2}
-    got = _seq(inp, lengths, reverse, _upstream(), config)
-    want = _step(inp, lengths, reverse, _upstream())
-    _compare(got, want, dtype, bitwise_forward=regime == "batch")
-    plain = _seq({**inp, "zoneout": None, "zoneout_seed": None}, lengths, reverse, _upstream(), config)
-    assert not torch.equal(plain[0][0], got[0][0]), "zoneout must change the output"
+    seed = torch.tensor([4321]) if train else None
+    _regularised_parity(
+        case, dtype, h_mask=_dropout_mask(case, dtype, 0.75, seed=6), zoneout=(0.3, 0.45), zoneout_seed=seed
+    )
 
 
 @requires_interpreter

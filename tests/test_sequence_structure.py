@@ -199,7 +199,9 @@ def test_batch_owned_streams_w_hh_each_step_without_spills(backward):
 # (H, P, dtype, backward, regime): what the GPU first saw fail to compile under Triton 3.6 (a retyped variable in
 # the batch-owned backward with a projection; a 4-row dot operand at H=1), and the configs of the first-use self-test
 COMPILE_CASES = [
-    pytest.param(H, P, dtype, backward, regime, id=f"{regime}-{'bwd' if backward else 'fwd'}-H{H}-P{P}-{_STORAGE[dtype]}")
+    pytest.param(
+        H, P, dtype, backward, regime, id=f"{regime}-{'bwd' if backward else 'fwd'}-H{H}-P{P}-{_STORAGE[dtype]}"
+    )
     for regime in ("split", "batch")
     for backward in (False, True)
     for dtype in (torch.float16, torch.float32)
