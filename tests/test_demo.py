@@ -1,5 +1,6 @@
-"""`tritonlstm demo` end to end (train, export, verify in onnxruntime, plot; the model beats the baseline), and the
-CLI's answers before training: an unwritable output folder, ``--backend triton`` on a CPU.
+"""`tritonlstm demo` end to end (train, export, verify in onnxruntime, plot; the model beats the baseline), with
+and without a regulariser (``--recurrent-dropout``, ``--zoneout``), and the CLI's answers before training: an
+unwritable output folder, a probability out of range, ``--backend triton`` on a CPU.
 
 The demo runs in this process with ``TRITON_INTERPRET`` as this test run has it, so the Triton check is tested
 both ways: a number with the interpreter (CI's interpreter leg), ``None`` and a printed reason without it.
@@ -12,6 +13,7 @@ import logging
 import warnings
 
 import pytest
+import torch
 
 from tests.helpers import INTERPRETER
 from tritonlstm import cli
@@ -40,6 +42,8 @@ def test_forecast_demo_quick(tmp_path, capsys, interpret_as_this_run):
         assert (tmp_path / name).stat().st_size > 0, name
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["task"] == "forecast" and m["backend"] == "reference" and m["device"] == "cpu"
+    assert (m["recurrent_dropout"], m["zoneout"]) == (cli.RECURRENT_DROPOUT, cli.ZONEOUT), "the CLI's defaults"
+    assert m["seed"] == 0 and m["val_weeks"] == 340 and 0 < m["val_mae"] <= m["val_rmse"] < 1.0, m
     assert m["rmse"] < m["baseline_rmse"], f"the model must beat the naive baseline: {m}"
     assert m["onnx_max_abs_diff"] < 1e-3, "onnxruntime must reproduce PyTorch's forecast"
     out, err = capsys.readouterr()
@@ -64,6 +68,47 @@ def test_forecast_demo_univariate_single_step(tmp_path, interpret_as_this_run):
     assert m["features"] == "uni" and m["horizon"] == 1 and m["rmse"] < m["baseline_rmse"]
 
 
+@pytest.mark.parametrize(
+    "argv, recurrent_dropout, zoneout, says",
+    [
+        (["--recurrent-dropout", "0.2", "--zoneout", "0"], 0.2, (0.0, 0.0), "regulariser: recurrent_dropout 0.2;"),
+        (["--recurrent-dropout", "0", "--zoneout", "0.1"], 0.0, (0.1, 0.1), "regulariser: zoneout 0.1;"),
+        (["--recurrent-dropout", "0", "--zoneout", "0"], 0.0, (0.0, 0.0), "regulariser: none;"),
+    ],
+    ids=["recurrent-dropout", "zoneout", "off"],
+)
+def test_forecast_demo_regulariser_option(tmp_path, capsys, monkeypatch, interpret_as_this_run, argv,
+                                          recurrent_dropout, zoneout, says):  # fmt: skip
+    from tritonlstm import demo
+
+    built = []
+
+    class Recorded(demo.Forecaster):
+        def __init__(self, *args):
+            super().__init__(*args)
+            built.append(self)
+
+    monkeypatch.setattr(demo, "Forecaster", Recorded)
+    cli.main(["demo", "--quick", "--out", str(tmp_path), "--device", "cpu", *argv])
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert (m["recurrent_dropout"], m["zoneout"]) == (recurrent_dropout, zoneout[0]), m
+    assert m["rmse"] < m["baseline_rmse"] and m["onnx_max_abs_diff"] < 1e-3, m
+    assert says in capsys.readouterr().out
+    (model,) = built
+    assert model.lstm.recurrent_dropout == recurrent_dropout and model.lstm.zoneout == zoneout
+    # the regulariser acts in training (a new mask each call) and leaves eval deterministic
+    x = torch.randn(4, 20, 3)
+    model.train()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a = model(x)
+        b = model(x)
+    assert torch.equal(a, b) == (recurrent_dropout == 0 and zoneout == (0.0, 0.0))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
 def test_charlm_demo_quick(tmp_path, capsys, interpret_as_this_run):
     cli.main(["demo", "--task", "charlm", "--quick", "--out", str(tmp_path), "--device", "cpu"])
     m = json.loads((tmp_path / "metrics.json").read_text())
@@ -79,6 +124,26 @@ def test_unwritable_out_fails_before_training(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["demo", "--quick", "--out", str(tmp_path / "a-file" / "demo")])
     assert exit_.value.code == f"tritonlstm demo: cannot write to --out {tmp_path / 'a-file' / 'demo'}: Not a directory"
+
+
+@pytest.mark.parametrize("option", ["--recurrent-dropout", "--zoneout"])
+@pytest.mark.parametrize("value", ["1", "-0.1", "nan"])
+def test_probability_out_of_range_fails_before_training(tmp_path, capsys, monkeypatch, option, value):
+    monkeypatch.setattr(cli, "_demo", lambda args: pytest.fail("the demo started before the option was checked"))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--quick", "--out", str(tmp_path), option, value])
+    assert exit_.value.code == 2
+    assert f"error: {option} must be in [0, 1), got {float(value)}" in capsys.readouterr().err
+
+
+def test_demo_help_lists_the_regularisers(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help to the terminal's width
+    assert "--recurrent-dropout P forecast: variational recurrent dropout" in out, out
+    assert f"0: off (default: {cli.RECURRENT_DROPOUT})" in out and "--zoneout P forecast: zoneout of h and c" in out
+    assert f"0: off (default: {cli.ZONEOUT})" in out
 
 
 class _Trained(Exception):

@@ -7,7 +7,9 @@ Tasks:
   (``--horizon 1``) or multi-step output. Windows are encoded relative to their last value, so the model
   forecasts changes and keeps working at CO2 levels it never saw in training. Split in time order
   (70/15/15), scaling fitted on the training part only, Adam with gradient clipping, best-on-validation
-  checkpoint; test RMSE/MAE in ppm against the better of two naive baselines (last value, seasonal naive).
+  checkpoint; optional recurrent dropout or zoneout in the LSTM (``--recurrent-dropout``, ``--zoneout``).
+  Validation and test RMSE/MAE in ppm, the test's against the better of two naive baselines (last value,
+  seasonal naive).
   The trained model is exported with ``tritonlstm.export.export_onnx``, checked with ``verify_onnx`` and run in
   onnxruntime on the whole test set.
 * ``charlm``: a character-level language model on a short public-domain text; validation perplexity against a
@@ -85,12 +87,16 @@ def make_windows(series, start, end, lookback, horizon, features, scale) -> Wind
 
 
 class Forecaster(nn.Module):
-    """tritonlstm.LSTM over the history window, a Linear head on the last step's output."""
+    """tritonlstm.LSTM over the history window, a Linear head on the last step's output. ``recurrent_dropout`` and
+    ``zoneout`` (one probability for h and c) are the LSTM's options of those names, 0 for off; they change
+    training only (zoneout's eval mode is its expectation), not the parameters or the ``state_dict``."""
 
-    def __init__(self, n_features: int, horizon: int, hidden: int, layers: int, backend: str):
+    def __init__(self, n_features: int, horizon: int, hidden: int, layers: int, backend: str,
+                 recurrent_dropout: float = 0.0, zoneout: float = 0.0):  # fmt: skip
         super().__init__()
         self.lstm = tritonlstm.LSTM(n_features, hidden, num_layers=layers, batch_first=True, backend=backend,
-                                    dropout=0.1 if layers > 1 else 0.0)  # fmt: skip
+                                    dropout=0.1 if layers > 1 else 0.0, recurrent_dropout=recurrent_dropout,
+                                    zoneout=zoneout)  # fmt: skip
         self.head = nn.Linear(hidden, horizon)
 
     def forward(self, x):
@@ -121,7 +127,8 @@ FORECAST_SETTINGS = {
 }
 
 
-def forecast(out: str, quick: bool, device: str, backend: str, features: str, horizon: int, seed: int) -> dict:
+def forecast(out: str, quick: bool, device: str, backend: str, features: str, horizon: int, seed: int,
+             recurrent_dropout: float, zoneout: float) -> dict:  # fmt: skip
     from tqdm import tqdm
 
     from tritonlstm.export import export_onnx, verify_onnx
@@ -140,7 +147,8 @@ def forecast(out: str, quick: bool, device: str, backend: str, features: str, ho
     test = make_windows(series, val_end, n, lookback, horizon, features, scale)
 
     n_features = 3 if features == "multi" else 1
-    model = Forecaster(n_features, horizon, cfg["hidden"], cfg["layers"], backend).to(device)
+    model = Forecaster(n_features, horizon, cfg["hidden"], cfg["layers"], backend, recurrent_dropout, zoneout)
+    model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     epochs = cfg["epochs"]
     gen = torch.Generator().manual_seed(seed)
@@ -171,7 +179,10 @@ def forecast(out: str, quick: bool, device: str, backend: str, features: str, ho
     torch.save(best, os.path.join(out, "model.pt"))
 
     with torch.no_grad():
+        val_scaled = model(xv).cpu().double()
         pred_scaled = model(test.x.to(device)).cpu().double()
+    # the validation errors choose the checkpoint and the regulariser; the test errors only report
+    val_rmse, val_mae = _errors(val.last[:, None] + val_scaled * scale, val.truth)
     pred = test.last[:, None] + pred_scaled * scale
     rmse, mae = _errors(pred, test.truth)
     # naive baselines: the last value repeated, and the value one year (52 weeks) earlier
@@ -199,6 +210,8 @@ def forecast(out: str, quick: bool, device: str, backend: str, features: str, ho
 
     metrics = {
         "task": "forecast", "features": features, "horizon": horizon, "lookback": lookback, "epochs": epochs,
+        "recurrent_dropout": recurrent_dropout, "zoneout": zoneout, "seed": seed,
+        "val_rmse": val_rmse, "val_mae": val_mae, "val_weeks": int(len(val.x)),
         "rmse": rmse, "mae": mae, "baseline": baseline, "baseline_rmse": baselines[baseline][0],
         "baseline_mae": baselines[baseline][1],
         "baselines": {k: {"rmse": v[0], "mae": v[1]} for k, v in baselines.items()},
@@ -215,8 +228,15 @@ def forecast(out: str, quick: bool, device: str, backend: str, features: str, ho
     return metrics
 
 
+def regulariser(metrics: dict) -> str:
+    """The forecaster's regulariser in words: ``"zoneout 0.1"``, ``"recurrent_dropout 0.2, zoneout 0.05"``,
+    ``"none"``."""
+    on = [f"{name} {metrics[name]:g}" for name in ("recurrent_dropout", "zoneout") if metrics[name] > 0]
+    return ", ".join(on) or "none"
+
+
 def _errors(forecast: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
-    """RMSE and MAE in ppm over every test window and lead."""
+    """RMSE and MAE in ppm over every window and lead."""
     err = forecast - truth
     return float(err.square().mean().sqrt()), float(err.abs().mean())
 
@@ -297,8 +317,8 @@ def _plot_forecast(path, series, dates, test, pred, onnx_pred, baseline_pred, me
     ax.plot(years, truth, color="black", lw=1.2, label="truth (test weeks)")
     ax.plot(years, baseline_pred[:, lead].numpy(), color="tab:red", lw=1, alpha=0.8,
             label=f"naive baseline ({metrics['baseline']}): RMSE {metrics['baseline_rmse']:.2f} ppm")  # fmt: skip
-    ax.plot(years, pred[:, lead].numpy(), color="tab:blue", lw=1.6,
-            label=f"tritonlstm forecast (PyTorch): RMSE {metrics['rmse']:.2f} ppm")  # fmt: skip
+    model_label = f"tritonlstm forecast (PyTorch, regulariser {regulariser(metrics)}): RMSE {metrics['rmse']:.2f} ppm"
+    ax.plot(years, pred[:, lead].numpy(), color="tab:blue", lw=1.6, label=model_label)
     every = slice(0, None, 8)  # markers on every 8th week, so the PyTorch line stays visible underneath
     ax.plot(years[every], onnx_pred[every, lead].numpy(), "o", ms=3.5, mfc="none", color="tab:orange",
             label=f"the same model in onnxruntime (max |diff| {metrics['onnx_max_abs_diff']:.0e} ppm)")  # fmt: skip
