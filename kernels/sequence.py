@@ -1092,19 +1092,19 @@ def _backward(
     dc0 = torch.empty(D, B, H, device=dev, dtype=dtype)
     flags = torch.zeros(1 + D * nb, device=dev, dtype=torch.int32)  # as in _forward
     err, sync = flags[:1], flags[1:]
+    hm = h_mask.to(dtype).contiguous() if h_mask is not None else None  # the kernel's mask and dW_hh's
     if B > 0:
         dc = torch.empty(D, B, H, device=dev, dtype=acc) if not k["SPLIT"] else dc0
         carried = lengths is not None or any(p > 0 for p in zoneout)
         dcarry = torch.empty(D, B, R, device=dev, dtype=acc) if carried and not k["SPLIT"] else dh0
         lens = lengths.to(dtype=torch.int32).contiguous() if lengths is not None else flags
-        hm = h_mask.to(dtype).contiguous() if h_mask is not None else dg  # dg: unread
         rev_mask = sum(1 << d for d, r in enumerate(reverse) if r)
         with _launch_guard(x.device):
             _seq_bwd_kernel[(nb, D, ns)](
                 dy.contiguous() if dy is not None else y, dh_n.contiguous() if dh_n is not None else dh0,
                 dc_n.contiguous() if dc_n is not None else dc0, w_hh.contiguous(),
                 w_hr.contiguous() if w_hr is not None else w_hh, gates, cs, c0.contiguous(), dg,
-                dh_all if dh_all is not None else dg, dc, dcarry, dh0, dc0, lens, hm,
+                dh_all if dh_all is not None else dg, dc, dcarry, dh0, dc0, lens, hm if hm is not None else dg,
                 *_zoneout_kernel_args(zoneout, zoneout_seed, dg, w_hr), sync, err, T, B, H, R, P, rev_mask,
                 cfg.get("spin_limit", DEFAULT_SPIN_LIMIT), HAS_DY=dy is not None, HAS_DHN=dh_n is not None,
                 HAS_DCN=dc_n is not None, HAS_LENGTHS=lengths is not None, HAS_PROJ=P > 0,
@@ -1130,7 +1130,7 @@ def _backward(
     if need_dw_hh:
         dw_hh = torch.empty(D, G, R, device=dev, dtype=dtype)
         for d in range(D):
-            hm_d = h_mask[d].to(dtype) if h_mask is not None else None
+            hm_d = hm[d] if hm is not None else None
             dw_hh[d] = _dw_hh_one(dg[d], y[..., d * R : (d + 1) * R], h0[d], lengths, reverse[d], hm_d)
         dw_hh = _deinterleave(dw_hh, D, H)
     if need_db:

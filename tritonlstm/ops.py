@@ -61,6 +61,11 @@ def directions(num_directions: int, reverse: bool) -> tuple[bool, ...]:
     return (reverse,)
 
 
+def _lengths_on(x: Tensor, lengths: Tensor | None) -> Tensor | None:
+    """``lengths`` on x's device, where the kernels read them (a caller may pass them on the CPU)."""
+    return lengths.to(x.device) if lengths is not None and lengths.device != x.device else lengths
+
+
 def _triton_refusal(zoneout_h: float, zoneout_c: float, has_proj: bool) -> str | None:
     """Why the Triton kernels cannot apply this call's regularisers, or ``None`` when they can.
 
@@ -181,8 +186,7 @@ def layer_forward(
     implementation. ``h_mask`` (recurrent dropout) and zoneout: see the module docstring.
     """
     dirs = directions(w_ih.shape[0], reverse)
-    if lengths is not None and lengths.device != x.device:  # the kernels read lengths on x's device
-        lengths = lengths.to(x.device)
+    lengths = _lengths_on(x, lengths)
     with _no_autocast(x):
         if _implementation(backend, x, zoneout_h, zoneout_c, w_hr) == "reference":
             y, h_n, c_n = _reference_forward(
@@ -326,8 +330,7 @@ def layer_backward(
     masks apply (zoneout's regenerated from the seed).
     """
     dirs = directions(w_ih.shape[0], reverse)
-    if lengths is not None and lengths.device != x.device:  # the kernels read lengths on x's device
-        lengths = lengths.to(x.device)
+    lengths = _lengths_on(x, lengths)
     with _no_autocast(x):
         if _implementation(backend, x, zoneout_h, zoneout_c, w_hr) == "reference":
             grads = _reference_backward(
