@@ -48,7 +48,7 @@ def probe(shapes, dtypes, T, bidirectional, rows, recurrent_dropout=0.0, zoneout
     sm = seq._sm_count(dev)
     for name in dtypes:
         dtype = DTYPES[name]
-        for regime in ("split", "batch"):
+        for regime in seq.REGIMES:
             failure = seq.self_test(dev, dtype, regime)
             print(f"self-test {name} {regime}: {'passed' if failure is None else failure}", flush=True)
             rows.append(dict(what="self-test", dtype=name, regime=regime, result=failure or "passed"))

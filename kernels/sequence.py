@@ -453,6 +453,48 @@ def _bwd_cell(
     return b_dcp
 
 
+@triton.jit
+def _w_gate_rows(w_d, k0, o_c, m_c, H, R, BLOCK_G: tl.constexpr, K_SPLIT: tl.constexpr):
+    """W_hh[interleaved gate rows k0 .. k0 + BLOCK_G, columns o_c] of one direction (torch's gate-major layout in
+    memory), as [K_SPLIT, BLOCK_G // K_SPLIT, columns]: the resident operand of :func:`_dg_chunk_dot`."""
+    if K_SPLIT == 1:  # [BLOCK_G, columns]
+        o_k = k0 + tl.arange(0, BLOCK_G)[:, None]
+        b_w = tl.load(w_d + _torch_rows(o_k, H) * R + o_c[None, :], mask=(o_k < 4 * H) & m_c[None, :], other=0.0)
+    else:
+        o_s = tl.arange(0, K_SPLIT)[:, None, None] * (BLOCK_G // K_SPLIT)
+        o_k = k0 + o_s + tl.arange(0, BLOCK_G // K_SPLIT)[None, :, None]
+        m = (o_k < 4 * H) & m_c[None, None, :]
+        b_w = tl.load(w_d + _torch_rows(o_k, H) * R + o_c[None, None, :], mask=m, other=0.0)
+    return b_w
+
+
+@triton.jit
+def _dg_chunk_dot(
+    dgn_t, o_b, m_b, k0, b_w, G, n, BLOCK_G: tl.constexpr, K_SPLIT: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    """dG_{t+1}[rows, gate rows k0 .. k0 + BLOCK_G] @ W_hh[those rows, columns]: one chunk of the unit-split
+    backward's recurrent dot (dG_{t+1} is zero at the first step, n == 0). The gate rows are split K_SPLIT ways
+    into a batched dot, one slice per warp, whose partial products are summed in a fixed order (no atomics)."""
+    if K_SPLIT == 1:
+        o_k = k0 + tl.arange(0, BLOCK_G)[None, :]
+        b_dgn = tl.load(
+            dgn_t + o_b[:, None] * G + o_k, mask=_and(m_b[:, None] & (o_k < G), n > 0), other=0.0, cache_modifier=".cg"
+        )
+        b_rec = tl.dot(b_dgn, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+    else:
+        o_s = tl.arange(0, K_SPLIT)[:, None, None] * (BLOCK_G // K_SPLIT)
+        o_k = k0 + o_s + tl.arange(0, BLOCK_G // K_SPLIT)[None, None, :]
+        b_dgn = tl.load(
+            dgn_t + o_b[None, :, None] * G + o_k,
+            mask=_and(m_b[None, :, None] & (o_k < G), n > 0),
+            other=0.0,
+            cache_modifier=".cg",
+        )
+        b_rec = tl.sum(tl.dot(b_dgn, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION), axis=0)
+    return b_rec
+
+
 @triton.jit(do_not_specialize=["T", "B", "rev_mask", "spin_limit"])
 def _seq_bwd_kernel(
     dy_ptr,  # [T, B, D*R]  gradient of y (read if HAS_DY)
@@ -487,8 +529,9 @@ def _seq_bwd_kernel(
     BLOCK_H: tl.constexpr,  # unit tile / units per program
     BLOCK_K: tl.constexpr,  # inner block over the 4H gate rows (batch-owned)
     BLOCK_P: tl.constexpr,  # >= P (batch-owned) / the P slice of one program (unit-split)
-    BLOCK_G: tl.constexpr,  # >= 4H / G_CHUNKS: the gate rows of one chunk (unit-split)
-    G_CHUNKS: tl.constexpr,  # 1 or 2: the resident W_hh and the dG row block in one or two chunks of gate rows
+    BLOCK_G: tl.constexpr,  # BLOCK_G * G_CHUNKS >= 4H: the gate rows of one chunk (unit-split)
+    G_CHUNKS: tl.constexpr,  # 1 to 4: the resident W_hh and the dG row block in that many chunks of gate rows
+    K_SPLIT: tl.constexpr,  # each chunk's dot split that many ways over its gate rows (a batched dot)
     BLOCK_F: tl.constexpr,  # >= P: dh_t's whole row (unit-split with a projection)
     SPLIT: tl.constexpr,
     HAS_DY: tl.constexpr,
@@ -529,8 +572,7 @@ def _seq_bwd_kernel(
     if SPLIT:
         o_u = i_s * BLOCK_H + tl.arange(0, BLOCK_H)
         o_g = i_s * (4 * BLOCK_H) + tl.arange(0, 4 * BLOCK_H)
-        o_k = tl.arange(0, BLOCK_G)
-        m_u, m_g, m_k = o_u < H, o_g < G, o_k < G
+        m_u, m_g = o_u < H, o_g < G
         m_bu = m_b[:, None] & m_u[None, :]
         if HAS_PROJ:
             # phase 1 owns a slice of P (dh_t there), phase 2 the units (W_hr[:, units] to form dm_t)
@@ -541,16 +583,15 @@ def _seq_bwd_kernel(
         else:
             o_c, m_c = o_u, m_u
         m_bc = m_b[:, None] & m_c[None, :]
-        # W_hh[:, columns] for all 4H gate rows, loaded once and kept on chip
-        b_w = tl.load(
-            w_d + _torch_rows(o_k, H)[:, None] * R + o_c[None, :], mask=m_k[:, None] & m_c[None, :], other=0.0
-        )
-        if G_CHUNKS == 2:  # two resident halves: each step's dot then takes the dG row block half at a time
-            o_k1 = BLOCK_G + o_k
-            m_k1 = o_k1 < G
-            b_w1 = tl.load(
-                w_d + _torch_rows(o_k1, H)[:, None] * R + o_c[None, :], mask=m_k1[:, None] & m_c[None, :], other=0.0
-            )
+        # W_hh[:, columns] for all 4H gate rows, loaded once and kept on chip: in G_CHUNKS chunks of BLOCK_G gate
+        # rows (one tensor each), so that each step's dot takes the dG row block a chunk at a time
+        b_w = _w_gate_rows(w_d, 0, o_c, m_c, H, R, BLOCK_G, K_SPLIT)
+        if G_CHUNKS >= 2:
+            b_w1 = _w_gate_rows(w_d, 1 * BLOCK_G, o_c, m_c, H, R, BLOCK_G, K_SPLIT)
+        if G_CHUNKS >= 3:
+            b_w2 = _w_gate_rows(w_d, 2 * BLOCK_G, o_c, m_c, H, R, BLOCK_G, K_SPLIT)
+        if G_CHUNKS >= 4:
+            b_w3 = _w_gate_rows(w_d, 3 * BLOCK_G, o_c, m_c, H, R, BLOCK_G, K_SPLIT)
         b_dc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
         if HAS_DCN:
             b_dc += tl.load(dcn_d + o_b[:, None] * H + o_u[None, :], mask=m_bu, other=0.0).to(ACC_DTYPE)
@@ -579,21 +620,21 @@ def _seq_bwd_kernel(
         dy_t = dy_d + tc * B * ldy
         if SPLIT:
             # gradient reaching h_t[:, o_c] through the state: dG_{next} @ W_hh[:, o_c] plus the carried part
-            b_dgn = tl.load(
-                dgn_t + o_b[:, None] * G + o_k[None, :],
-                mask=_and(m_b[:, None] & m_k[None, :], n > 0),
-                other=0.0,
-                cache_modifier=".cg",
-            )
-            b_rec = tl.dot(b_dgn, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
-            if G_CHUNKS == 2:
-                b_dgn1 = tl.load(
-                    dgn_t + o_b[:, None] * G + o_k1[None, :],
-                    mask=_and(m_b[:, None] & m_k1[None, :], n > 0),
-                    other=0.0,
-                    cache_modifier=".cg",
+            b_rec = _dg_chunk_dot(
+                    dgn_t, o_b, m_b, 0, b_w, G, n, BLOCK_G, K_SPLIT, ACC_DTYPE, INPUT_PRECISION
                 )
-                b_rec += tl.dot(b_dgn1, b_w1, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+            if G_CHUNKS >= 2:
+                b_rec += _dg_chunk_dot(
+                    dgn_t, o_b, m_b, 1 * BLOCK_G, b_w1, G, n, BLOCK_G, K_SPLIT, ACC_DTYPE, INPUT_PRECISION
+                )
+            if G_CHUNKS >= 3:
+                b_rec += _dg_chunk_dot(
+                    dgn_t, o_b, m_b, 2 * BLOCK_G, b_w2, G, n, BLOCK_G, K_SPLIT, ACC_DTYPE, INPUT_PRECISION
+                )
+            if G_CHUNKS >= 4:
+                b_rec += _dg_chunk_dot(
+                    dgn_t, o_b, m_b, 3 * BLOCK_G, b_w3, G, n, BLOCK_G, K_SPLIT, ACC_DTYPE, INPUT_PRECISION
+                )
             if HAS_MASK:
                 b_rec = b_rec * b_hmc
             b_rec += b_carry
@@ -814,6 +855,9 @@ OPERAND_BUDGET = {False: 96 * 1024, True: 128 * 1024}
 """Bytes of dot operands (resident weight slice + the exchanged row block) one unit-split program may hold, forward
 and backward: the largest that compile spill-free for sm_90 (H=1024 bf16 forward: 193 registers, 97 KB shared;
 backward H=512: 254 registers, 129 KB shared; backward H=1024 spills and needs 257 KB of shared memory)."""
+CHUNK_ROWS = 1024
+"""Gate rows per resident chunk of W_hh in the unit-split backward beyond ``OPERAND_BUDGET`` (up to 4 chunks:
+H <= 1024, bf16/fp16, 16 units per program), each step's dot over a chunk split 4 ways over 8 warps."""
 SMALL_W_BYTES = 96 * 1024
 """A W_hh this small stays in one SM's L1/shared memory: the batch-owned form then beats the per-step kernels."""
 _SM_COUNT: dict[str, int | None] = {}
@@ -864,7 +908,9 @@ def sequence_config(
       with the fewest units per program such that ``groups * programs <= sm_count`` (so the grid is co-resident
       whatever the kernel's registers), at least 8 units forward (a 16x32 gate dot) and 16 backward or with a
       projection (every dot dimension >= 16), and the resident weight slice plus the exchanged row block within
-      ``OPERAND_BUDGET`` (compile-checked spill-free for sm_90 in ``tests/test_sequence_structure.py``).
+      ``OPERAND_BUDGET`` (compile-checked spill-free for sm_90 in ``tests/test_sequence_structure.py``). The
+      backward beyond it, up to H=1024 in 16-bit with 16 units, holds W_hh in ``CHUNK_ROWS`` chunks of gate rows
+      and splits each step's dot 4 ways over 8 warps (``G_CHUNKS``, ``K_SPLIT``).
     * Otherwise batch-owned (32x32 tiles, K-blocks of 32, 8 warps without a projection; the per-step tiles
       with one): a program owns a batch tile and streams W_hh from L2 every
       step. It beats the per-step kernels only where W_hh is small (``SMALL_W_BYTES``: it stays in the SM's
@@ -895,10 +941,15 @@ def sequence_config(
         return batch_owned
     block_p = max(16, _p2(triton.cdiv(proj_size, programs))) if proj_size else 0
     operands = _operand_bytes(block_b, hidden, proj_size, units, block_p, elt, backward)
-    if operands > OPERAND_BUDGET[backward]:
-        return batch_owned
     cfg = {"regime": "split", "prefer_step": False, "BLOCK_B": block_b, "BLOCK_H": units}
     cfg["num_warps"] = 8 if operands > 16384 else 4
+    if operands > OPERAND_BUDGET[backward]:
+        chunks = triton.cdiv(4 * hidden, CHUNK_ROWS)
+        if not backward or proj_size or elt != 2 or units != 16 or chunks > 4:
+            return batch_owned
+        # the backward beyond H=512: W_hh[:, 16 units] resident in chunks of gate rows, each step's dot split over
+        # the warps (a spill-free build up to H=1024 for sm_90, tests/test_sequence_structure.py)
+        cfg.update(G_CHUNKS=chunks, K_SPLIT=4, num_warps=8)
     if proj_size:
         cfg["BLOCK_P"] = block_p
     return cfg
@@ -918,8 +969,9 @@ def _constexprs(cfg: dict, H: int, R: int, P: int, backward: bool) -> tuple[dict
     if backward:
         k.update(
             # at least 16: a tl.dot dimension (H < 4 would give a smaller one; the rows past 4H are masked)
-            BLOCK_G=max(16, triton.next_power_of_2(4 * H) // cfg.get("G_CHUNKS", 1)) if split else 16,
+            BLOCK_G=max(16, triton.next_power_of_2(triton.cdiv(4 * H, cfg.get("G_CHUNKS", 1)))) if split else 16,
             G_CHUNKS=cfg.get("G_CHUNKS", 1) if split else 1,
+            K_SPLIT=cfg.get("K_SPLIT", 1) if split else 1,
             BLOCK_F=max(16, triton.next_power_of_2(P)) if split and P else 16,
         )
     else:
@@ -1278,13 +1330,27 @@ _VALIDATED: dict[tuple[str, torch.dtype, str], bool] = {}
 _SELF_TEST_TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}
 
 
+REGIMES = ("split", "split-chunked", "batch")
+"""What the first-use self-test validates separately: unit-split, unit-split with the backward's chunked W_hh and
+split dot (``G_CHUNKS``/``K_SPLIT``: the rule's backward beyond H=512), and batch-owned."""
+
+
+def _variant(cfg: dict) -> str:
+    """The :data:`REGIMES` entry a config belongs to."""
+    return "split-chunked" if cfg.get("K_SPLIT", 1) > 1 else cfg["regime"]
+
+
 def _self_test_config(device: torch.device, dtype: torch.dtype, regime: str, H: int, P: int, backward: bool):
     if regime == "batch":
         return {"regime": "batch", **step_config(3, H, 4 * H if backward else (P or H), dtype, P)}
     # on a GPU several programs per group, so the barrier really synchronises; the interpreter runs programs one
     # after another, so there a single program per group (the barrier code still runs)
     units = 16 if device.type == "cuda" else triton.next_power_of_2(H)
-    return {"regime": "split", "BLOCK_B": 16, "BLOCK_H": units, "num_warps": 4}
+    cfg = {"regime": "split", "BLOCK_B": 16, "BLOCK_H": units, "num_warps": 4}
+    if regime == "split-chunked" and backward and not P:
+        # three chunks of gate rows, each dot split 4 ways (on a GPU at H=40: 64 rows a chunk, 16 a slice)
+        cfg.update(G_CHUNKS=3, K_SPLIT=4, num_warps=8)
+    return cfg
 
 
 def self_test(device: torch.device | str, dtype: torch.dtype, regime: str) -> str | None:
@@ -1417,7 +1483,7 @@ def choose_kernel(
     cfg = sequence_config(B, H, P, D, dtype, _sm_count(device), backward)
     if cfg["prefer_step"]:
         return "step"
-    regime = cfg["regime"]
+    regime = _variant(cfg)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     key = (str(device), dtype, regime)

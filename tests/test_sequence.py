@@ -43,6 +43,17 @@ def _split(H: int) -> dict:
     return {"regime": "split", "BLOCK_B": 16, "BLOCK_H": max(8, triton.next_power_of_2(H)), "num_warps": 4}
 
 
+def _config(regime: str, H: int) -> dict | None:
+    """A CASES regime's config: ``batch`` (the rule's, None), ``split``, or ``split-GxK``: the backward holds W_hh
+    in G chunks of gate rows and splits each chunk's dot K ways (the rule's form beyond H=512)."""
+    if regime == "batch":
+        return None
+    if regime == "split":
+        return _split(H)
+    chunks, k_split = map(int, regime.removeprefix("split-").split("x"))
+    return {**_split(H), "G_CHUNKS": chunks, "K_SPLIT": k_split}
+
+
 def _seq(inp, lengths, reverse, upstream, config=None, needs=(True,) * 7, store=True):
     y, h_n, c_n, gates, cs = S.sequence_forward(
         inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], inp["bias"], inp["w_hr"], lengths, reverse, store,
@@ -138,7 +149,9 @@ CASES = [
     ("split-bidir-lengths-H9", 5, 3, 4, 9, 0, (False, True), [5, 2, 4], True, "split"),
     ("split-proj-bidir-lengths", 4, 3, 4, 6, 3, (False, True), [1, 4, 3], True, "split"),
     ("split-reverse-B1-H17", 3, 1, 3, 17, 0, (True,), None, True, "split"),
-    ("split-2-gate-chunks-lengths", 4, 3, 4, 9, 0, (False, True), [4, 1, 3], True, "split-2"),
+    ("split-2-gate-chunks-lengths", 4, 3, 4, 9, 0, (False, True), [4, 1, 3], True, "split-2x1"),
+    ("split-4-chunks-k-split-lengths", 4, 3, 4, 15, 0, (False, True), [4, 1, 3], True, "split-4x4"),
+    ("split-3-chunks-k-split-reverse", 3, 2, 3, 12, 0, (True,), None, True, "split-3x2"),
 ]
 
 
@@ -158,9 +171,7 @@ def test_parity_with_step_kernels(case, dtype):
     _, T, B, I, H, P, reverse, lengths, bias, regime = case
     inp = _inputs(T, B, I, H, P, len(reverse), dtype, bias)
     lengths = torch.tensor(lengths) if lengths is not None else None
-    config = _split(H) if regime.startswith("split") else None
-    if regime == "split-2":  # the backward holds W_hh and takes dG in two chunks of gate rows
-        config = {**config, "G_CHUNKS": 2}
+    config = _config(regime, H)
     got = _seq(inp, lengths, reverse, _upstream(), config)
     want = _step(inp, lengths, reverse, _upstream())
     # batch-owned with the per-step tiles reduces in their order: the forward is theirs bit for bit
@@ -173,9 +184,7 @@ def _regularised_parity(case, dtype, **regularisers):
     _, T, B, I, H, P, reverse, lengths, bias, regime = case
     inp = {**_inputs(T, B, I, H, P, len(reverse), dtype, bias), **regularisers}
     lengths = torch.tensor(lengths) if lengths is not None else None
-    config = _split(H) if regime.startswith("split") else None
-    if regime == "split-2":
-        config = {**config, "G_CHUNKS": 2}
+    config = _config(regime, H)
     got = _seq(inp, lengths, reverse, _upstream(), config)
     want = _step(inp, lengths, reverse, _upstream())
     _compare(got, want, dtype, bitwise_forward=regime == "batch")
@@ -195,7 +204,7 @@ def _dropout_mask(case, dtype, keep, seed):
 MASKED = [
     pytest.param(case, dtype, id=f"{case[0]}-{str(dtype).split('.')[-1]}")
     for case in CASES
-    if case[0] in RICH + ("split-2-gate-chunks-lengths",)
+    if case[0] in RICH + ("split-4-chunks-k-split-lengths",)
     for dtype in (torch.float64, torch.float32)
 ] + [pytest.param(CASES[6], torch.float16, id=f"{CASES[6][0]}-float16")]
 
@@ -211,7 +220,7 @@ def test_recurrent_dropout_parity_with_step_kernels(case, dtype):
 ZONED = [
     pytest.param(case, dtype, train, id=f"{case[0]}-{str(dtype).split('.')[-1]}-{'train' if train else 'eval'}")
     for case in CASES
-    if not case[5] and case[0] in ("bidir-lengths-H9", "split-bidir-lengths-H9", "split-2-gate-chunks-lengths",
+    if not case[5] and case[0] in ("bidir-lengths-H9", "split-bidir-lengths-H9", "split-4-chunks-k-split-lengths",
                                    "reverse-B1-H7", "bidir-H33-two-unit-tiles")
     for dtype in (torch.float64, torch.float32)
     for train in (True, False)
@@ -359,7 +368,7 @@ def test_check_env_raises_on_timeout(monkeypatch):
 
 
 @requires_interpreter
-@pytest.mark.parametrize("regime", ["batch", "split"])
+@pytest.mark.parametrize("regime", S.REGIMES)
 def test_self_test_passes(regime):
     # the caller's autocast must not leak into the self-test's own GEMMs
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -466,10 +475,17 @@ def test_choice_rule_grid_is_co_resident(backward):
                         assert cfg["BLOCK_H"] >= (16 if backward or P else 8)
                         if P:
                             assert cfg["BLOCK_P"] * triton.cdiv(H, cfg["BLOCK_H"]) >= P
-    # the latency regime splits units (forward up to H=1024, backward up to H=512: what compiles spill-free)
-    assert (
-        S.sequence_config(16, 1024 if not backward else 512, 0, 1, torch.bfloat16, 132, backward)["regime"] == "split"
-    )
+                        if cfg.get("G_CHUNKS", 1) > 1:  # chunked W_hh: 16-bit, 16 units, chunks cover 4H
+                            assert backward and not P and dtype != torch.float32 and cfg["BLOCK_H"] == 16, cfg
+                            assert cfg["G_CHUNKS"] <= 4 and cfg["G_CHUNKS"] * S.CHUNK_ROWS >= 4 * H
+    # the latency regime splits units, forward and backward up to H=1024 (what compiles spill-free); the backward
+    # beyond H=512 holds W_hh in chunks of 1024 gate rows and splits each chunk's dot 4 ways
+    for H, chunks in ((512, 1), (768, 3), (1024, 4)):
+        cfg = S.sequence_config(16, H, 0, 1, torch.bfloat16, 132, backward)
+        assert cfg["regime"] == "split" and cfg.get("G_CHUNKS", 1) == (chunks if backward else 1), (H, cfg)
+        assert cfg.get("K_SPLIT", 1) == (4 if backward and chunks > 1 else 1)
+    # float32's resident slice would not fit: batch-owned, which prefers the per-step kernels at this W_hh
+    assert S.sequence_config(16, 768, 0, 1, torch.float32, 132, True)["prefer_step"]
     # large B with a large W_hh: the per-step kernels; large B with a small one: batch-owned
     big = S.sequence_config(1024, 1024, 0, 1, torch.bfloat16, 132, backward)
     assert big["regime"] == "batch" and big["prefer_step"]

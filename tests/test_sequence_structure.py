@@ -159,6 +159,9 @@ SPLIT_CASES = [
     pytest.param(64, 256, 0, 1, torch.float16, False, False, 0, id="fwd-B64-H256-fp16"),
     pytest.param(16, 512, 0, 1, torch.bfloat16, True, False, 0, id="bwd-B16-H512-bf16"),
     pytest.param(16, 512, 0, 1, torch.bfloat16, True, True, 2, id="bwd-B16-H512-bf16-rdrop-zoneout"),
+    # beyond H=512 the backward holds W_hh in chunks of gate rows and splits each chunk's dot over the warps
+    pytest.param(16, 1024, 0, 2, torch.bfloat16, True, False, 0, id="bwd-B16-H1024-D2-bf16-chunked"),
+    pytest.param(16, 768, 0, 1, torch.float16, True, True, 2, id="bwd-B16-H768-fp16-chunked-rdrop-zoneout"),
     pytest.param(16, 256, 128, 1, torch.bfloat16, False, False, 0, id="fwd-proj-B16-H256-P128-bf16"),
     pytest.param(16, 256, 128, 1, torch.bfloat16, True, False, 0, id="bwd-proj-B16-H256-P128-bf16"),
 ]
@@ -206,7 +209,11 @@ COMPILE_CASES = [
     for backward in (False, True)
     for dtype in (torch.float16, torch.float32)
     for H, P in ((40, 0), (40, 16))
-] + [pytest.param(1, 0, torch.float16, True, "split", id="split-bwd-H1-P0-fp16")]
+] + [
+    pytest.param(1, 0, torch.float16, True, "split", id="split-bwd-H1-P0-fp16"),
+    pytest.param(40, 0, torch.float16, True, "split-chunked", id="split-chunked-bwd-H40-P0-fp16"),
+    pytest.param(40, 0, torch.float32, True, "split-chunked", id="split-chunked-bwd-H40-P0-fp32"),
+]
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["plain", "regularised"])
@@ -219,5 +226,6 @@ def test_every_regime_compiles(H, P, dtype, backward, regime, masked):
     cfg = S._self_test_config(torch.device("cuda"), dtype, regime, H, P, backward)
     cfg.setdefault("num_warps", 4)
     zoneout = 2 if masked and not P else 0
-    _, _, compiled, _ = _compiled(3, H, P, 2, dtype, backward, regime, tuple(sorted(cfg.items())), masked, zoneout)
+    config = tuple(sorted(cfg.items()))
+    _, _, compiled, _ = _compiled(3, H, P, 2, dtype, backward, cfg["regime"], config, masked, zoneout)
     assert compiled.asm["ptx"]
