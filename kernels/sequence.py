@@ -1031,9 +1031,10 @@ def _forward(
     dev = x.device
 
     # input projection of every step and direction in one (batched) GEMM, biases folded, gates interleaved
-    w_ih_t = w_ih.view(D, 4, H, I).transpose(1, 2).reshape(D, G, I).transpose(1, 2)  # [D, I, G]
+    rows = _interleaved_rows(H, dev)
+    w_ih_t = torch.index_select(w_ih, 1, rows).transpose(1, 2)  # [D, I, G]
     x2 = x.reshape(T * B, I)
-    b_il = bias.view(D, 4, H).transpose(1, 2).reshape(D, 1, G) if bias is not None else None
+    b_il = torch.index_select(bias, 1, rows).view(D, 1, G) if bias is not None else None
     if D == 1:
         gx = torch.addmm(b_il[0], x2, w_ih_t[0]) if bias is not None else torch.mm(x2, w_ih_t[0])
     else:
@@ -1074,6 +1075,23 @@ def _forward(
     if not store_for_backward:
         return (y, h_n, c_n, None, None), err
     return (y, h_n, c_n, gx.view(D, T, B, G), cs), err
+
+
+_ROWS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _interleaved_rows(H: int, device: torch.device) -> torch.Tensor:
+    """Torch's gate-major row of each interleaved gate column (4j + k -> kH + j), as an index for one
+    ``index_select`` (a host-time saving over a view-transpose-reshape). Kept per (H, device), except one made during
+    CUDA-graph capture: its values exist only inside the graph."""
+    key = (H, str(device))
+    rows = _ROWS.get(key)
+    if rows is None:
+        o = torch.arange(4 * H, device=device)
+        rows = (o % 4) * H + o // 4
+        if not _capturing(device):
+            _ROWS[key] = rows
+    return rows
 
 
 def _zoneout_kernel_args(zoneout, seed, unread, w_hr) -> list:
