@@ -15,6 +15,11 @@ from hypothesis import settings
 settings.register_profile("default", deadline=None, max_examples=25, derandomize=True, print_blob=True)
 settings.load_profile("default")
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # under pytest-xdist (`-n 2`, the README's test command) the workers share the cores: torch's threads per
+    # worker are divided accordingly, or the workers' thread pools oversubscribe the machine
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 _empty, _empty_like, _new_empty = torch.empty, torch.empty_like, torch.Tensor.new_empty
 
 

@@ -4,7 +4,8 @@ Each example builds an nn.LSTM in float64 (the oracle) and a tritonlstm.LSTM on 
 same weights, runs both on the same input (and initial state, when drawn), and compares output, h_n, c_n and
 the gradients of the input, of h0/c0 and of every parameter with the tolerance of the drawn dtype.
 The hypothesis profile (25 examples, no deadline, derandomized) comes from conftest.py; some tests set their own
-max_examples. Also covered: LSTMP (proj_size), padded batches with `lengths=` and PackedSequence input (both
+max_examples. Under TRITON_INTERPRET=1, where the kernels run in Triton's interpreter, each test draws half its
+examples (the same first ones: the draws are derandomized). Also covered: LSTMP (proj_size), padded batches with `lengths=` and PackedSequence input (both
 against nn.LSTM on the packed batch), and LSTMCell against nn.LSTMCell over several carried steps.
 """
 
@@ -18,9 +19,14 @@ from hypothesis import strategies as st
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import tritonlstm
-from tests.helpers import DEVICE, assert_close, compare_with_nn_lstm, make_pair, weighted_loss
+from tests.helpers import DEVICE, INTERPRETER, assert_close, compare_with_nn_lstm, make_pair, weighted_loss
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def _examples(n: int) -> int:
+    """Examples per test: half under the interpreter (CI's time; the plain leg draws them all)."""
+    return n // 2 if INTERPRETER else n
 
 
 def _proj_sizes(hidden: int):
@@ -77,6 +83,7 @@ def _inputs(config, batch, seq_len, with_hx):
     return x, hx
 
 
+@settings(max_examples=_examples(25))
 @given(case=lstm_cases())
 def test_matches_nn_lstm(case):
     config, batch, seq_len, with_hx, dtype = case
@@ -94,6 +101,7 @@ def _kind(grad):
     return "None" if grad is None else f"a {tuple(grad.shape)} tensor"
 
 
+@settings(max_examples=_examples(25))
 @given(case=lstm_cases(), data=st.data())
 def test_partial_requires_grad_and_inference(case, data):
     """Only some leaves require grad and the loss reaches only some outputs (so the backward gets None for the
@@ -257,7 +265,7 @@ def _run_nn_lstm_packed(ref, x, hx, case: VarlenCase):
         seq_len=3, lengths=(3, 3), with_hx=False, dtype=torch.float64,
     )
 )
-@settings(max_examples=30)
+@settings(max_examples=_examples(30))
 @given(case=varlen_cases())
 def test_lengths_match_packed_nn_lstm(case: VarlenCase):
     """Ours on the padded batch with `lengths=` gives nn.LSTM's numbers for the same batch packed: padded output
@@ -289,7 +297,7 @@ def test_lengths_match_packed_nn_lstm(case: VarlenCase):
         seq_len=4, lengths=(1, 4, 2, 4), with_hx=True, dtype=torch.float64, enforce_sorted=False,
     )
 )
-@settings(max_examples=30)
+@settings(max_examples=_examples(30))
 @given(case=varlen_cases(sorted_option=True))
 def test_packed_matches_nn_lstm(case: VarlenCase):
     """Both modules on the same PackedSequence (enforce_sorted drawn; sorted lengths when True): packed output,
@@ -342,7 +350,7 @@ def cell_cases(draw):
 
 @example(case=({"input_size": 3, "hidden_size": 5, "bias": True}, 0, 2, True, torch.float32))  # empty batch
 @example(case=({"input_size": 1, "hidden_size": 1, "bias": False}, None, 3, False, torch.float64))  # unbatched
-@settings(max_examples=40)
+@settings(max_examples=_examples(40))
 @given(case=cell_cases())
 def test_lstm_cell_matches(case):
     """tritonlstm.LSTMCell against nn.LSTMCell over several steps with the state carried step to step
