@@ -16,6 +16,9 @@ from tritonlstm.kernels.lstm import (
     step_config,
 )
 from tritonlstm.kernels.sequence import choose_kernel, sequence_backward, sequence_forward, sequence_supported
+from tritonlstm.backend import tag_compile_caches
+
+tag_compile_caches()  # now that the interpreter flag is read: see its docstring
 
 __all__ = [
     "INTERPRETER",

@@ -620,9 +620,7 @@ def _seq_bwd_kernel(
         dy_t = dy_d + tc * B * ldy
         if SPLIT:
             # gradient reaching h_t[:, o_c] through the state: dG_{next} @ W_hh[:, o_c] plus the carried part
-            b_rec = _dg_chunk_dot(
-                    dgn_t, o_b, m_b, 0, b_w, G, n, BLOCK_G, K_SPLIT, ACC_DTYPE, INPUT_PRECISION
-                )
+            b_rec = _dg_chunk_dot(dgn_t, o_b, m_b, 0, b_w, G, n, BLOCK_G, K_SPLIT, ACC_DTYPE, INPUT_PRECISION)
             if G_CHUNKS >= 2:
                 b_rec += _dg_chunk_dot(
                     dgn_t, o_b, m_b, 1 * BLOCK_G, b_w1, G, n, BLOCK_G, K_SPLIT, ACC_DTYPE, INPUT_PRECISION

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch.export import Dim
 
 import tritonlstm
-from tests.helpers import BACKENDS, DEVICE, assert_close, requires_gpu, weighted_loss
+from tests.helpers import BACKENDS, DEVICE, INTERPRETER, assert_close, requires_gpu, weighted_loss
 from tritonlstm import ops
+from tritonlstm import backend
 from tritonlstm.backend import _KERNEL_DTYPES
 from tritonlstm.kernels import SUPPORTED_DTYPES
 
@@ -89,6 +95,37 @@ def test_compile_fullgraph_matches_eager(backend, kwargs, use_lengths):
     compiled = _outputs_and_grads(torch.compile(model, fullgraph=True, backend=backend), x, lengths)
     for i, (a, e) in enumerate(zip(compiled, eager)):
         assert_close(a, e, torch.float32, f"compiled result {i}")
+
+
+_TRAIN_COMPILED = """
+import torch, tritonlstm
+torch.manual_seed(0)
+model = tritonlstm.LSTM(2, 3)
+x = torch.randn(2, 2, 2, requires_grad=True)
+y, _ = torch.compile(model, fullgraph=True, backend="inductor")(x)
+y.sum().backward()
+print(torch.compiler.config.cache_key_tag or "-", float(x.grad.abs().sum()))
+"""
+
+
+@pytest.mark.skipif(INTERPRETER, reason="runs both CPU conditions itself, in two processes")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the two CPU conditions: the GPU machine runs CUDA tensors")
+def test_compile_caches_of_the_two_cpu_conditions_stay_apart(tmp_path):
+    """A graph compiled under the interpreter (Triton kernels: gates saved for the backward) and the same graph
+    without it (the reference: nothing saved) share torch's on-disk caches unless tritonlstm tags the key; reusing
+    the other condition's entry failed in inductor ("mismatch in length of strides and shape")."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).parents[1])}
+    grads = []
+    for interpret in ("1", "0"):
+        done = subprocess.run(
+            [sys.executable, "-c", _TRAIN_COMPILED], env={**env, "TRITON_INTERPRET": interpret},
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, f"TRITON_INTERPRET={interpret}:\n{done.stderr[-3000:]}"
+        tag, grad = done.stdout.split()[-2:]
+        assert (tag == backend.INTERPRETER_CACHE_TAG) == (interpret == "1"), tag
+        grads.append(float(grad))
+    assert abs(grads[0] - grads[1]) < 1e-5 * max(1.0, abs(grads[1])), grads
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,9 @@ same weights, runs both on the same input (and initial state, when drawn), and c
 the gradients of the input, of h0/c0 and of every parameter with the tolerance of the drawn dtype.
 The hypothesis profile (25 examples, no deadline, derandomized) comes from conftest.py; some tests set their own
 max_examples. Under TRITON_INTERPRET=1, where the kernels run in Triton's interpreter, each test draws half its
-examples (the same first ones: the draws are derandomized). Also covered: LSTMP (proj_size), padded batches with `lengths=` and PackedSequence input (both
-against nn.LSTM on the packed batch), and LSTMCell against nn.LSTMCell over several carried steps.
+examples (the same first ones: the draws are derandomized). Also covered: LSTMP (proj_size), padded batches
+with `lengths=` and PackedSequence input (both against nn.LSTM on the packed batch), and LSTMCell against
+nn.LSTMCell over several carried steps.
 """
 
 from __future__ import annotations

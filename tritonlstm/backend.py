@@ -52,6 +52,24 @@ def _interpreter_active() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+INTERPRETER_CACHE_TAG = "tritonlstm-triton-interpreter"
+
+
+def tag_compile_caches() -> None:
+    """Keep torch.compile's on-disk caches of the two CPU conditions apart.
+
+    On a CPU the op's implementation, and so the shapes of the tensors it saves for the backward, depend on
+    ``TRITON_INTERPRET``, which torch's cache keys do not see: a graph cached under the interpreter and reused
+    without it (or the reverse) fails in inductor ("mismatch in length of strides and shape"). While the
+    interpreter is active, ``torch.compiler.config.cache_key_tag`` carries :data:`INTERPRETER_CACHE_TAG`.
+    """
+    config = torch.compiler.config
+    tag = getattr(config, "cache_key_tag", None)
+    if tag is None or not _interpreter_active() or INTERPRETER_CACHE_TAG in tag:
+        return
+    config.cache_key_tag = f"{tag}:{INTERPRETER_CACHE_TAG}" if tag else INTERPRETER_CACHE_TAG
+
+
 def triton_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     """Why the Triton kernels cannot run on tensors of this device and dtype, or ``None`` when they can.
 

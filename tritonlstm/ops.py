@@ -45,7 +45,9 @@ import torch
 from torch import Tensor
 
 from tritonlstm import onnx_graph, reference
-from tritonlstm.backend import kernels, resolve_backend
+from tritonlstm.backend import kernels, resolve_backend, tag_compile_caches
+
+tag_compile_caches()  # the op's saved tensors depend on TRITON_INTERPRET on a CPU: see its docstring
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
