@@ -3,6 +3,7 @@ shape, and the forward / forward+backward time of the sequence kernels against t
 all in one run (``triton.testing.do_bench``, median, after warm-up).
 
     python -m benchmarks.probe [--T 256] [--shapes B,H ...] [--dtypes fp16 bf16 fp32] [--csv FILE]
+    python -m benchmarks.probe --backward-k-split 4   # the unit-split backward's dot split 4 ways at every H
 
 Needs a CUDA GPU. Prints one line per measurement and, last, a table; ``--csv`` writes the rows too.
 """
@@ -23,6 +24,23 @@ def _time(fn) -> float:
     import triton.testing
 
     return triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median")
+
+
+def with_backward_k_split(rule, k_split: int):
+    """``rule`` (:func:`sequence_config`) with every unit-split backward's dot split ``k_split`` ways over 8 warps
+    (the rule does so beyond H=512 only), where each slice keeps at least 16 gate rows (a ``tl.dot`` minimum)."""
+
+    def config(batch, hidden, proj_size, directions, dtype, sm_count, backward=False):
+        cfg = rule(batch, hidden, proj_size, directions, dtype, sm_count, backward)
+        if backward and cfg["regime"] == "split" and not proj_size:
+            import triton
+
+            rows = triton.next_power_of_2(triton.cdiv(4 * hidden, cfg.get("G_CHUNKS", 1)))
+            if rows // k_split >= 16:
+                cfg = {**cfg, "K_SPLIT": k_split, "num_warps": 8}
+        return cfg
+
+    return config
 
 
 def _kernel_env(kernel: str | None):
@@ -100,10 +118,16 @@ def main(argv=None) -> None:
     ap.add_argument("--bidirectional", action="store_true")
     ap.add_argument("--recurrent-dropout", type=float, default=0.0, help="train-mode recurrent dropout p (default 0)")
     ap.add_argument("--zoneout", type=float, default=0.0, help="train-mode zoneout p for h and c (default 0)")
+    ap.add_argument("--backward-k-split", type=int, choices=(2, 4, 8),
+                    help="split the unit-split backward's dot this many ways at every H (default: the rule's)")
     ap.add_argument("--csv")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("the probe needs a CUDA GPU")
+    if args.backward_k_split:
+        from tritonlstm.kernels import sequence as seq
+
+        seq.sequence_config = with_backward_k_split(seq.sequence_config, args.backward_k_split)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
     rows: list[dict] = []
