@@ -31,11 +31,11 @@ def with_backward_k_split(rule, k_split: int):
     (the rule does so beyond H=512 only), where each slice keeps at least 16 gate rows (a ``tl.dot`` minimum)."""
 
     def config(batch, hidden, proj_size, directions, dtype, sm_count, backward=False):
+        from tritonlstm.kernels.sequence import _constexprs
+
         cfg = rule(batch, hidden, proj_size, directions, dtype, sm_count, backward)
         if backward and cfg["regime"] == "split" and not proj_size:
-            import triton
-
-            rows = triton.next_power_of_2(triton.cdiv(4 * hidden, cfg.get("G_CHUNKS", 1)))
+            rows = _constexprs(cfg, hidden, hidden, 0, backward=True)[0]["BLOCK_G"]  # gate rows per chunk
             if rows // k_split >= 16:
                 cfg = {**cfg, "K_SPLIT": k_split, "num_warps": 8}
         return cfg

@@ -561,16 +561,36 @@ def _lstmp_bwd_step_kernel(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def interleave_gates(w: torch.Tensor) -> torch.Tensor:
-    """[4H, ...] in torch's gate-major order (i block, f block, g block, o block) -> unit-interleaved rows."""
-    h = w.shape[0] // 4
-    return w.reshape(4, h, -1).transpose(0, 1).reshape(w.shape)
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def deinterleave_gates(w: torch.Tensor) -> torch.Tensor:
+_GATE_ROWS: dict[tuple[int, str, bool], torch.Tensor] = {}
+
+
+def _gate_rows(h: int, device: torch.device, inverse: bool) -> torch.Tensor:
+    """The source row of each row of :func:`interleave_gates` (4j + k <- kh + j), or of its ``inverse``, as an
+    ``index_select`` index. Kept per (h, device), except one made during CUDA-graph capture: its values exist only
+    inside the graph."""
+    key = (h, str(device), inverse)
+    rows = _GATE_ROWS.get(key)
+    if rows is None:
+        o = torch.arange(4 * h, device=device)
+        rows = (o % h) * 4 + o // h if inverse else (o % 4) * h + o // 4
+        if not _capturing(device):
+            _GATE_ROWS[key] = rows
+    return rows
+
+
+def interleave_gates(w: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """4H rows along ``dim`` in torch's gate-major order (i block, f block, g block, o block) -> unit-interleaved
+    (a copy: one ``index_select``)."""
+    return torch.index_select(w, dim, _gate_rows(w.shape[dim] // 4, w.device, False))
+
+
+def deinterleave_gates(w: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """Inverse of :func:`interleave_gates`."""
-    h = w.shape[0] // 4
-    return w.reshape(h, 4, -1).transpose(0, 1).reshape(w.shape)
+    return torch.index_select(w, dim, _gate_rows(w.shape[dim] // 4, w.device, True))
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -48,6 +48,7 @@ from triton.compiler.errors import CompilationError
 from tritonlstm.kernels.lstm import (
     INTERPRETER,
     SUPPORTED_DTYPES,
+    _capturing,
     _cell_backward,
     _cell_forward,
     _input_precision,
@@ -57,6 +58,8 @@ from tritonlstm.kernels.lstm import (
     _zoneout_mode,
     _zoneout_rates,
     acc_dtype,
+    deinterleave_gates,
+    interleave_gates,
     step_config,
 )
 
@@ -1029,10 +1032,9 @@ def _forward(
     dev = x.device
 
     # input projection of every step and direction in one (batched) GEMM, biases folded, gates interleaved
-    rows = _interleaved_rows(H, dev)
-    w_ih_t = torch.index_select(w_ih, 1, rows).transpose(1, 2)  # [D, I, G]
+    w_ih_t = interleave_gates(w_ih, 1).transpose(1, 2)  # [D, I, G]
     x2 = x.reshape(T * B, I)
-    b_il = torch.index_select(bias, 1, rows).view(D, 1, G) if bias is not None else None
+    b_il = interleave_gates(bias, 1).view(D, 1, G) if bias is not None else None
     if D == 1:
         gx = torch.addmm(b_il[0], x2, w_ih_t[0]) if bias is not None else torch.mm(x2, w_ih_t[0])
     else:
@@ -1073,23 +1075,6 @@ def _forward(
     if not store_for_backward:
         return (y, h_n, c_n, None, None), err
     return (y, h_n, c_n, gx.view(D, T, B, G), cs), err
-
-
-_ROWS: dict[tuple[int, str], torch.Tensor] = {}
-
-
-def _interleaved_rows(H: int, device: torch.device) -> torch.Tensor:
-    """Torch's gate-major row of each interleaved gate column (4j + k -> kH + j), as an index for one
-    ``index_select`` (a host-time saving over a view-transpose-reshape). Kept per (H, device), except one made during
-    CUDA-graph capture: its values exist only inside the graph."""
-    key = (H, str(device))
-    rows = _ROWS.get(key)
-    if rows is None:
-        o = torch.arange(4 * H, device=device)
-        rows = (o % 4) * H + o // 4
-        if not _capturing(device):
-            _ROWS[key] = rows
-    return rows
 
 
 def _zoneout_kernel_args(zoneout, seed, unread, w_hr) -> list:
@@ -1188,32 +1173,27 @@ def _backward(
     x2 = x.reshape(T * B, I)
     dx = dw_ih = dw_hh = db = dw_hr = None
     if need_dx:
-        w_il = w_ih.view(D, 4, H, I).transpose(1, 2).reshape(D, G, I)
+        w_il = interleave_gates(w_ih, 1)
         dx = torch.mm(dg2[0], w_il[0])
         for d in range(1, D):
             dx = torch.addmm(dx, dg2[d], w_il[d])
         dx = dx.view(T, B, I)
     if need_dw_ih:
-        dw_ih = _deinterleave(torch.bmm(dg2.transpose(1, 2), x2.expand(D, T * B, I)), D, H)
+        dw_ih = deinterleave_gates(torch.bmm(dg2.transpose(1, 2), x2.expand(D, T * B, I)), 1)
     if need_dw_hh:
         dw_hh = torch.empty(D, G, R, device=dev, dtype=dtype)
         for d in range(D):
             hm_d = hm[d] if hm is not None else None
             dw_hh[d] = _dw_hh_one(dg[d], y[..., d * R : (d + 1) * R], h0[d], lengths, reverse[d], hm_d)
-        dw_hh = _deinterleave(dw_hh, D, H)
+        dw_hh = deinterleave_gates(dw_hh, 1)
     if need_db:
-        db = _deinterleave(dg.sum((1, 2), dtype=acc), D, H).to(dtype)
+        db = deinterleave_gates(dg.sum((1, 2), dtype=acc), 1).to(dtype)
     if need_dw_hr and P:
         # m_t = o * tanh(c_t) from the saved gates and cell states, rounded to the storage dtype as in the forward
         m = (gates.view(D, T, B, H, 4)[..., 3].to(acc) * torch.tanh(cs)).to(dtype)
         dw_hr = torch.bmm(dh_all.view(D, T * B, P).transpose(1, 2), m.view(D, T * B, H))
     grads = (dx, dh0 if need_dh0 else None, dc0 if need_dc0 else None, dw_ih, dw_hh, db, dw_hr)
     return grads, err
-
-
-def _deinterleave(t: torch.Tensor, D: int, H: int) -> torch.Tensor:
-    """[D, G, ...] with unit-interleaved rows -> torch's gate-major rows."""
-    return t.reshape(D, H, 4, -1).transpose(1, 2).reshape(t.shape)
 
 
 def _dw_hh_one(dg, y, h0, lengths, reverse, h_mask=None):
@@ -1464,10 +1444,6 @@ def _self_test(device: torch.device, dtype: torch.dtype, regime: str) -> str | N
                 mask = ", recurrent dropout and zoneout" if masked else ""
                 return f"{name} differs from the per-step kernels by {bad:.3g} (P={P}{mask}, {dtype}, {regime})"
     return None
-
-
-def _capturing(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def choose_kernel(

@@ -216,6 +216,24 @@ def test_interleave_roundtrip_and_layout():
     assert torch.equal(deinterleave_gates(r), w)
     b = torch.arange(4 * H, dtype=torch.float32)
     assert torch.equal(deinterleave_gates(interleave_gates(b)), b)
+    # along another dim (the sequence kernels' [D, 4H, ...] weights): each direction as above
+    wd = torch.stack([w, w + 100])
+    assert torch.equal(interleave_gates(wd, 1), torch.stack([r, r + 100]))
+    assert torch.equal(deinterleave_gates(interleave_gates(wd, 1), 1), wd)
+
+
+def test_gate_rows_are_not_kept_from_a_graph_capture(monkeypatch):
+    """The re-layout index is kept per (H, device), but not when made during CUDA-graph capture (its values
+    would exist only inside the graph)."""
+    from tritonlstm.kernels import lstm
+
+    monkeypatch.setattr(lstm, "_GATE_ROWS", {})
+    monkeypatch.setattr(lstm, "_capturing", lambda device: True)
+    rows = lstm._gate_rows(3, torch.device("cpu"), False)
+    assert rows.tolist() == [0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11] and not lstm._GATE_ROWS
+    monkeypatch.setattr(lstm, "_capturing", lambda device: False)
+    assert lstm._gate_rows(3, torch.device("cpu"), False).tolist() == rows.tolist()
+    assert list(lstm._GATE_ROWS) == [(3, "cpu", False)]
 
 
 @pytest.mark.parametrize("P", [0, 1, 100])

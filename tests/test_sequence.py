@@ -499,17 +499,6 @@ def test_choice_rule_grid_is_co_resident(backward):
 # ------------------------------------------------------------------------------------------------------------
 
 
-def test_interleaved_rows_are_not_kept_from_a_graph_capture(monkeypatch):
-    """The forward's gate re-layout index: torch's row of each interleaved column, kept per (H, device), but not
-    when made during CUDA-graph capture (its values would exist only inside the graph)."""
-    monkeypatch.setattr(S, "_ROWS", {})
-    monkeypatch.setattr(S, "_capturing", lambda device: True)
-    rows = S._interleaved_rows(3, torch.device("cpu"))
-    assert rows.tolist() == [0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11] and not S._ROWS
-    monkeypatch.setattr(S, "_capturing", lambda device: False)
-    assert S._interleaved_rows(3, torch.device("cpu")).tolist() == rows.tolist() and list(S._ROWS) == [(3, "cpu")]
-
-
 @pytest.mark.skipif(
     S.INTERPRETER, reason="needs real JITFunctions for the fake driver; TRITON_INTERPRET=1 replaces them"
 )
