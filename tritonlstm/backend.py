@@ -52,7 +52,8 @@ def _interpreter_active() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-INTERPRETER_CACHE_TAG = "tritonlstm-triton-interpreter"
+# torch.compile cache-key tags of the two CPU conditions, by whether the interpreter is active
+CACHE_TAGS = {True: "tritonlstm-triton-interpreter", False: "tritonlstm-no-interpreter"}
 
 
 def tag_compile_caches() -> None:
@@ -60,14 +61,17 @@ def tag_compile_caches() -> None:
 
     On a CPU the op's implementation, and so the shapes of the tensors it saves for the backward, depend on
     ``TRITON_INTERPRET``, which torch's cache keys do not see: a graph cached under the interpreter and reused
-    without it (or the reverse) fails in inductor ("mismatch in length of strides and shape"). While the
-    interpreter is active, ``torch.compiler.config.cache_key_tag`` carries :data:`INTERPRETER_CACHE_TAG`.
+    without it (or the reverse) fails in inductor ("mismatch in length of strides and shape").
+    ``torch.compiler.config.cache_key_tag`` therefore always carries the tag of the current condition
+    (:data:`CACHE_TAGS`). Both conditions are tagged, so that neither reuses an untagged entry, such as one that
+    a tritonlstm older than the tags left under the interpreter.
     """
     config = torch.compiler.config
     tag = getattr(config, "cache_key_tag", None)
-    if tag is None or not _interpreter_active() or INTERPRETER_CACHE_TAG in tag:
+    if tag is None:  # a torch without cache-key tags
         return
-    config.cache_key_tag = f"{tag}:{INTERPRETER_CACHE_TAG}" if tag else INTERPRETER_CACHE_TAG
+    kept = [part for part in tag.split(":") if part and part not in CACHE_TAGS.values()]
+    config.cache_key_tag = ":".join([*kept, CACHE_TAGS[_interpreter_active()]])
 
 
 def triton_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
