@@ -47,6 +47,8 @@ TOLERANCES = {
     torch.float16: Tol(atol=1e-2, rtol=1e-2),
     torch.bfloat16: Tol(atol=5e-2, rtol=5e-2),
 }
+# float64 gradchecks: finite differences of step eps against autograd
+GRADCHECK_TOL = {"eps": 1e-6, "atol": 1e-7, "rtol": 1e-5}
 # the interpreter runs fp16 fine but bf16 tl.dot wrongly: bf16 is a GPU-only dtype in the tests
 CPU_DTYPES = [torch.float64, torch.float32, torch.float16]
 
@@ -112,3 +114,20 @@ def compare_with_nn_lstm(ref, ours, x, hx=None, dtype=torch.float32):
         assert actual[name] is not None, f"{name}: no gradient"
         assert actual[name].dtype == dtype, f"{name}: dtype {actual[name].dtype}"
         assert_close(actual[name], expected[name], dtype, name)
+
+
+def gradcheck_flat(f, inputs, fast_mode: bool = True) -> bool:
+    """float64 gradcheck of ``f(*inputs)`` through one flat leaf that holds every tensor input (``None`` passes).
+
+    Fast mode perturbs each input along one random direction, two forwards per input; over one leaf that is two
+    forwards in all, which keeps the kernels' gradchecks short in the interpreter. The inputs reach ``f`` as views
+    at offsets into that leaf, which the kernels must handle too.
+    """
+    tensors = [t for t in inputs if t is not None]
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors]).requires_grad_()
+
+    def on_views(v):
+        parts = iter(v.split([t.numel() for t in tensors]))
+        return f(*[None if t is None else next(parts).view(t.shape) for t in inputs])
+
+    return torch.autograd.gradcheck(on_views, (flat,), fast_mode=fast_mode, **GRADCHECK_TOL)

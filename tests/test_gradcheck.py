@@ -7,7 +7,7 @@ import torch
 from torch.func import functional_call
 
 import tritonlstm
-from tests.helpers import BACKENDS, DEVICE
+from tests.helpers import BACKENDS, DEVICE, gradcheck_flat
 from tritonlstm.functional import lstm_layer
 
 
@@ -27,7 +27,7 @@ def test_gradcheck_layer(reverse, bias, backend):
 
     # the full Jacobian for the reference; a random projection of it for the kernels (each forward is slow in the
     # interpreter)
-    assert torch.autograd.gradcheck(f, tuple(args), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=backend == "triton")
+    assert gradcheck_flat(f, args, fast_mode=backend == "triton")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -44,7 +44,7 @@ def test_gradcheck_module_two_layers_bidirectional(backend):
         y, (h, c) = functional_call(m, dict(zip(names, ps)), (x, (h0, c0)))
         return y, h, c
 
-    assert torch.autograd.gradcheck(f, (x, h0, c0, *params), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+    assert gradcheck_flat(f, (x, h0, c0, *params))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -61,7 +61,7 @@ def test_gradcheck_layer_projection_and_lengths(reverse, backend):
     def f(*a):
         return lstm_layer(*a, lengths=lengths, reverse=reverse, backend=backend)
 
-    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+    assert gradcheck_flat(f, args)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -76,4 +76,4 @@ def test_gradcheck_lstm_cell(backend):
     def f(x, h, c, *ps):
         return functional_call(cell, dict(zip(names, ps)), (x, (h, c)))
 
-    assert torch.autograd.gradcheck(f, (x, h, c, *params), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=backend == "triton")
+    assert gradcheck_flat(f, (x, h, c, *params), fast_mode=backend == "triton")
