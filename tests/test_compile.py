@@ -14,7 +14,7 @@ from torch.export import Dim
 import tritonlstm
 from tests.helpers import BACKENDS, DEVICE, INTERPRETER, assert_close, requires_gpu, weighted_loss
 from tritonlstm import ops
-from tritonlstm.backend import _KERNEL_DTYPES, CACHE_TAGS
+from tritonlstm.backend import _KERNEL_DTYPES, CACHE_TAGS, tag_compile_caches
 from tritonlstm.kernels import SUPPORTED_DTYPES
 
 
@@ -132,10 +132,7 @@ def test_compile_caches_of_the_two_cpu_conditions_stay_apart(tmp_path):
 
 
 def test_compile_cache_key_carries_the_tag_of_this_condition():
-    """Set at import and kept when the kernels import later; a tag of the user's own is kept too."""
-    import tritonlstm.kernels  # noqa: F401  (tags the key again, from the flag it has read)
-    from tritonlstm.backend import tag_compile_caches
-
+    """Set when tritonlstm and its kernels import (this module imports both); a tag of the user's own is kept."""
     expected = CACHE_TAGS[INTERPRETER]
     assert torch.compiler.config.cache_key_tag.split(":")[-1] == expected
     with torch.compiler.config.patch(cache_key_tag=f"mine:{CACHE_TAGS[not INTERPRETER]}"):
