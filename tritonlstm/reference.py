@@ -1,8 +1,8 @@
 """Plain PyTorch LSTM step loop: the readable oracle beside the Triton kernels.
 
-It computes what the kernels compute, in the same precision: the input projection of all steps at once,
-then per step the recurrent product and the gate maths with the cell state (and every accumulation) in
-float32 for float16/bfloat16/float32 inputs and float64 for float64, the optional projection
+It computes what the kernels compute, in the same precision: per step the input projection, the recurrent
+product and the gate maths with the cell state (and every accumulation) in float32 for
+float16/bfloat16/float32 inputs and float64 for float64, the optional projection
 ``h_t = (o * tanh(c_t)) W_hr^T``, and per-row lengths (a row stops updating past its length and outputs
 zeros there). Autograd differentiates it.
 
@@ -64,9 +64,6 @@ def lstm_layer(
         )
     dtype = x.dtype
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    gx = torch.nn.functional.linear(x, w_ih, b_ih)
-    if b_hh is not None:
-        gx = gx + b_hh
     w_hh_t = w_hh.to(acc).t()
     w_hr_t = w_hr.to(acc).t() if w_hr is not None else None
     lengths = lengths.to(x.device) if lengths is not None else None
@@ -75,8 +72,14 @@ def lstm_layer(
     h, c = h0, c0.to(acc)
     ys: list[torch.Tensor] = [x.new_empty(0)] * x.shape[0]
     for t in range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0]):
+        # the input projection step by step, not one GEMM over T: a BLAS picks its kernel by the row count, so
+        # one GEMM would round differently for another T, and a sequence fed in chunks must give the whole
+        # sequence's numbers bit for bit
+        gx = torch.nn.functional.linear(x[t], w_ih, b_ih)
+        if b_hh is not None:
+            gx = gx + b_hh
         h_in = h.to(acc) if h_mask is None else h.to(acc) * h_mask
-        gates = gx[t].to(acc) + h_in @ w_hh_t
+        gates = gx.to(acc) + h_in @ w_hh_t
         i, f, g, o = gates.chunk(4, dim=-1)
         c_t = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h_t = (torch.sigmoid(o) * torch.tanh(c_t)).to(dtype)
