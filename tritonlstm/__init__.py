@@ -24,32 +24,37 @@ _LAZY = {
     "lstm_layer": "tritonlstm.functional",
     "LSTM": "tritonlstm.modules",
     "LSTMCell": "tritonlstm.modules",
+    "Stateful": "tritonlstm.streaming",
+    "stateful": "tritonlstm.streaming",
     "from_keras": "tritonlstm.keras",
     "to_keras": "tritonlstm.keras",
 }
 # submodules reached as attributes (tritonlstm.init.keras_, tritonlstm.keras.from_keras) without their own import
-_SUBMODULES = ("init", "keras")
+_SUBMODULES = ("init", "keras", "streaming")
 
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
     "LSTM",
     "LSTMCell",
+    "Stateful",
     "__version__",
     "default_backend",
     "from_keras",
     "lstm",
     "lstm_layer",
     "resolve_backend",
+    "stateful",
     "to_keras",
 ]
 
 if TYPE_CHECKING:  # what static tools and IDEs should see
     from tritonlstm.backend import BACKENDS, ENV_VAR, default_backend, resolve_backend
     from tritonlstm.functional import lstm, lstm_layer
-    from tritonlstm import init, keras
+    from tritonlstm import init, keras, streaming
     from tritonlstm.keras import from_keras, to_keras
     from tritonlstm.modules import LSTM, LSTMCell
+    from tritonlstm.streaming import Stateful, stateful
 
 
 def __getattr__(name: str):

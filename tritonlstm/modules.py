@@ -165,6 +165,23 @@ class LSTM(nn.RNNBase):
             "zoneout": self.zoneout, "weight_drop": self.weight_drop,
         }  # fmt: skip
 
+    def initial_state(self, batch_size: int | None, *, device=None, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero ``(h_0, c_0)`` to stream this LSTM chunk by chunk: ``y, state = lstm(chunk, state)``.
+
+        Shapes ``[num_layers, B, R]`` and ``[num_layers, B, hidden_size]`` (R = proj_size or hidden_size; no ``B``
+        for ``batch_size=None``, unbatched chunks), on the parameters' device and dtype unless given. A
+        bidirectional or ``reverse=True`` LSTM cannot stream (it starts at the end of the sequence): ValueError.
+        """
+        from tritonlstm import streaming
+
+        return streaming.zero_state(self, batch_size, device, dtype)
+
+    def stream(self, batch_size: int | None, *, device=None, dtype=None):
+        """A :class:`tritonlstm.streaming.LSTMStream`: chunk by chunk with the state held in place (CUDA graphs)."""
+        from tritonlstm import streaming
+
+        return streaming.LSTMStream(self, batch_size, device, dtype)
+
     def flatten_parameters(self) -> None:
         """No-op kept for drop-in use: the kernels take the parameters as they are, no cuDNN weight buffer."""
 
