@@ -7,6 +7,13 @@
 Needs the ``onnx`` extra (``pip install "tritonlstm[onnx]"``): onnx, onnxscript, onnxruntime.
 """
 
-from tritonlstm.export.onnx_export import MIN_OPSET, VerifyReport, export_onnx, verify_onnx
+from tritonlstm.export.onnx_export import (
+    EXPORT_DTYPES,
+    MIN_OPSET,
+    VerifyReport,
+    check_float16,
+    export_onnx,
+    verify_onnx,
+)
 
-__all__ = ["MIN_OPSET", "VerifyReport", "export_onnx", "verify_onnx"]
+__all__ = ["EXPORT_DTYPES", "MIN_OPSET", "VerifyReport", "check_float16", "export_onnx", "verify_onnx"]

@@ -31,6 +31,11 @@ from torch.nn.utils.rnn import PackedSequence
 import tritonlstm
 
 MIN_OPSET = 18
+# float32 for every runtime; float16 for onnxruntime's CUDA execution provider (its CPU LSTM is float32 only)
+EXPORT_DTYPES = (torch.float32, torch.float16)
+# metadata_props keys of a stateful graph: its state inputs and outputs, comma-separated, in order
+STATE_INPUTS_KEY = "tritonlstm.state_inputs"
+STATE_OUTPUTS_KEY = "tritonlstm.state_outputs"
 
 
 def _swap_torch_rnns(model: torch.nn.Module) -> None:
@@ -50,8 +55,10 @@ def _swap_torch_rnns(model: torch.nn.Module) -> None:
         setattr(model, name, twin.to(next(child.parameters()).device))
 
 
-def _prepare(model: torch.nn.Module, args: tuple) -> tuple[torch.nn.Module, tuple]:
-    """An eval-mode float32 copy of the model (torch RNNs swapped) and the arguments cast to match."""
+def _prepare(model: torch.nn.Module, args: tuple, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, tuple]:
+    """An eval-mode copy of the model in ``dtype`` (torch RNNs swapped) and the arguments cast to match."""
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(map(str, EXPORT_DTYPES))}, got {dtype}")
     for a in args:
         if isinstance(a, PackedSequence):
             raise ValueError(
@@ -62,15 +69,16 @@ def _prepare(model: torch.nn.Module, args: tuple) -> tuple[torch.nn.Module, tupl
     _swap_torch_rnns(model)
     device = next(model.parameters()).device
     args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
-    low = {p.dtype for p in model.parameters()} - {torch.float32}
-    if low:
+    low = {p.dtype for p in model.parameters()} - {torch.float32, dtype}
+    if low and dtype == torch.float32:
         warnings.warn(
             f"parameters of dtype {sorted(map(str, low))} are exported as float32: onnxruntime's LSTM runs float32 "
-            "(it has no bfloat16 LSTM kernel)",
+            "on the CPU (it has no bfloat16 LSTM kernel; dtype=torch.float16 writes a float16 graph for its CUDA "
+            "execution provider)",
             stacklevel=3,
         )
-        model = model.float()
-    args = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+    model = model.to(dtype)
+    args = tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
     return model, args
 
 
@@ -101,18 +109,31 @@ def export_onnx(
     opset: int | None = None,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
+    stateful: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> onnx.ModelProto:
     """Export ``model`` (any nn.Module holding tritonlstm or torch.nn LSTM layers) to ONNX in one call.
 
     Args:
-        model: the model; exported in eval mode (inter-layer dropout off) as float32, from a copy.
+        model: the model; exported in eval mode (inter-layer dropout off) in ``dtype``, from a copy.
         args: example positional inputs (a tensor or a tuple). Pass a padded batch and ``lengths`` for variable
             lengths; ``PackedSequence`` is refused.
         f: file to write, if given.
         dynamic: make the batch and sequence-length dimensions symbolic (dims 0 and 1 of 3-D inputs, dim 0 of
             lower-rank ones), so the file runs at any B and T.
         opset: ONNX opset, at least 18 (default 18).
-        input_names, output_names: names for the graph's inputs and outputs.
+        input_names, output_names: names for the graph's inputs and outputs (with ``stateful``, for the model's
+            own; the state names follow them).
+        stateful: carry the state of every recurrent layer through the graph, for chunk-by-chunk inference
+            (:class:`tritonlstm.Stateful`): after the model's inputs, one input per layer and state,
+            ``h_in_l0, c_in_l0, h_in_l1, ...`` (``[B, R]`` and ``[B, H]``, prefixed by the module's path when the
+            model holds several recurrent modules), and after its outputs ``h_out_l0, c_out_l0, ...`` of the
+            same shapes and dtype, to feed back as the next chunk's state. The model's own outputs are named
+            ``output`` (one) or ``output_0, output_1, ...`` unless ``output_names`` says otherwise. Bidirectional
+            and ``reverse=True`` layers cannot stream and are refused.
+        dtype: ``torch.float32`` (default; every runtime) or ``torch.float16``, a graph for onnxruntime's CUDA
+            execution provider (its CPU LSTM runs float32 only; :func:`verify_onnx` checks such a graph on a
+            CPU by running it widened to float32).
 
     Returns:
         The ``onnx.ModelProto``, checked with ``onnx.checker.check_model(full_check=True)``.
@@ -121,12 +142,15 @@ def export_onnx(
 
         >>> proto = export_onnx(model, (x, lengths), "model.onnx")
         >>> verify_onnx(model, "model.onnx", (x, lengths))
+        >>> export_onnx(model, (x,), "stream.onnx", stateful=True)   # h_in_l0, c_in_l0 -> h_out_l0, c_out_l0
     """
     opset = MIN_OPSET if opset is None else opset
     if opset < MIN_OPSET:
         raise ValueError(f"tritonlstm's ONNX export needs opset >= {MIN_OPSET} (the LSTM translation uses it), got {opset}")
     args = args if isinstance(args, tuple) else (args,)
-    model, args = _prepare(model, args)
+    model, args = _prepare(model, args, dtype)
+    if stateful:
+        model, args, input_names, output_names = _stateful_form(model, args, input_names, output_names)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", module=r"torch\.onnx")  # progress notes and torchvision absences
         warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)  # torch's own deprecation
@@ -137,13 +161,125 @@ def export_onnx(
             output_names=list(output_names) if output_names else None, verbose=False,
         )  # fmt: skip
     proto = program.model_proto
+    if stateful:
+        _check_state_names(model.stateful, proto)
+        onnx.helper.set_model_props(proto, {
+            STATE_INPUTS_KEY: ",".join(model.stateful.state_input_names),
+            STATE_OUTPUTS_KEY: ",".join(model.stateful.state_output_names),
+        })  # fmt: skip
     onnx.checker.check_model(proto, full_check=True)
     _check_not_unrolled(model, proto)
     if dynamic:
         _check_dynamic(args, proto)
+    if dtype == torch.float16:
+        check_float16(proto)
     if f is not None:
         onnx.save(proto, os.fspath(f))
     return proto
+
+
+class _FlatStateful(torch.nn.Module):
+    """:class:`tritonlstm.Stateful` with a flat signature for the exporter: ``(*args, *state) -> (*outputs, *state)``."""
+
+    def __init__(self, stateful: tritonlstm.Stateful, n_args: int) -> None:
+        super().__init__()
+        self.stateful = stateful
+        self.n_args = n_args
+
+    def forward(self, *inputs):
+        outputs, state = self.stateful(*inputs[: self.n_args], state=inputs[self.n_args :])
+        return (*_flatten(outputs), *state)
+
+
+def _stateful_form(model, args, input_names, output_names):
+    """The model as :class:`_FlatStateful`, its example arguments with a zero state, and every graph name."""
+    wrapper = tritonlstm.Stateful(model).eval()
+    with torch.no_grad():
+        outputs, state = wrapper(*args)
+    n_outputs = len(_flatten(outputs))
+    tensors = [name for name, value in inspect.signature(model.forward).bind(*args).arguments.items()
+               if isinstance(value, torch.Tensor)]  # fmt: skip
+    arg_names = list(input_names) if input_names else tensors
+    if len(arg_names) != sum(isinstance(a, torch.Tensor) for a in args):
+        raise ValueError(f"input_names names {len(arg_names)} inputs; the model takes {sum(isinstance(a, torch.Tensor) for a in args)} tensors")
+    out_names = list(output_names) if output_names else (
+        ["output"] if n_outputs == 1 else [f"output_{k}" for k in range(n_outputs)])  # fmt: skip
+    if len(out_names) != n_outputs:
+        raise ValueError(f"output_names names {len(out_names)} outputs; the model returns {n_outputs} tensors")
+    clash = set(arg_names + out_names) & set(wrapper.state_input_names + wrapper.state_output_names)
+    if clash:
+        raise ValueError(f"input_names/output_names {sorted(clash)} are the state's names in a stateful graph")
+    flat = _FlatStateful(wrapper, len(args)).eval()
+    example = (*args, *(torch.zeros_like(t) for t in state))
+    return flat, example, arg_names + wrapper.state_input_names, out_names + wrapper.state_output_names
+
+
+def _check_state_names(wrapper, proto: onnx.ModelProto) -> None:
+    """A stateful graph ends its inputs and outputs with the documented state names, in order; nothing else."""
+    inputs = [i.name for i in proto.graph.input][-len(wrapper.state_input_names) :]
+    outputs = [o.name for o in proto.graph.output][-len(wrapper.state_output_names) :]
+    if inputs != wrapper.state_input_names or outputs != wrapper.state_output_names:
+        raise RuntimeError(
+            f"tritonlstm export: the stateful graph's state is named {inputs} -> {outputs}, not "
+            f"{wrapper.state_input_names} -> {wrapper.state_output_names}; a runtime would feed the state under the "
+            "wrong names. No file was written."
+        )
+
+
+def check_float16(proto: onnx.ModelProto) -> None:
+    """A float16 graph: every floating input, output and initializer float16, one recurrent node per layer kept.
+
+    Raises a ``RuntimeError`` naming the first float32 (or other floating) tensor found.
+    """
+    floating = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16}
+    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        for v in values:
+            elem = v.type.tensor_type.elem_type
+            if elem in floating and elem != onnx.TensorProto.FLOAT16:
+                raise RuntimeError(f"float16 graph: {kind} {v.name!r} is {onnx.TensorProto.DataType.Name(elem)}")
+    for graph in _graphs(proto.graph):
+        for t in graph.initializer:
+            if t.data_type in floating and t.data_type != onnx.TensorProto.FLOAT16:
+                raise RuntimeError(f"float16 graph: initializer {t.name!r} is {onnx.TensorProto.DataType.Name(t.data_type)}")
+
+
+def _graphs(graph: onnx.GraphProto):
+    """``graph`` and every subgraph in it (a Loop's body, nested)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            for g in attr.graphs:
+                yield from _graphs(g)
+
+
+def _float16_as_float32(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of a float16 graph with every float16 type, initializer, constant and cast made float32.
+
+    onnxruntime's CPU provider has no float16 LSTM; this runs the same graph, the same operators and wiring on
+    weights already rounded to float16, to check what it computes on a machine without a GPU.
+    """
+    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    wide = copy.deepcopy(proto)
+
+    def widen(tensor: onnx.TensorProto) -> None:
+        if tensor.data_type == f16:
+            tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor).astype(np.float32), tensor.name))
+
+    for graph in _graphs(wide.graph):
+        for t in graph.initializer:
+            widen(t)
+        for v in (*graph.input, *graph.output, *graph.value_info):
+            if v.type.tensor_type.elem_type == f16:
+                v.type.tensor_type.elem_type = f32
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    widen(attr.t)
+                elif attr.type == onnx.AttributeProto.INT and attr.name in ("to", "dtype") and attr.i == f16:
+                    attr.i = f32
+    return wide
 
 
 def _check_dynamic(args: tuple, proto: onnx.ModelProto) -> None:
@@ -217,48 +353,219 @@ def verify_onnx(
     onnx_model_or_path: onnx.ModelProto | str | os.PathLike,
     args: tuple | torch.Tensor,
     *,
-    rtol: float = 1e-4,
-    atol: float = 1e-5,
+    rtol: float | None = None,
+    atol: float | None = None,
     other_args: Sequence[tuple] | None = None,
+    state: Sequence[torch.Tensor] | None = None,
+    chunkings: int = 0,
+    steps: Sequence[tuple] | None = None,
+    time_dim: int | None = None,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    seed: int = 0,
 ) -> VerifyReport:
     """Run the ONNX model in onnxruntime and compare every output with the PyTorch model (eval mode, float32).
 
-    Compares at ``args`` and at each tuple in ``other_args`` (other batch sizes and sequence lengths).
+    Compares at ``args`` and at each tuple in ``other_args`` (other batch sizes and sequence lengths). A stateful
+    graph (``export_onnx(..., stateful=True)``) starts from ``state`` (a tensor per state input, in their order;
+    zeros when None) at ``args`` and from zeros elsewhere, and its state outputs are compared too. For such a graph:
+
+    * ``chunkings=N`` cuts ``args`` along time at random points, N times (the first time into chunks of one step
+      up to the shortest length, when that is at most 64), runs the chunks through onnxruntime one after another with the state fed back, and compares
+      with PyTorch's one call on the whole sequence: outputs with a time dimension concatenated, the others and
+      the state after the last chunk. 3-D floating inputs are cut along ``time_dim`` (default: 1 if the model's
+      first recurrent layer is batch-first, else 0) and ``lengths`` (1-D integer inputs) per chunk; every row keeps
+      at least one step in each chunk.
+    * ``steps=[args_1, args_2, ...]`` runs a step graph (an ``LSTMCell`` decoder, say) call after call with the state
+      fed back, against the PyTorch model run the same way, step by step.
+
+    ``rtol``/``atol`` default to 1e-4/1e-5, or 1e-2/1e-2 for a float16 graph. onnxruntime's CPU provider has no
+    float16 LSTM, so with it a float16 graph runs widened to float32 (the same operators and wiring on the weights
+    rounded to float16); pass ``providers=["CUDAExecutionProvider"]`` (onnxruntime-gpu) to run it as it is.
 
     Raises:
         AssertionError: naming the input set and output that differ beyond ``atol + rtol * |expected|``.
+        ValueError: a ``state`` of the wrong count, shape or dtype (naming the expected one), or ``chunkings``/
+            ``steps`` on a graph without state.
     """
     import onnxruntime as ort
 
     proto = onnx_model_or_path if isinstance(onnx_model_or_path, onnx.ModelProto) else onnx.load(os.fspath(onnx_model_or_path))
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    state_names = meta[STATE_INPUTS_KEY].split(",") if STATE_INPUTS_KEY in meta else []
+    if (chunkings or steps or state is not None) and not state_names:
+        raise ValueError(
+            "this graph has no state inputs, so chunks and steps cannot carry state through it: export it with "
+            "export_onnx(..., stateful=True)"
+        )
+    float16 = _is_float16(proto)
+    widened = float16 and list(providers) == ["CPUExecutionProvider"]
+    rtol = (1e-2 if float16 else 1e-4) if rtol is None else rtol
+    atol = (1e-2 if float16 else 1e-5) if atol is None else atol
+    runnable = _float16_as_float32(proto) if widened else proto
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: not its notes on initializers the exporter left unused
+    session = ort.InferenceSession(runnable.SerializeToString(), options, providers=list(providers))
     model, _ = _prepare(model, ())
-    rows, failures = [], []
-    for call in [args, *(other_args or [])]:
-        call = call if isinstance(call, tuple) else (call,)
-        call = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in call)
-        tensors = [a for a in call if isinstance(a, torch.Tensor)]
-        feeds = {n: t.detach().cpu().numpy() for n, t in zip(names, tensors)}
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            outputs = model(*(a.to(device) if isinstance(a, torch.Tensor) else a for a in call))
-            expected = [t.detach().cpu().numpy() for t in _flatten(outputs)]
-        actual = session.run(None, feeds)
-        shapes = "x".join(str(tuple(t.shape)) for t in tensors)
-        for k, (a, e) in enumerate(zip(actual, expected)):
-            if a.shape != e.shape:
-                failures.append(f"inputs {shapes}, output {k}: shape {a.shape} != PyTorch's {e.shape}")
-                continue
-            diff = np.abs(a.astype(np.float64) - e.astype(np.float64))
-            rel = diff / np.maximum(np.abs(e), 1e-12)
-            rows.append({"shapes": shapes, "output": str(k), "max_abs_diff": float(diff.max(initial=0.0)),
-                         "max_rel_diff": float(rel.max(initial=0.0))})  # fmt: skip
-            if not np.all(diff <= atol + rtol * np.abs(e)):
-                failures.append(f"inputs {shapes}, output {k}: max abs diff {diff.max():.3e} > atol {atol} + rtol {rtol}")
-        if len(actual) != len(expected):
-            failures.append(f"inputs {shapes}: ONNX gives {len(actual)} outputs, PyTorch {len(expected)}")
-    report = VerifyReport(rows, passed=not failures)
-    if failures:
-        raise AssertionError("ONNX output differs from PyTorch:\n" + "\n".join(failures) + f"\n{report}")
+    check = _Check(session, model, state_names, np.float16 if float16 and not widened else np.float32, rtol, atol)
+    for k, call in enumerate([args, *(other_args or [])]):
+        call = check.cast(call)
+        start = check.validate_state(call, state) if k == 0 and state is not None else None
+        expected, final = check.run_torch(call, start)
+        actual, ort_final = check.run_ort(call, start if start is not None else [torch.zeros_like(t) for t in final])
+        check.compare(check.shapes(call), actual + ort_final, expected + final)
+    if chunkings:
+        check.chunkings(check.cast(args), state, chunkings, time_dim, seed)
+    if steps:
+        check.steps([check.cast(call) for call in steps])
+    report = VerifyReport(check.rows, passed=not check.failures)
+    if check.failures:
+        raise AssertionError("ONNX output differs from PyTorch:\n" + "\n".join(check.failures) + f"\n{report}")
     return report
+
+
+def _is_float16(proto: onnx.ModelProto) -> bool:
+    return any(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for i in proto.graph.input)
+
+
+class _Check:
+    """One verification's runs: PyTorch (stateful where the graph is) and onnxruntime, and their comparison."""
+
+    def __init__(self, session, model, state_names, feed_dtype, rtol, atol) -> None:
+        self.session, self.model, self.state_names = session, model, state_names
+        self.stateful = tritonlstm.Stateful(model) if state_names else None
+        self.names = [i.name for i in session.get_inputs()]
+        self.feed_dtype, self.rtol, self.atol = feed_dtype, rtol, atol
+        self.device = next(model.parameters()).device
+        self.rows, self.failures = [], []
+
+    @staticmethod
+    def cast(call) -> tuple:
+        call = call if isinstance(call, tuple) else (call,)
+        return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in call)
+
+    @staticmethod
+    def shapes(call) -> str:
+        return "x".join(str(tuple(a.shape)) for a in call if isinstance(a, torch.Tensor))
+
+    def run_torch(self, call, state=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """PyTorch's outputs (flattened) and, for a stateful graph, its final state."""
+        call = tuple(a.to(self.device) if isinstance(a, torch.Tensor) else a for a in call)
+        with torch.no_grad():
+            if self.stateful is None:
+                return [t.cpu() for t in _flatten(self.model(*call))], []
+            state = None if state is None else [t.to(self.device) for t in state]
+            outputs, final = self.stateful(*call, state=state)
+        return [t.cpu() for t in _flatten(outputs)], [t.cpu() for t in final]
+
+    def run_ort(self, call, state) -> tuple[list[np.ndarray], list[torch.Tensor]]:
+        """onnxruntime's outputs and its state outputs (as float32 tensors, to feed back)."""
+        tensors = [a for a in call if isinstance(a, torch.Tensor)] + list(state)
+        feeds = {}
+        for name, t in zip(self.names, tensors):
+            array = t.detach().cpu().numpy()
+            feeds[name] = array.astype(self.feed_dtype) if t.is_floating_point() else array
+        actual = self.session.run(None, feeds)
+        n = len(actual) - len(state)
+        return actual[:n], [torch.from_numpy(a.astype(np.float32)) for a in actual[n:]]
+
+    def validate_state(self, call, state) -> list[torch.Tensor]:
+        """``state`` as a list, after checking its count, shapes and dtype against what ``call`` needs."""
+        _, zeros = self.run_torch(call)
+        state = list(state)
+        if len(state) != len(zeros):
+            raise ValueError(
+                f"state has {len(state)} tensors; this graph takes {len(zeros)}: {', '.join(self.state_names)}"
+            )
+        for name, given, want in zip(self.state_names, state, zeros):
+            if not isinstance(given, torch.Tensor) or given.shape != want.shape or not given.is_floating_point():
+                got = f"{tuple(given.shape)} {given.dtype}" if isinstance(given, torch.Tensor) else type(given).__name__
+                raise ValueError(
+                    f"state {name!r} must be a floating tensor of shape {tuple(want.shape)} (the batch of these "
+                    f"inputs, {self.shapes(call)}), got {got}"
+                )
+        return [t.float() for t in state]
+
+    def compare(self, label: str, actual: Sequence, expected: Sequence[torch.Tensor]) -> None:
+        if len(actual) != len(expected):
+            self.failures.append(f"inputs {label}: ONNX gives {len(actual)} outputs, PyTorch {len(expected)}")
+        names = [o.name for o in self.session.get_outputs()]
+        for k, (a, e) in enumerate(zip(actual, expected)):
+            name = names[k] if len(names) == len(expected) else str(k)
+            a, e = np.asarray(a, dtype=np.float64), e.detach().double().numpy()
+            if a.shape != e.shape:
+                self.failures.append(f"inputs {label}, output {name}: shape {a.shape} != PyTorch's {e.shape}")
+                continue
+            diff = np.abs(a - e)
+            rel = diff / np.maximum(np.abs(e), 1e-12)
+            self.rows.append({"shapes": label, "output": name, "max_abs_diff": float(diff.max(initial=0.0)),
+                              "max_rel_diff": float(rel.max(initial=0.0))})  # fmt: skip
+            if not np.all(diff <= self.atol + self.rtol * np.abs(e)):
+                self.failures.append(
+                    f"inputs {label}, output {name}: max abs diff {diff.max():.3e} > atol {self.atol} + rtol {self.rtol}"
+                )
+
+    def _start(self, call, state) -> list[torch.Tensor]:
+        if state is not None:
+            return self.validate_state(call, state)
+        return [torch.zeros_like(t) for t in self.run_torch(call)[1]]
+
+    def chunkings(self, call, state, count: int, time_dim: int | None, seed: int) -> None:
+        """``count`` random chunkings of ``call`` through onnxruntime against PyTorch's whole-sequence call."""
+        if time_dim is None:
+            first = next(m for m in self.model.modules() if isinstance(m, (tritonlstm.LSTM, tritonlstm.LSTMCell)))
+            time_dim = 1 if getattr(first, "batch_first", False) else 0
+        sequences = [a for a in call if _is_sequence(a)]
+        if not sequences:
+            raise ValueError("chunkings needs a 3-D floating input to cut along time")
+        T = sequences[0].shape[time_dim]
+        lengths = [a for a in call if _is_lengths(a)]
+        # every row keeps a step in every chunk: cuts before the shortest length
+        limit = int(min(int(t.min()) for t in lengths)) if lengths else T
+        start = self._start(call, state)
+        expected, final = self.run_torch(call, start)
+        g = torch.Generator().manual_seed(seed)
+        for r in range(count):
+            if r == 0 and limit <= 64:
+                cuts = list(range(1, limit))
+            else:
+                k = int(torch.randint(0, min(4, limit - 1) + 1, (1,), generator=g)) if limit > 1 else 0
+                cuts = sorted(set(torch.randperm(limit - 1, generator=g)[:k].add(1).tolist())) if k else []
+            bounds = [0, *cuts, T]
+            carried, pieces = start, []
+            for a, b in zip(bounds, bounds[1:]):
+                chunk = tuple(_chunk(x, a, b, time_dim) for x in call)
+                out, carried = self.run_ort(chunk, carried)
+                pieces.append(out)
+            joined = [
+                np.concatenate([p[k] for p in pieces], axis=time_dim)
+                if e.dim() >= 3 and e.shape[time_dim] == T and all(p[k].shape[time_dim] == b - a
+                                                                     for p, a, b in zip(pieces, bounds, bounds[1:]))
+                else pieces[-1][k]
+                for k, e in enumerate(expected)
+            ]  # fmt: skip
+            self.compare(f"{self.shapes(call)} in {len(bounds) - 1} chunks", joined + carried, expected + final)
+
+    def steps(self, calls) -> None:
+        """A step graph called once per element of ``calls``, state fed back, against PyTorch the same way."""
+        torch_state = ort_state = self._start(calls[0], None)
+        for k, call in enumerate(calls):
+            expected, torch_state = self.run_torch(call, torch_state)
+            actual, ort_state = self.run_ort(call, ort_state)
+            self.compare(f"step {k} {self.shapes(call)}", actual + ort_state, expected + torch_state)
+
+
+def _is_sequence(a) -> bool:
+    return isinstance(a, torch.Tensor) and a.is_floating_point() and a.dim() >= 3
+
+
+def _is_lengths(a) -> bool:
+    return isinstance(a, torch.Tensor) and not a.is_floating_point() and a.dim() == 1
+
+
+def _chunk(a, start: int, end: int, time_dim: int):
+    """Steps [start, end) of a sequence input; a lengths input's lengths within them; anything else as it is."""
+    if _is_sequence(a):
+        return a.narrow(time_dim, start, end - start)
+    if _is_lengths(a):
+        return (a - start).clamp(1, end - start)
+    return a
