@@ -95,7 +95,7 @@ def _demo(args: argparse.Namespace) -> None:
         torch.set_num_threads(threads)  # main() may be called in-process (tests)
     print(f"files in {args.out}{os.sep}:")
     for name in m["files"]:
-        print(f"  {name:<14}{descriptions[name]}")
+        print(f"  {name:<19}{descriptions[name]}")
 
 
 def _run(args: argparse.Namespace, device: str, backend: str) -> tuple[dict, dict]:
@@ -115,6 +115,9 @@ def _run(args: argparse.Namespace, device: str, backend: str) -> tuple[dict, dic
         for name, rmse, mae in rows:
             print(f"{name:<28}{rmse:>12}{mae:>12}")
         print(f"onnxruntime vs PyTorch, max abs diff: {m['onnx_max_abs_diff']:.2e} ppm")
+        s = m["streaming"]
+        print(f"streamed one week per call ({s['file']}, state fed back) vs whole windows, max abs diff: "
+              f"onnxruntime {s['onnx_max_abs_diff_ppm']:.2e} ppm, PyTorch {s['pytorch_max_abs_diff_ppm']:.2e} ppm")
         if m["triton_vs_reference_max_abs_diff"] is None:
             print(f"Triton kernels not checked: {m['triton_check']}")
         else:

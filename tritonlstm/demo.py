@@ -116,6 +116,8 @@ FORECAST_FILES = {
     "metrics.json": "the numbers above",
     "model.pt": "the trained weights: the state_dict of tritonlstm.demo.Forecaster",
     "model.onnx": "the model for onnxruntime: input 'history' [batch, weeks, features], output 'forecast'",
+    "model_stream.onnx": "the same model, stateful: one or more weeks 'week' [batch, weeks, features] and the "
+    "state (h_in_l0, c_in_l0, ...) in, 'forecast' and the state (h_out_l0, c_out_l0, ...) out",
     "forecast.png": "the test period: truth, forecast, naive baseline and their errors",
 }
 
@@ -208,6 +210,20 @@ def forecast(out: str, quick: bool, device: str, backend: str, features: str, ho
     onnx_pred = test.last[:, None] + onnx_scaled * scale
     onnx_diff = float((onnx_pred - pred).abs().max())
 
+    # streaming deployment: the stateful graph fed one week per call, the state fed back; after a window's last
+    # week its forecast must be the whole-window one (windows are encoded relative to their own last value, so
+    # each window is a stream of its own: all test windows run side by side as one batch)
+    stream_path = os.path.join(out, "model_stream.onnx")
+    with quiet_export():
+        export_onnx(model, example, stream_path, stateful=True, input_names=["week"], output_names=["forecast"])
+    stream_scaled = torch.from_numpy(stream_weeks(stream_path, test.x.numpy())).double()
+    stream_torch = _stream_torch(model, test.x.to(device)).cpu().double()
+    streaming = {
+        "file": "model_stream.onnx", "weeks_per_call": 1, "calls": lookback, "windows": int(len(test.x)),
+        "onnx_max_abs_diff_ppm": float(((stream_scaled - pred_scaled) * scale).abs().max()),
+        "pytorch_max_abs_diff_ppm": float(((stream_torch - pred_scaled) * scale).abs().max()),
+    }  # fmt: skip
+
     metrics = {
         "task": "forecast", "features": features, "horizon": horizon, "lookback": lookback, "epochs": epochs,
         "recurrent_dropout": recurrent_dropout, "zoneout": zoneout, "seed": seed,
@@ -217,7 +233,7 @@ def forecast(out: str, quick: bool, device: str, backend: str, features: str, ho
         "baselines": {k: {"rmse": v[0], "mae": v[1]} for k, v in baselines.items()},
         "onnx_max_abs_diff": onnx_diff, "onnx_verify_max_abs_diff": report.max_abs_diff,
         "backend": tritonlstm.resolve_backend(backend, torch.device(device), torch.float32), "device": device,
-        "triton_vs_reference_max_abs_diff": triton_diff, "triton_check": triton_check,
+        "triton_vs_reference_max_abs_diff": triton_diff, "triton_check": triton_check, "streaming": streaming,
         "test_weeks": int(len(test.x)), "files": list(FORECAST_FILES),
     }  # fmt: skip
     plot_path = os.path.join(out, "forecast.png")
@@ -226,6 +242,31 @@ def forecast(out: str, quick: bool, device: str, backend: str, features: str, ho
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
     return metrics
+
+
+def stream_weeks(path: str, x: np.ndarray) -> np.ndarray:
+    """onnxruntime on the stateful forecaster, one week per call with the state fed back; the forecast after the
+    last week of each window of ``x`` ``[windows, weeks, features]``."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    state_in = [i for i in session.get_inputs() if i.name != "week"]
+    # every state is [batch, units]: the units are fixed in the graph, the batch is the windows'
+    state = {i.name: np.zeros((len(x), i.shape[1]), np.float32) for i in state_in}
+    outputs = [o.name for o in session.get_outputs()]
+    for week in range(x.shape[1]):
+        result = dict(zip(outputs, session.run(outputs, {"week": x[:, week : week + 1], **state})))
+        state = {i.name: result[i.name.replace("_in_", "_out_")] for i in state_in}  # by name, never by position
+    return result["forecast"]
+
+
+@torch.no_grad()
+def _stream_torch(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The same in PyTorch (``tritonlstm.stateful``): one week per call, the forecast after the last."""
+    stream, state = tritonlstm.stateful(model), None
+    for week in range(x.shape[1]):
+        forecast, state = stream(x[:, week : week + 1], state=state)
+    return forecast
 
 
 def regulariser(metrics: dict) -> str:
