@@ -143,6 +143,7 @@ def test_float16_graph_for_the_cuda_provider(tmp_path):
         check_float16(export_onnx(model, (x, lengths)))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(
     "CUDAExecutionProvider" not in ort.get_available_providers(),
     reason="needs onnxruntime-gpu and a GPU (onnxruntime's CUDA execution provider)",

@@ -221,6 +221,7 @@ def test_a_model_passing_its_own_state_is_refused():
         tritonlstm.stateful(OwnState())(torch.randn(5, 2, 4))
 
 
+@pytest.mark.gpu
 @requires_gpu
 def test_stream_captured_as_a_cuda_graph_replays_chunk_after_chunk():
     lstm = tritonlstm.LSTM(16, 32, num_layers=2, batch_first=True).cuda().eval()
