@@ -29,6 +29,17 @@ def _gate_order(hidden: int, device: torch.device) -> torch.Tensor:
     return torch.cat([torch.arange(k * hidden, (k + 1) * hidden, device=device) for k in (0, 3, 1, 2)])
 
 
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """A fresh, contiguous copy of ``t``, whatever its layout, without asking what that layout is.
+
+    The exporter traces an example input that is a view (``x[:, :3]``, a transpose, an ``expand``) with symbolic
+    strides; ``.contiguous()`` branches on them, and an op such as ``linear``, whose matmul reshapes its input,
+    asks whether they allow a view: either leaves ``aten.sym_stride`` in the graph, which ONNX cannot express.
+    ``clone(memory_format=torch.contiguous_format)`` always copies, into strides made from the sizes alone.
+    """
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 def _direction(num_directions: int, reverse: bool) -> str:
     return "bidirectional" if num_directions == 2 else ("reverse" if reverse else "forward")
 
@@ -62,10 +73,10 @@ def _projected_direction(gx, h0, c0, w_hh, w_hr, lengths, reverse: bool, zoneout
     T = gx.shape[0]
     p_h, p_c = zoneout
     # the loop body closes over these: plain tensors, not views, or tracing gives each view's base its own
-    # symbolic sizes, which can end up tied to (and specialise) the batch size
-    w_hh_t = w_hh.t().contiguous()
-    w_hr_t = w_hr.t().contiguous() if w_hr is not None else None
-    h0, c0 = h0.contiguous(), c0.contiguous()
+    # symbolic sizes, which can end up tied to (and specialise) the batch size; copied without reading strides
+    w_hh_t = _dense(w_hh.t())
+    w_hr_t = _dense(w_hr.t()) if w_hr is not None else None
+    h0, c0 = _dense(h0), _dense(c0)
 
     def more(t, h, c, y):
         return t < T
@@ -98,6 +109,9 @@ def _projected_direction(gx, h0, c0, w_hh, w_hr, lengths, reverse: bool, zoneout
 def _projected_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: bool, zoneout=(0.0, 0.0)):
     D = w_ih.shape[0]
     dirs = (False, True) if D == 2 else (reverse,)
+    # the input as the example gave it may be any view (batch-first x[:, :3] arrives here transposed, with a free
+    # symbolic stride); linear's matmul would ask whether those strides let it reshape x to 2-D
+    x = _dense(x)
     runs = []
     for d, rev in enumerate(dirs):
         gx = torch.nn.functional.linear(x, w_ih[d], b_ih[d] + b_hh[d] if b_ih is not None else None)
