@@ -179,7 +179,8 @@ def export_onnx(
 
 
 class _FlatStateful(torch.nn.Module):
-    """:class:`tritonlstm.Stateful` with a flat signature for the exporter: ``(*args, *state) -> (*outputs, *state)``."""
+    """:class:`tritonlstm.Stateful` with a flat signature for the exporter: ``(*args, *state) -> (*outputs,
+    *state)``."""
 
     def __init__(self, stateful: tritonlstm.Stateful, n_args: int) -> None:
         super().__init__()
@@ -197,11 +198,15 @@ def _stateful_form(model, args, input_names, output_names):
     with torch.no_grad():
         outputs, state = wrapper(*args)
     n_outputs = len(_flatten(outputs))
-    tensors = [name for name, value in inspect.signature(model.forward).bind(*args).arguments.items()
-               if isinstance(value, torch.Tensor)]  # fmt: skip
+    tensors = []  # the graph input names torch would give: the forward's parameters, *args numbered
+    for name, value in inspect.signature(model.forward).bind(*args).arguments.items():
+        if isinstance(value, tuple):
+            tensors += [f"{name}_{k}" for k, v in enumerate(value) if isinstance(v, torch.Tensor)]
+        elif isinstance(value, torch.Tensor):
+            tensors.append(name)
     arg_names = list(input_names) if input_names else tensors
-    if len(arg_names) != sum(isinstance(a, torch.Tensor) for a in args):
-        raise ValueError(f"input_names names {len(arg_names)} inputs; the model takes {sum(isinstance(a, torch.Tensor) for a in args)} tensors")
+    if len(arg_names) != len(tensors):
+        raise ValueError(f"input_names names {len(arg_names)} inputs; the model takes {len(tensors)} tensors")
     out_names = list(output_names) if output_names else (
         ["output"] if n_outputs == 1 else [f"output_{k}" for k in range(n_outputs)])  # fmt: skip
     if len(out_names) != n_outputs:
@@ -240,7 +245,8 @@ def check_float16(proto: onnx.ModelProto) -> None:
     for graph in _graphs(proto.graph):
         for t in graph.initializer:
             if t.data_type in floating and t.data_type != onnx.TensorProto.FLOAT16:
-                raise RuntimeError(f"float16 graph: initializer {t.name!r} is {onnx.TensorProto.DataType.Name(t.data_type)}")
+                name = onnx.TensorProto.DataType.Name(t.data_type)
+                raise RuntimeError(f"float16 graph: initializer {t.name!r} is {name}")
 
 
 def _graphs(graph: onnx.GraphProto):
@@ -265,7 +271,8 @@ def _float16_as_float32(proto: onnx.ModelProto) -> onnx.ModelProto:
 
     def widen(tensor: onnx.TensorProto) -> None:
         if tensor.data_type == f16:
-            tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor).astype(np.float32), tensor.name))
+            wide = onnx.numpy_helper.to_array(tensor).astype(np.float32)
+            tensor.CopyFrom(onnx.numpy_helper.from_array(wide, tensor.name))
 
     for graph in _graphs(wide.graph):
         for t in graph.initializer:
@@ -500,9 +507,8 @@ class _Check:
             self.rows.append({"shapes": label, "output": name, "max_abs_diff": float(diff.max(initial=0.0)),
                               "max_rel_diff": float(rel.max(initial=0.0))})  # fmt: skip
             if not np.all(diff <= self.atol + self.rtol * np.abs(e)):
-                self.failures.append(
-                    f"inputs {label}, output {name}: max abs diff {diff.max():.3e} > atol {self.atol} + rtol {self.rtol}"
-                )
+                self.failures.append(f"inputs {label}, output {name}: max abs diff {diff.max():.3e} > atol "
+                                     f"{self.atol} + rtol {self.rtol}")
 
     def _start(self, call, state) -> list[torch.Tensor]:
         if state is not None:

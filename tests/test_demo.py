@@ -55,8 +55,8 @@ def test_forecast_demo_quick(tmp_path, capsys, interpret_as_this_run):
     s = m["streaming"]
     assert (s["weeks_per_call"], s["calls"], s["windows"]) == (1, 52, 340), s  # --quick: 52-week windows
     assert (tmp_path / s["file"]).stat().st_size > 0
-    assert s["pytorch_max_abs_diff_ppm"] == 0.0, "streamed week by week, the reference loop is the whole window's, bitwise"
-    assert s["onnx_max_abs_diff_ppm"] < 1e-4, "the stateful graph fed one week at a time must give the whole-window forecast"
+    assert s["pytorch_max_abs_diff_ppm"] == 0.0, "streamed week by week, the reference loop gives the whole window's"
+    assert s["onnx_max_abs_diff_ppm"] < 1e-4, "the stateful graph, one week per call, gives the whole-window forecast"
     out, err = capsys.readouterr()
     if INTERPRETER:
         assert m["triton_vs_reference_max_abs_diff"] < 1e-4, "the Triton kernels must agree with the reference loop"
@@ -66,7 +66,8 @@ def test_forecast_demo_quick(tmp_path, capsys, interpret_as_this_run):
         assert "Triton kernels not checked: CPU tensors need Triton's interpreter" in out
     assert "beats the naive baseline" in out and "RMSE (ppm)" in out
     files = out[out.index(f"files in {tmp_path}") :]
-    assert all(name in files for name in ("metrics.json", "model.pt", "model.onnx", "model_stream.onnx", "forecast.png")), files
+    written = ("metrics.json", "model.pt", "model.onnx", "model_stream.onnx", "forecast.png")
+    assert all(name in files for name in written), files
     assert "streamed one week per call" in out
     for text in QUIET:
         assert text not in out + err, f"{text!r} reached the demo's output"

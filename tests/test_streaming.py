@@ -12,7 +12,9 @@ import tritonlstm
 from tests.helpers import BACKENDS, assert_close, backend_device, requires_gpu
 
 # cut points (T = 7): one step at a time, uneven chunks, one chunk
-CHUNKINGS = [pytest.param([1, 2, 3, 4, 5, 6], id="steps"), pytest.param([2, 3], id="uneven"), pytest.param([], id="whole")]
+CHUNKINGS = [
+    pytest.param([1, 2, 3, 4, 5, 6], id="steps"), pytest.param([2, 3], id="uneven"), pytest.param([], id="whole"),
+]
 CONFIGS = [
     pytest.param(dict(num_layers=2, batch_first=True), id="L2-bf"),
     pytest.param(dict(proj_size=3), id="proj"),
@@ -28,7 +30,8 @@ def _chunks(x: torch.Tensor, cuts: list[int], time_dim: int) -> list[torch.Tenso
 
 def _assert_equal(actual: torch.Tensor, expected: torch.Tensor, backend: str, dtype: torch.dtype, name: str) -> None:
     if backend == "reference":
-        assert torch.equal(actual, expected), f"{name}: chunked differs from whole, max {(actual - expected).abs().max()}"
+        diff = (actual - expected).abs().max()
+        assert torch.equal(actual, expected), f"{name}: chunked differs from whole, max {diff}"
     else:
         assert_close(actual, expected, dtype, name)
 
