@@ -232,7 +232,7 @@ def _check_state_names(wrapper, proto: onnx.ModelProto) -> None:
 
 
 def check_float16(proto: onnx.ModelProto) -> None:
-    """A float16 graph: every floating input, output and initializer float16, one recurrent node per layer kept.
+    """A float16 graph: every floating input, output and initializer (subgraphs too) float16.
 
     Raises a ``RuntimeError`` naming the first float32 (or other floating) tensor found.
     """
@@ -377,8 +377,8 @@ def verify_onnx(
     zeros when None) at ``args`` and from zeros elsewhere, and its state outputs are compared too. For such a graph:
 
     * ``chunkings=N`` cuts ``args`` along time at random points, N times (the first time into chunks of one step
-      up to the shortest length, when that is at most 64), runs the chunks through onnxruntime one after another with the state fed back, and compares
-      with PyTorch's one call on the whole sequence: outputs with a time dimension concatenated, the others and
+      up to the shortest length, when that is at most 64), runs the chunks through onnxruntime one after another
+      with the state fed back, and compares with PyTorch's one call on the whole sequence: outputs with a time dimension concatenated, the others and
       the state after the last chunk. 3-D floating inputs are cut along ``time_dim`` (default: 1 if the model's
       first recurrent layer is batch-first, else 0) and ``lengths`` (1-D integer inputs) per chunk; every row keeps
       at least one step in each chunk.
@@ -414,14 +414,17 @@ def verify_onnx(
     session = ort.InferenceSession(runnable.SerializeToString(), options, providers=list(providers))
     model, _ = _prepare(model, ())
     check = _Check(session, model, state_names, np.float16 if float16 and not widened else np.float32, rtol, atol)
+    whole = None  # args' initial state and PyTorch's results there, which the chunkings compare against
     for k, call in enumerate([args, *(other_args or [])]):
         call = check.cast(call)
         start = check.validate_state(call, state) if k == 0 and state is not None else None
         expected, final = check.run_torch(call, start)
-        actual, ort_final = check.run_ort(call, start if start is not None else [torch.zeros_like(t) for t in final])
+        start = start if start is not None else [torch.zeros_like(t) for t in final]
+        actual, ort_final = check.run_ort(call, start)
         check.compare(check.shapes(call), actual + ort_final, expected + final)
+        whole = (call, start, expected, final) if k == 0 else whole
     if chunkings:
-        check.chunkings(check.cast(args), state, chunkings, time_dim, seed)
+        check.chunkings(*whole, chunkings, time_dim, seed)
     if steps:
         check.steps([check.cast(call) for call in steps])
     report = VerifyReport(check.rows, passed=not check.failures)
@@ -510,13 +513,9 @@ class _Check:
                 self.failures.append(f"inputs {label}, output {name}: max abs diff {diff.max():.3e} > atol "
                                      f"{self.atol} + rtol {self.rtol}")
 
-    def _start(self, call, state) -> list[torch.Tensor]:
-        if state is not None:
-            return self.validate_state(call, state)
-        return [torch.zeros_like(t) for t in self.run_torch(call)[1]]
-
-    def chunkings(self, call, state, count: int, time_dim: int | None, seed: int) -> None:
-        """``count`` random chunkings of ``call`` through onnxruntime against PyTorch's whole-sequence call."""
+    def chunkings(self, call, start, expected, final, count: int, time_dim: int | None, seed: int) -> None:
+        """``count`` random chunkings of ``call`` through onnxruntime, each from the state ``start``, against
+        PyTorch's whole-sequence results ``expected`` (outputs) and ``final`` (state)."""
         if time_dim is None:
             first = next(m for m in self.model.modules() if isinstance(m, (tritonlstm.LSTM, tritonlstm.LSTMCell)))
             time_dim = 1 if getattr(first, "batch_first", False) else 0
@@ -527,8 +526,6 @@ class _Check:
         lengths = [a for a in call if _is_lengths(a)]
         # every row keeps a step in every chunk: cuts before the shortest length
         limit = int(min(int(t.min()) for t in lengths)) if lengths else T
-        start = self._start(call, state)
-        expected, final = self.run_torch(call, start)
         g = torch.Generator().manual_seed(seed)
         for r in range(count):
             if r == 0 and limit <= 64:
@@ -553,7 +550,7 @@ class _Check:
 
     def steps(self, calls) -> None:
         """A step graph called once per element of ``calls``, state fed back, against PyTorch the same way."""
-        torch_state = ort_state = self._start(calls[0], None)
+        torch_state = ort_state = [torch.zeros_like(t) for t in self.run_torch(calls[0])[1]]
         for k, call in enumerate(calls):
             expected, torch_state = self.run_torch(call, torch_state)
             actual, ort_state = self.run_ort(call, ort_state)

@@ -214,12 +214,11 @@ class LSTM(nn.RNNBase):
         step (the reverse direction starts there): the numbers nn.LSTM gives for the same batch packed, without
         building a PackedSequence.
         """
-        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         params = [getattr(self, name) for name in self._flat_weights_names]
         if isinstance(input, PackedSequence):
             if lengths is not None:
                 raise ValueError("lengths= cannot be combined with PackedSequence input: the PackedSequence holds them")
-            return self._forward_packed(input, hx, params, real_hidden_size)
+            return self._forward_packed(input, hx, params)
 
         if input.dim() not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
@@ -229,7 +228,7 @@ class LSTM(nn.RNNBase):
             input = input.unsqueeze(batch_dim)
         max_batch_size = input.size(0) if self.batch_first else input.size(1)
         if hx is None:
-            hx = self._zero_state(input, max_batch_size, real_hidden_size)
+            hx = self._zero_state(max_batch_size, input.device, input.dtype)
             self.check_forward_args(input, hx, None)
         else:
             if is_batched:
@@ -263,17 +262,20 @@ class LSTM(nn.RNNBase):
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return output, (h_n, c_n)
 
-    def _zero_state(self, input: torch.Tensor, batch: int, real_hidden_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _zero_state(self, batch: int | None, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero ``(h_0, c_0)``: ``[layers * directions, B, R]`` and ``[..., B, hidden_size]`` (no B for None)."""
         layers = self.num_layers * (2 if self.bidirectional else 1)
-        h = torch.zeros(layers, batch, real_hidden_size, dtype=input.dtype, device=input.device)
-        c = torch.zeros(layers, batch, self.hidden_size, dtype=input.dtype, device=input.device)
+        rows = () if batch is None else (batch,)
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        h = torch.zeros(layers, *rows, real_hidden_size, dtype=dtype, device=device)
+        c = torch.zeros(layers, *rows, self.hidden_size, dtype=dtype, device=device)
         return h, c
 
-    def _forward_packed(self, input: PackedSequence, hx, params, real_hidden_size: int):
+    def _forward_packed(self, input: PackedSequence, hx, params):
         """PackedSequence in and out, computed on the padded batch with per-sequence lengths (original order)."""
         data, batch_sizes, sorted_indices, unsorted_indices = input
         max_batch_size = int(batch_sizes[0])
-        hx = self._zero_state(data, max_batch_size, real_hidden_size) if hx is None else hx
+        hx = self._zero_state(max_batch_size, data.device, data.dtype) if hx is None else hx
         # nn.LSTM sorts hx into the packed order; here the batch stays in the caller's order, so hx is used as given
         self.check_forward_args(data, hx, batch_sizes)
         hx = tuple(_autocast(hx, data.device))

@@ -45,12 +45,7 @@ def zero_state(lstm, batch_size: int | None, device=None, dtype=None) -> tuple[t
     check_streamable(lstm)
     weight = lstm.weight_hh_l0
     device = weight.device if device is None else device
-    dtype = weight.dtype if dtype is None else dtype
-    batch = () if batch_size is None else (batch_size,)
-    R = lstm.proj_size if lstm.proj_size > 0 else lstm.hidden_size
-    h = torch.zeros(lstm.num_layers, *batch, R, device=device, dtype=dtype)
-    c = torch.zeros(lstm.num_layers, *batch, lstm.hidden_size, device=device, dtype=dtype)
-    return h, c
+    return lstm._zero_state(batch_size, device, weight.dtype if dtype is None else dtype)
 
 
 class LSTMStream:
