@@ -4,8 +4,8 @@
     python benchmarks/compile_report.py --arch 80 --hidden 512
     python benchmarks/compile_report.py --lengths only        # just the variable-length variants
 
-It builds what actually runs: the launchers (``lstm_layer_forward``/``lstm_layer_backward``) are called on CPU
-tensors under :func:`benchmarks.fake_driver.fake_cuda_driver`, so each kernel is specialised exactly as at run
+It builds what actually runs: :func:`tritonlstm.kernels.fake_driver.build` calls the per-step launchers
+(``tritonlstm.kernels.step``) on CPU tensors under the fake driver, so each kernel is specialised exactly as at run
 time (the configuration ``step_config`` picks, the 16-byte alignment hints of the buffers and the divisibility
 of the strides, which hold when H, P and the batch make them multiples of 16) and compiled by Triton's bundled
 ptxas; nothing is launched. An odd H is the worst case: no stride is divisible by 16, so no access is known to
@@ -18,107 +18,20 @@ under the GPU image's Triton too).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import re
-import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass
 
 if __name__ == "__main__":
     os.environ.pop("TRITON_INTERPRET", None)  # compile real kernels, not interpreted ones
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
 import triton  # noqa: E402
 
-from benchmarks.fake_driver import _CUOBJDUMP, Variant, fake_cuda_driver  # noqa: E402
-from tritonlstm.kernels import lstm as K  # noqa: E402
-
-# name: (storage dtype, float32 matmul precision torch is set to while building)
-DTYPES = {
-    "bf16": (torch.bfloat16, "highest"),
-    "fp16": (torch.float16, "highest"),
-    "fp32": (torch.float32, "highest"),  # exact fp32 dots ("ieee"), torch's default
-    "tf32": (torch.float32, "high"),  # torch.set_float32_matmul_precision("high"): TF32 dots
-    "fp64": (torch.float64, "highest"),
-}
-
-
-@dataclass(frozen=True)
-class Build:
-    """One configuration to build: both step kernels (forward and backward) of one layer shape."""
-
-    dtype: str
-    batch: int
-    hidden: int
-    proj: int = 0
-    lengths: bool = False
-
-    def label(self) -> str:
-        return f"{self.dtype} B={self.batch} H={self.hidden} P={self.proj}{' lengths' if self.lengths else ''}"
-
-
-def kernels_compile() -> bool:
-    """Whether the kernels are real JIT functions here (not Triton's interpreter)."""
-    return isinstance(K._lstm_fwd_step_kernel, triton.runtime.jit.JITFunction)
-
-
-@contextlib.contextmanager
-def _matmul_precision(precision: str):
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(precision)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
-
-
-def build(b: Build, arch: int = 90, steps: int = 2, config: dict | None = None) -> dict[str, Variant]:
-    """Compile ``b``'s forward and backward step kernels for sm_<arch> as the launchers specialise them.
-
-    Returns ``{"fwd": Variant, "bwd": Variant}`` with registers, spills and the cubin. Raises if a launcher
-    compiled more than one variant per kernel (every step must share one). ``config`` overrides ``step_config``.
-    """
-    dtype, precision = DTYPES[b.dtype]
-    g = torch.Generator().manual_seed(0)
-    H, P, B, T, I = b.hidden, b.proj, b.batch, steps, 16
-    R = P or H
-
-    def r(*shape):
-        return torch.randn(*shape, generator=g).to(dtype)
-
-    w_hr = r(P, H) if P else None
-    x, h0, c0, w_ih, w_hh = r(T, B, I), r(B, R), r(B, H), r(4 * H, I), r(4 * H, R)
-    lengths = torch.full((B,), T) if b.lengths else None
-    with fake_cuda_driver(arch) as drv, _matmul_precision(precision):
-        y, _, _, gates, cs = K.lstm_layer_forward(
-            x, h0, c0, w_ih, w_hh, None, None, w_hr, lengths=lengths, config=config
-        )
-        K.lstm_layer_backward(
-            y, None, None, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths=lengths, needs=(False,) * 7, config=config
-        )
-    out = {}
-    for kind in ("fwd", "bwd"):
-        variants = [v for v in drv.variants() if f"_{kind}_step_kernel" in v.kernel]
-        if len(variants) != 1:
-            raise RuntimeError(f"{b.label()}: {len(variants)} {kind} variants compiled, expected 1")
-        out[kind] = variants[0]
-    return out
-
-
-def mma_kinds(cubin: bytes) -> str:
-    """Tensor-core instructions in the cubin's SASS (HGMMA: Hopper warpgroup MMA; HMMA/DMMA: mma.sync)."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        sass = subprocess.run([_CUOBJDUMP, "--dump-sass", f.name], capture_output=True, text=True, check=True).stdout
-    return "/".join(sorted(set(re.findall(r"\b(HGMMA|HMMA|DMMA)\b", sass)))) or "no tensor-core MMA"
-
+from tritonlstm.kernels.config import step_config  # noqa: E402
+from tritonlstm.kernels.fake_driver import DTYPES, Build, Variant, build, mma_kinds  # noqa: E402
 
 def report_line(b: Build, kind: str, v: Variant) -> str:
-    cfg = K.step_config(b.batch, b.hidden, (b.proj or b.hidden) if kind == "fwd" else 4 * b.hidden,
+    cfg = step_config(b.batch, b.hidden, (b.proj or b.hidden) if kind == "fwd" else 4 * b.hidden,
                         DTYPES[b.dtype][0], b.proj)  # fmt: skip
     tile = "x".join(str(cfg[k]) for k in ("BLOCK_B", "BLOCK_H", "BLOCK_K", "BLOCK_P") if k in cfg)
     label = f"{kind} {b.label()} {tile} w{v.num_warps}"

@@ -3,7 +3,7 @@
     python -m benchmarks.host_overhead                      # prints the table (committed as results/host_overhead.txt)
     python -m benchmarks.host_overhead --T 16 1024 --reps 50
 
-Triton's active driver is replaced by ``benchmarks/fake_driver.py``'s: every kernel compiles for sm_90 as on an
+Triton's active driver is replaced by ``kernels/fake_driver.py``'s: every kernel compiles for sm_90 as on an
 H100 (132 SMs) and its launch is recorded instead of run. What is timed is everything the host does for one
 layer call: the launcher's torch ops (input GEMM on tiny tensors, re-layouts, allocations) and Triton's
 dispatch of each launch. Tensors are tiny (B=2, I=H=4) so torch ops cost only their dispatch, and the sequence
@@ -24,9 +24,9 @@ os.environ.pop("TRITON_INTERPRET", None)  # real JITFunctions: they reach the (f
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-from benchmarks.fake_driver import fake_cuda_driver  # noqa: E402
-from tritonlstm.kernels import sequence as S  # noqa: E402
-from tritonlstm.kernels.lstm import lstm_layer_backward, lstm_layer_forward  # noqa: E402
+from tritonlstm.kernels import sequence_bwd, sequence_fwd, step  # noqa: E402
+from tritonlstm.kernels.common import NONE, GradOutputs, Layer, Saved  # noqa: E402
+from tritonlstm.kernels.fake_driver import fake_cuda_driver  # noqa: E402
 
 
 def _inputs(T: int, B: int, I: int, H: int, D: int):
@@ -41,27 +41,22 @@ def _inputs(T: int, B: int, I: int, H: int, D: int):
 def _calls(T: int, B: int, I: int, H: int, D: int) -> dict:
     """name -> zero-argument function running one layer call (forward or backward, every direction)."""
     x, h0, c0, w_ih, w_hh, bias = _inputs(T, B, I, H, D)
-    reverse = (False, True)[:D]
-    y, h_n, c_n, gates, cs = S.sequence_forward(x, h0, c0, w_ih, w_hh, bias, None, None, reverse, True)
-    dy, dh_n, dc_n = torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n)
-    zeros = torch.zeros_like(bias[0])
+    layer = Layer(x, h0, c0, w_ih, w_hh, bias, torch.zeros_like(bias), None, None, (False, True)[:D])
+    y, h_n, c_n, gates, cs = sequence_fwd.forward(layer)
+    saved = Saved(y, gates, cs)
+    grads = GradOutputs(torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n))
 
     def seq_fwd():
-        S.sequence_forward(x, h0, c0, w_ih, w_hh, bias, None, None, reverse, True)
+        sequence_fwd.forward(layer, NONE, True)
 
     def seq_bwd():
-        S.sequence_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, None, None, reverse)
+        sequence_bwd.backward(layer, NONE, saved, grads)
 
     def step_fwd_call():
-        for d in range(D):
-            lstm_layer_forward(x, h0[d], c0[d], w_ih[d], w_hh[d], bias[d], zeros, None, None, reverse[d], True)
+        step.forward(layer, NONE, True)
 
     def step_bwd_call():  # fed by the sequence forward: the saved tensors are interchangeable
-        for d in range(D):
-            y_d, dy_d = y[..., d * H : (d + 1) * H], dy[..., d * H : (d + 1) * H]
-            lstm_layer_backward(
-                dy_d, dh_n[d], dc_n[d], x, h0[d], c0[d], w_ih[d], w_hh[d], y_d, gates[d], cs[d], None, None, reverse[d]
-            )
+        step.backward(layer, NONE, saved, grads)
 
     return {
         "sequence fwd": seq_fwd,

@@ -1,4 +1,4 @@
-"""GPU probe of the sequence kernels: the self-test per (dtype, regime), the kernel ``choose_kernel`` picks per
+"""GPU probe of the sequence kernels: the self-test per (dtype, regime), the regime the plan picks per
 shape, and the forward / forward+backward time of the sequence kernels against the per-step kernels and cuDNN,
 all in one run (``triton.testing.do_bench``, median, after warm-up).
 
@@ -31,11 +31,11 @@ def with_backward_k_split(rule, k_split: int):
     (the rule does so beyond H=512 only), where each slice keeps at least 16 gate rows (a ``tl.dot`` minimum)."""
 
     def config(batch, hidden, proj_size, directions, dtype, sm_count, backward=False):
-        from tritonlstm.kernels.sequence import _constexprs
+        from tritonlstm.kernels.config import constexprs
 
         cfg = rule(batch, hidden, proj_size, directions, dtype, sm_count, backward)
         if backward and cfg["regime"] == "split" and not proj_size:
-            rows = _constexprs(cfg, hidden, hidden, 0, backward=True)[0]["BLOCK_G"]  # gate rows per chunk
+            rows = constexprs(cfg, hidden, hidden, 0, backward=True)[0]["BLOCK_G"]  # gate rows per chunk
             if rows // k_split >= 16:
                 cfg = {**cfg, "K_SPLIT": k_split, "num_warps": 8}
         return cfg
@@ -60,14 +60,17 @@ def _check(model, ref, x, dtype) -> float:
 
 def probe(shapes, dtypes, T, bidirectional, rows, recurrent_dropout=0.0, zoneout=0.0):
     import tritonlstm
-    from tritonlstm.kernels import sequence as seq
+    from tritonlstm import dispatch
+    from tritonlstm.kernels import config as C
+    from tritonlstm.kernels.runtime import sm_count
+    from tritonlstm.kernels.selftest import self_test
 
     dev = torch.device("cuda")
-    sm = seq._sm_count(dev)
+    sm = sm_count(dev)
     for name in dtypes:
         dtype = DTYPES[name]
-        for regime in seq.REGIMES:
-            failure = seq.self_test(dev, dtype, regime)
+        for regime in C.SELF_TESTED:
+            failure = self_test(dev, dtype, regime)
             print(f"self-test {name} {regime}: {'passed' if failure is None else failure}", flush=True)
             rows.append(dict(what="self-test", dtype=name, regime=regime, result=failure or "passed"))
     D = 2 if bidirectional else 1
@@ -82,10 +85,10 @@ def probe(shapes, dtypes, T, bidirectional, rows, recurrent_dropout=0.0, zoneout
             ref.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
             x = torch.randn(T, B, H, device=dev, dtype=dtype)
             xg = x.clone().requires_grad_()
-            cfg_f = seq.sequence_config(B, H, 0, D, dtype, sm)
-            cfg_b = seq.sequence_config(B, H, 0, D, dtype, sm, True)
+            cfg_f = C.sequence_config(B, H, 0, D, dtype, sm)
+            cfg_b = C.sequence_config(B, H, 0, D, dtype, sm, True)
             _kernel_env(None)
-            pick = (seq.choose_kernel(dev, dtype, B, H, 0, D), seq.choose_kernel(dev, dtype, B, H, 0, D, True))
+            pick = tuple(dispatch._kernel_plan(dev, dtype, B, H, 0, D, bw).regime for bw in (False, True))
             row = dict(what="time", dtype=name, B=B, H=H, T=T, D=D, rdrop=recurrent_dropout, zoneout=zoneout,
                        fwd_regime=cfg_f["regime"], bwd_regime=cfg_b["regime"], auto_fwd=pick[0],
                        auto_bwd=pick[1])  # fmt: skip
@@ -125,9 +128,11 @@ def main(argv=None) -> None:
     if not torch.cuda.is_available():
         sys.exit("the probe needs a CUDA GPU")
     if args.backward_k_split:
-        from tritonlstm.kernels import sequence as seq
+        from tritonlstm.kernels import config as C
 
-        seq.sequence_config = with_backward_k_split(seq.sequence_config, args.backward_k_split)
+        # the rule reads sequence_config through the module, so the override reaches the plan too
+        C.sequence_config = with_backward_k_split(C.sequence_config, args.backward_k_split)
+        C.choose.cache_clear()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
     rows: list[dict] = []

@@ -13,7 +13,7 @@ statistics.
 
 Correctness gate: before a tritonlstm provider is timed on a shape, its forward (output, h_n, c_n) must match
 nn.LSTM computed in float64 on the same weights and input rounded to the row's dtype, within the dtype's test
-tolerance (tests/helpers.py; TF32 rows use float16's, the precision of a TF32 operand). A mismatch is
+tolerance (tritonlstm/testing.py; TF32 rows use float16's, the precision of a TF32 operand). A mismatch is
 written as a marked row, never timed. The gate is exact on purpose: cuDNN's own float32 RNN runs in TF32 by
 default (``torch.backends.cudnn.rnn.fp32_precision == "tf32"``), so it is no reference for float32.
 
@@ -59,8 +59,8 @@ if __name__ == "__main__" and not torch.cuda.is_available():
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 import tritonlstm  # noqa: E402
-from tritonlstm.backend import triton_unavailable_reason  # noqa: E402
-from tests.helpers import TOLERANCES, assert_close  # noqa: E402  (the per-dtype tolerances live there, in one place)
+from tritonlstm.dispatch import triton_unavailable_reason  # noqa: E402
+from tritonlstm.testing import TOLERANCES, assert_close  # noqa: E402  (the per-dtype tolerances, in one place)
 
 COLUMNS = [
     "date", "commit", "device", "torch", "triton", "provider", "dtype", "mode", "batch", "seq_len", "input_size",

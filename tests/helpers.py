@@ -1,14 +1,15 @@
-"""Shared test helpers: the per-dtype tolerances (the only place they live) and nn.LSTM comparisons."""
+"""Shared test helpers: markers, nn.LSTM comparisons, gradchecks. The per-dtype tolerances live in one place,
+:mod:`tritonlstm.testing`, which the benchmarks' correctness gate uses too."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import pytest
 import torch
 
 import tritonlstm
+from tritonlstm.testing import TOLERANCES, Tol, assert_close  # noqa: F401  (the tests import them from here)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 HAS_CUDA = torch.cuda.is_available()
@@ -32,37 +33,10 @@ def backend_device(backend: str) -> str:
     return TRITON_DEVICE if backend == "triton" else "cpu"
 
 
-@dataclass(frozen=True)
-class Tol:
-    atol: float
-    rtol: float
-
-
-# Tolerances against torch.nn.LSTM computed in float64. atol is scaled by max|expected| of each tensor.
-# float64 through the same maths agrees to rounding; float32 carries ~1e-7 per op; float16/bfloat16 store
-# h, gates and gradients in 11/8-bit mantissas (cell state and accumulation stay fp32).
-TOLERANCES = {
-    torch.float64: Tol(atol=1e-12, rtol=1e-10),
-    torch.float32: Tol(atol=2e-5, rtol=1e-4),
-    torch.float16: Tol(atol=1e-2, rtol=1e-2),
-    torch.bfloat16: Tol(atol=5e-2, rtol=5e-2),
-}
 # float64 gradchecks: finite differences of step eps against autograd
 GRADCHECK_TOL = {"eps": 1e-6, "atol": 1e-7, "rtol": 1e-5}
 # the interpreter runs fp16 fine but bf16 tl.dot wrongly: bf16 is a GPU-only dtype in the tests
 CPU_DTYPES = [torch.float64, torch.float32, torch.float16]
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, name: str = "") -> None:
-    """Compare with the tolerance of `dtype`; atol is relative to the largest expected magnitude."""
-    tol = TOLERANCES[dtype]
-    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    assert not torch.isnan(actual).any(), f"{name}: NaN in result (unwritten or poisoned element)"
-    expected = expected.to(torch.float64)
-    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
-    torch.testing.assert_close(
-        actual.to(torch.float64), expected, atol=tol.atol * scale, rtol=tol.rtol, msg=lambda m: f"{name} ({dtype}): {m}"
-    )
 
 
 def make_pair(dtype: torch.dtype = torch.float32, backend: str = "auto", **kwargs):
@@ -131,3 +105,38 @@ def gradcheck_flat(f, inputs, fast_mode: bool = True) -> bool:
         return f(*[None if t is None else next(parts).view(t.shape) for t in inputs])
 
     return torch.autograd.gradcheck(on_views, (flat,), fast_mode=fast_mode, **GRADCHECK_TOL)
+
+
+def one_direction(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None, reverse=False):
+    """One direction's unstacked tensors as the launchers' bundle (its parameters and states stacked, D = 1)."""
+    from tritonlstm.kernels.common import Layer
+
+    def one(t):
+        return t.unsqueeze(0) if t is not None else None
+
+    return Layer(x, one(h0), one(c0), one(w_ih), one(w_hh), one(b_ih), one(b_hh), one(w_hr), lengths, (reverse,))
+
+
+def step_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None, reverse=False,
+                 store_for_backward=True, config=None, regs=None):  # fmt: skip
+    """The per-step launcher on one direction: ``(y [T,B,R], h_n [B,R], c_n [B,H], gates [T,B,G], cs [T,B,H])``."""
+    from tritonlstm.kernels import step
+    from tritonlstm.kernels.common import NONE
+
+    layer = one_direction(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+    y, h_n, c_n, gates, cs = step.forward(layer, regs or NONE, store_for_backward, config)
+    return y, h_n[0], c_n[0], gates[0] if gates is not None else None, cs[0] if cs is not None else None
+
+
+def step_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr=None, lengths=None, reverse=False,
+                  needs=(True,) * 7, config=None, regs=None):  # fmt: skip
+    """The per-step launcher's gradients of one direction: ``(dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr)`` unstacked."""
+    from tritonlstm.kernels import step
+    from tritonlstm.kernels.common import NONE, GradOutputs, Needs, Saved
+
+    layer = one_direction(x, h0, c0, w_ih, w_hh, None, None, w_hr, lengths, reverse)
+    one = [t.unsqueeze(0) if t is not None else None for t in (dh_n, dc_n, gates, cs)]
+    grads = step.backward(
+        layer, regs or NONE, Saved(y, one[2], one[3]), GradOutputs(dy, one[0], one[1]), Needs(*needs), config
+    )
+    return (grads.dx, *(g[0] if g is not None else None for g in grads[1:]))

@@ -319,13 +319,13 @@ def test_probe_refuses_without_a_gpu_and_lists_its_options(capsys):
 
 def test_probe_backward_k_split_overrides_only_the_unit_split_backward():
     from benchmarks.probe import with_backward_k_split
-    from tritonlstm.kernels import sequence as S
+    from tritonlstm.kernels import config as C
 
-    config = with_backward_k_split(S.sequence_config, 4)
+    config = with_backward_k_split(C.sequence_config, 4)
     cfg = config(16, 256, 0, 1, torch.float16, 132, True)
     assert cfg["regime"] == "split" and (cfg["K_SPLIT"], cfg["num_warps"]) == (4, 8)
-    assert S._variant(cfg) == "split-chunked", "the split form is self-tested as its own regime"
-    assert "K_SPLIT" not in S.sequence_config(16, 256, 0, 1, torch.float16, 132, True), "the rule is untouched"
-    assert config(16, 256, 0, 1, torch.float16, 132) == S.sequence_config(16, 256, 0, 1, torch.float16, 132)
+    assert C.variant(cfg) == "split-chunked", "the split form is self-tested as its own regime"
+    assert "K_SPLIT" not in C.sequence_config(16, 256, 0, 1, torch.float16, 132, True), "the rule is untouched"
+    assert config(16, 256, 0, 1, torch.float16, 132) == C.sequence_config(16, 256, 0, 1, torch.float16, 132)
     assert "K_SPLIT" not in config(16, 256, 64, 1, torch.float16, 132, True), "not with a projection"
     assert "K_SPLIT" not in config(16, 8, 0, 1, torch.float16, 132, True), "slices of 8 gate rows: too small"

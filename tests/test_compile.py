@@ -14,8 +14,7 @@ from torch.export import Dim
 import tritonlstm
 from tests.helpers import BACKENDS, DEVICE, INTERPRETER, assert_close, requires_gpu, weighted_loss
 from tritonlstm import ops
-from tritonlstm.backend import _KERNEL_DTYPES, CACHE_TAGS, tag_compile_caches
-from tritonlstm.kernels import SUPPORTED_DTYPES
+from tritonlstm.kernels.runtime import CACHE_TAGS, tag_compile_caches
 
 
 def _layer_args(T=3, B=2, I=3, H=4, P=0, D=1, lengths=None, store=True, dtype=torch.float64, backend="auto"):
@@ -41,10 +40,6 @@ def _layer_args(T=3, B=2, I=3, H=4, P=0, D=1, lengths=None, store=True, dtype=to
 def test_opcheck_layer_forward(kwargs, backend):
     """Schema, fake (meta) implementation, autograd registration and AOT dispatch of the custom op."""
     torch.library.opcheck(torch.ops.tritonlstm.layer_forward.default, _layer_args(**kwargs, backend=backend))
-
-
-def test_backend_dtype_list_matches_kernels():
-    assert _KERNEL_DTYPES == SUPPORTED_DTYPES
 
 
 class Forecaster(torch.nn.Module):
@@ -116,7 +111,8 @@ def test_compile_caches_of_the_two_cpu_conditions_stay_apart(tmp_path):
     strips the tag, as tritonlstm did before it tagged the plain condition too: CI's machine kept such an entry
     from an earlier run, and the plain condition reused it."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).parents[1])}
-    strip = "import tritonlstm.kernels\ntorch.compiler.config.cache_key_tag = ''\n"  # after both imports tag it
+    # after tritonlstm and its kernels have imported (each tags it)
+    strip = "import tritonlstm.dispatch\ntritonlstm.dispatch.kernels()\ntorch.compiler.config.cache_key_tag = ''\n"
     untagged = _TRAIN_COMPILED.replace("torch.manual_seed(0)", strip + "torch.manual_seed(0)")
     grads = []
     for interpret, source, expected_tag in (("1", untagged, "-"), ("0", _TRAIN_COMPILED, CACHE_TAGS[False])):

@@ -12,14 +12,9 @@ import torch
 
 import tritonlstm
 from tests.helpers import CPU_DTYPES, HAS_CUDA, TRITON_DEVICE, assert_close, requires_triton, run_and_grad
+from tests.helpers import step_backward, step_forward
 from tritonlstm import reference
-from tritonlstm.kernels import (
-    deinterleave_gates,
-    interleave_gates,
-    lstm_layer_backward,
-    lstm_layer_forward,
-    step_config,
-)
+from tritonlstm.kernels import deinterleave_gates, interleave_gates, step_config
 
 DEVICE = TRITON_DEVICE or "cpu"  # where the kernels run; "cpu" for the tests that never launch one
 requires_two_gpus = pytest.mark.skipif(not HAS_CUDA or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
@@ -46,7 +41,7 @@ def _layer_inputs(T, B, I, H, dtype, bias=True, P=0):
 
 
 def _backward(inp, y, gates, cs, ups, **kwargs):
-    return lstm_layer_backward(
+    return step_backward(
         *ups, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], y, gates, cs, inp["w_hr"], **kwargs
     )
 
@@ -70,7 +65,7 @@ REF_NAMES = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "w_hr")
 
 def _check_layer(inp, dtype, reverse, config, lengths=None):
     """Forward and backward on the launchers against the float64 reference loop, every output and gradient."""
-    y, h_n, c_n, gates, cs = lstm_layer_forward(**inp, lengths=lengths, reverse=reverse, config=config)
+    y, h_n, c_n, gates, cs = step_forward(**inp, lengths=lengths, reverse=reverse, config=config)
     dy, dh_n, dc_n = (torch.randn_like(t) for t in (y, h_n, c_n))
     grads = _backward(inp, y, gates, cs, (dy, dh_n, dc_n), lengths=lengths, reverse=reverse, config=config)
     (ry, rh, rc), rg = _reference_grads(inp, reverse, dy, dh_n, dc_n, lengths)
@@ -139,8 +134,8 @@ def test_full_lengths_equal_no_lengths():
     """lengths == T everywhere must give bitwise the same numbers as no lengths at all (both directions)."""
     inp = _layer_inputs(4, 3, 5, 6, torch.float32)
     for reverse in (False, True):
-        a = lstm_layer_forward(**inp, reverse=reverse)
-        b = lstm_layer_forward(**inp, lengths=torch.full((3,), 4, device=DEVICE), reverse=reverse)
+        a = step_forward(**inp, reverse=reverse)
+        b = step_forward(**inp, lengths=torch.full((3,), 4, device=DEVICE), reverse=reverse)
         for x, z in zip(a, b):
             assert torch.equal(x, z)
         ups = [torch.randn_like(t) for t in a[:3]]
@@ -157,7 +152,7 @@ def test_full_lengths_equal_no_lengths():
 def test_none_upstream_gradients(given):
     """A missing upstream gradient (e.g. only h_n is used) counts as zeros."""
     inp = _layer_inputs(3, 2, 3, 5, torch.float64)
-    y, h_n, c_n, gates, cs = lstm_layer_forward(**inp)
+    y, h_n, c_n, gates, cs = step_forward(**inp)
     ups = {name: (torch.randn_like(t) if name in given else None) for name, t in zip(("dy", "dh_n", "dc_n"), (y, h_n, c_n))}
     grads = _backward(inp, y, gates, cs, ups.values())
     assert grads[6] is None  # no projection
@@ -173,7 +168,7 @@ def test_none_upstream_gradients(given):
 @requires_triton
 def test_needs_selects_gradients():
     inp = _layer_inputs(3, 2, 3, 5, torch.float32, bias=True, P=2)
-    y, h_n, c_n, gates, cs = lstm_layer_forward(**inp)
+    y, h_n, c_n, gates, cs = step_forward(**inp)
     ups = (torch.randn_like(y), None, None)
     full = _backward(inp, y, gates, cs, ups)
     for k in range(7):
@@ -188,8 +183,8 @@ def test_needs_selects_gradients():
 def test_inference_path_matches_training_path(reverse):
     """Without storage for the backward the kernel keeps two cell buffers; results must not change."""
     inp = _layer_inputs(5, 3, 4, 6, torch.float32)
-    y, h_n, c_n, _, _ = lstm_layer_forward(**{k: (v.clone() if v is not None else None) for k, v in inp.items()}, reverse=reverse)
-    y2, h2, c2, gates, cs = lstm_layer_forward(**inp, reverse=reverse, store_for_backward=False)
+    y, h_n, c_n, _, _ = step_forward(**{k: (v.clone() if v is not None else None) for k, v in inp.items()}, reverse=reverse)
+    y2, h2, c2, gates, cs = step_forward(**inp, reverse=reverse, store_for_backward=False)
     assert gates is None and cs is None
     for a, b in ((y, y2), (h_n, h2), (c_n, c2)):
         assert torch.equal(a, b)
@@ -198,7 +193,7 @@ def test_inference_path_matches_training_path(reverse):
 def test_batch_zero():
     """No step to run: no launch, so this passes wherever torch runs."""
     inp = _layer_inputs(3, 0, 4, 5, torch.float32)
-    y, h_n, c_n, gates, cs = lstm_layer_forward(**inp)
+    y, h_n, c_n, gates, cs = step_forward(**inp)
     assert y.shape == (3, 0, 5) and h_n.shape == (0, 5) and c_n.shape == (0, 5)
     grads = _backward(inp, y, gates, cs, (torch.zeros_like(y), None, None))
     assert grads[0].shape == (3, 0, 4)
@@ -225,15 +220,15 @@ def test_interleave_roundtrip_and_layout():
 def test_gate_rows_are_not_kept_from_a_graph_capture(monkeypatch):
     """The re-layout index is kept per (H, device), but not when made during CUDA-graph capture (its values
     would exist only inside the graph)."""
-    from tritonlstm.kernels import lstm
+    from tritonlstm.kernels import common
 
-    monkeypatch.setattr(lstm, "_GATE_ROWS", {})
-    monkeypatch.setattr(lstm, "_capturing", lambda device: True)
-    rows = lstm._gate_rows(3, torch.device("cpu"), False)
-    assert rows.tolist() == [0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11] and not lstm._GATE_ROWS
-    monkeypatch.setattr(lstm, "_capturing", lambda device: False)
-    assert lstm._gate_rows(3, torch.device("cpu"), False).tolist() == rows.tolist()
-    assert list(lstm._GATE_ROWS) == [(3, "cpu", False)]
+    monkeypatch.setattr(common, "_GATE_ROWS", {})
+    monkeypatch.setattr(common, "capturing", lambda device: True)
+    rows = common._gate_rows(3, torch.device("cpu"), False)
+    assert rows.tolist() == [0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11] and not common._GATE_ROWS
+    monkeypatch.setattr(common, "capturing", lambda device: False)
+    assert common._gate_rows(3, torch.device("cpu"), False).tolist() == rows.tolist()
+    assert list(common._GATE_ROWS) == [(3, "cpu", False)]
 
 
 @pytest.mark.parametrize("P", [0, 1, 100])
@@ -248,10 +243,10 @@ def test_step_config_respects_dot_minimum(B, H, K, P):
 def test_config_below_dot_minimum_is_rejected():
     inp = _layer_inputs(2, 2, 3, 4, torch.float32)
     with pytest.raises(ValueError, match="tl.dot needs every tile dimension >= 16"):
-        lstm_layer_forward(**inp, config={"BLOCK_B": 8, "BLOCK_H": 4, "BLOCK_K": 16, "num_warps": 4})
+        step_forward(**inp, config={"BLOCK_B": 8, "BLOCK_H": 4, "BLOCK_K": 16, "num_warps": 4})
     inp = _layer_inputs(2, 2, 3, 8, torch.float32, P=20)
     with pytest.raises(ValueError, match="BLOCK_P"):
-        lstm_layer_forward(**inp, config=PROJ_TILES)
+        step_forward(**inp, config=PROJ_TILES)
 
 
 @pytest.mark.gpu
@@ -275,3 +270,20 @@ def test_second_gpu_matches_nn_lstm(dtype):
     for name in expected:
         assert actual[name].device == torch.device("cuda", 1), name
         assert_close(actual[name].cpu(), expected[name], dtype, name)
+
+
+def test_kernels_import_nothing_from_the_rest_of_tritonlstm():
+    """kernels/ stands alone (its own package, tritonlstm.kernels): every import of tritonlstm inside it, at any
+    depth, names a tritonlstm.kernels module."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(__file__).parents[1] / "kernels"
+    found = []
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            found += [(path.name, n) for n in names if n.startswith("tritonlstm")]
+    assert found, "the scan must see the kernels' own imports"
+    assert all(n.startswith("tritonlstm.kernels") for _, n in found), [f for f in found if "kernels" not in f[1]]

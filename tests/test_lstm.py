@@ -17,7 +17,7 @@ from tests.helpers import (
     run_and_grad,
     weighted_loss,
 )
-from tritonlstm.backend import resolve_backend
+from tritonlstm.dispatch import resolve_backend
 
 CONFIGS = [
     pytest.param(dict(input_size=4, hidden_size=5), id="L1-I4-H5"),

@@ -1,4 +1,4 @@
-"""Regularisers (issue 14): recurrent and input dropout, zoneout, weight drop.
+"""Regularisers: recurrent and input dropout, zoneout, weight drop.
 
 The oracle is :func:`_oracle`, a plain float64 PyTorch step loop written here (not tritonlstm's reference) that
 takes every mask explicitly; the masks a module drew are recovered by replaying torch's RNG from the same seed in
@@ -463,7 +463,8 @@ def test_plain_torch_onnx_export_of_eval_zoneout_and_refusals():
 
 
 class _Launches:
-    """Stands in for a kernel in kernels/lstm.py: counts ``kernel[grid](...)`` launches, then launches."""
+    """Stands in for a kernel (kernels/step.py, or a KERNELS entry of the sequence modules): counts
+    ``kernel[grid](...)`` launches, then launches."""
 
     def __init__(self, kernel, counts: dict, name: str):
         self.kernel, self.counts, self.name = kernel, counts, name
@@ -477,15 +478,15 @@ def _count_launches_and_big_tensors(monkeypatch, module, x, threshold):
     """Kernel launches and the (shape, dtype) of every tensor of >= threshold elements made by a forward+backward."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    import tritonlstm.kernels.lstm as K
-    import tritonlstm.kernels.sequence as S
+    from tritonlstm.kernels import sequence_bwd, sequence_fwd, step
 
     counts: dict = {}
     names = ("_lstm_fwd_step_kernel", "_lstm_bwd_step_kernel", "_lstmp_fwd_step_kernel", "_lstmp_bwd_step_kernel")
     for name in names:
-        monkeypatch.setattr(K, name, _Launches(getattr(K, name), counts, name))
-    for name in ("_seq_fwd_kernel", "_seq_bwd_kernel"):
-        monkeypatch.setattr(S, name, _Launches(getattr(S, name), counts, name))
+        monkeypatch.setattr(step, name, _Launches(getattr(step, name), counts, name))
+    for table in (sequence_fwd.KERNELS, sequence_bwd.KERNELS):
+        for regime, kernel in table.items():
+            monkeypatch.setitem(table, regime, _Launches(kernel, counts, kernel.__name__))
     big: list = []
 
     class Record(TorchDispatchMode):
@@ -502,9 +503,10 @@ def _count_launches_and_big_tensors(monkeypatch, module, x, threshold):
         y, (h, c) = module(xg)
         (y.sum() + h.sum() + c.sum()).backward()
     for name in names:
-        monkeypatch.setattr(K, name, getattr(K, name).kernel)
-    for name in ("_seq_fwd_kernel", "_seq_bwd_kernel"):
-        monkeypatch.setattr(S, name, getattr(S, name).kernel)
+        monkeypatch.setattr(step, name, getattr(step, name).kernel)
+    for table in (sequence_fwd.KERNELS, sequence_bwd.KERNELS):
+        for regime, launches in table.items():
+            monkeypatch.setitem(table, regime, launches.kernel)
     return counts, sorted(big, key=repr)
 
 
@@ -541,7 +543,7 @@ def test_regularisers_keep_the_sequence_kernels(monkeypatch):
     x = torch.randn(T, B, I, device=TRITON_DEVICE)
     base = tritonlstm.LSTM(I, Hb, bidirectional=True, backend="triton").to(TRITON_DEVICE)
     launches, big = _count_launches_and_big_tensors(monkeypatch, base, x, T * B * Hb)
-    assert launches == {"_seq_fwd_kernel": 1, "_seq_bwd_kernel": 1}
+    assert launches == {"_seq_fwd_batch_kernel": 1, "_seq_bwd_batch_kernel": 1}
     for options in ({"recurrent_dropout": 0.3}, {"zoneout": (0.2, 0.3)}, {"zoneout": 0.1, "recurrent_dropout": 0.2}):
         m = tritonlstm.LSTM(I, Hb, bidirectional=True, backend="triton", **options).to(TRITON_DEVICE)
         m.load_state_dict(base.state_dict())
@@ -562,7 +564,8 @@ def test_zoneout_kernels_match_oracle_with_the_masks_they_drew(dtype, lengths, r
     """The step kernels draw zoneout masks in-kernel (Philox); with the test-only store of those masks a plain
     loop reproduces the outputs, and the backward (which draws them again) matches its autograd. Eval: the
     expectation. A recurrent dropout mask rides along."""
-    from tritonlstm.kernels.lstm import lstm_layer_backward, lstm_layer_forward
+    from tritonlstm.kernels import step
+    from tritonlstm.kernels.common import GradOutputs, Layer, Regularisers, Saved
 
     T, B, p = 5, 3, (0.3, 0.5)
 
@@ -573,11 +576,13 @@ def test_zoneout_kernels_match_oracle_with_the_masks_they_drew(dtype, lengths, r
     mask = functional.dropout_mask((B, H), 0.4, h0)
     lens = torch.tensor(lengths, device=TRITON_DEVICE) if lengths is not None else None
     seed = torch.tensor([2024], device=TRITON_DEVICE) if train else None
-    drawn = torch.full((2, T, B, H), -1, dtype=torch.int8, device=TRITON_DEVICE)
-    zo = dict(h_mask=mask, zoneout=p, zoneout_seed=seed, zoneout_stream=2)
-    y, h_n, c_n, gates, cs = lstm_layer_forward(
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, lens, reverse, True, zoneout_masks_out=drawn if train else None, **zo
-    )
+    drawn = torch.full((2, 2, T, B, H), -1, dtype=torch.int8, device=TRITON_DEVICE)
+    # the direction under test is direction 1 of two identical ones: its masks come from Philox streams 2 and 3
+    two = [torch.stack([t, t]) for t in (h0, c0, w_ih, w_hh, b_ih, b_hh)]
+    layer = Layer(x, *two, None, lens, (reverse, reverse))
+    regs = Regularisers(torch.stack([mask, mask]), p, seed)
+    y2, h_n, c_n, gates, cs = step.forward(layer, regs, True, zoneout_masks_out=drawn if train else None)
+    y, h_n, c_n, drawn = y2[..., H:], h_n[1], c_n[1], drawn[1]
     if train:
         assert ((drawn == 0) | (drawn == 1)).all()
         assert abs(drawn[0].double().mean().item() - p[0]) < 0.2 and abs(drawn[1].double().mean().item() - p[1]) < 0.2
@@ -590,10 +595,12 @@ def test_zoneout_kernels_match_oracle_with_the_masks_they_drew(dtype, lengths, r
     g = torch.Generator().manual_seed(3)
     dy, dh, dc = (torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (ye, he, ce))
     ((ye * dy).sum() + (he * dh).sum() + (ce * dc).sum()).backward()
-    grads = lstm_layer_backward(
-        *(t.to(dtype).to(TRITON_DEVICE) for t in (dy, dh, dc)), x, h0, c0, w_ih, w_hh, y, gates, cs, None, lens,
-        reverse, **zo,
-    )  # fmt: skip
+    # direction 1's gradients alone: direction 0 gets no upstream gradient (its part of dx is then zero)
+    dy2, dh2, dc2 = (torch.zeros(2, *t.shape, dtype=dtype, device=TRITON_DEVICE) for t in (dy, dh, dc))
+    dy2[1], dh2[1], dc2[1] = (t.to(dtype).to(TRITON_DEVICE) for t in (dy, dh, dc))
+    up = GradOutputs(torch.cat([dy2[0], dy2[1]], -1), dh2, dc2)
+    both = step.backward(layer, regs, Saved(y2, gates, cs), up)
+    grads = [both.dx] + [g[1] for g in both[1:6]]
     for name, a, e in (("output", y, ye), ("h_n", h_n, he), ("c_n", c_n, ce)):
         assert_close(a.cpu(), e.detach(), dtype, name)
     for name, a, leaf in zip(("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db"), grads, leaves):

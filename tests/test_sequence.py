@@ -1,6 +1,7 @@
-"""Sequence kernels (kernels/sequence.py) against the per-step launchers, their safety net and the choice rule.
+"""Sequence kernels (kernels/sequence_fwd.py, sequence_bwd.py) against the per-step launchers, their safety net,
+the plan's choice between them (tritonlstm/dispatch.py) and the rule (kernels/config.py).
 
-The oracle is the per-step kernels (kernels/lstm.py), themselves tested against nn.LSTM and the reference loop.
+The oracle is the per-step kernels (kernels/step.py), themselves tested against nn.LSTM and the reference loop.
 The batch-owned regime with the per-step tiles reduces in the same order, so its forward must match bit for
 bit; everything else agrees at the dtype's tolerance. The interpreter runs the programs of a grid one after
 another, so the unit-split form runs here with one program per (batch tile, direction): the barrier code still
@@ -15,9 +16,13 @@ import pytest
 import torch
 import triton
 
-from tests.helpers import CPU_DTYPES, assert_close, requires_interpreter
-from tritonlstm.kernels import sequence as S
-from tritonlstm.kernels.lstm import lstm_layer_backward, lstm_layer_forward
+from tests.helpers import CPU_DTYPES, INTERPRETER, assert_close, requires_interpreter
+from tritonlstm import dispatch
+from tritonlstm.kernels import config as C
+from tritonlstm.kernels.common import GradOutputs, Layer, Needs, Regularisers, Saved
+from tritonlstm.kernels.selftest import HEALTH
+
+from tritonlstm.kernels import selftest, sequence_bwd, sequence_fwd, step
 
 GRADS = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db", "dw_hr")
 
@@ -54,65 +59,35 @@ def _config(regime: str, H: int) -> dict | None:
     return {**_split(H), "G_CHUNKS": chunks, "K_SPLIT": k_split}
 
 
+def _layer(inp, lengths, reverse):
+    b = inp["bias"]
+    zero = torch.zeros_like(b) if b is not None else None
+    return Layer(inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], b, zero, inp["w_hr"], lengths, reverse)
+
+
 def _seq(inp, lengths, reverse, upstream, config=None, needs=(True,) * 7, store=True):
-    y, h_n, c_n, gates, cs = S.sequence_forward(
-        inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], inp["bias"], inp["w_hr"], lengths, reverse, store,
-        config, **_regularisers(inp),
-    )  # fmt: skip
+    layer, regs = _layer(inp, lengths, reverse), Regularisers(**_regularisers(inp))
+    y, h_n, c_n, gates, cs = sequence_fwd.forward(layer, regs, store, config)
     if not store:
         return (y, h_n, c_n, gates, cs), None
-    dy, dh_n, dc_n = upstream(y, h_n, c_n)
-    grads = S.sequence_backward(
-        dy, dh_n, dc_n, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], y, gates, cs, inp["w_hr"], lengths,
-        reverse, needs, config, **_regularisers(inp),
-    )  # fmt: skip
+    grads = sequence_bwd.backward(
+        layer, regs, Saved(y, gates, cs), GradOutputs(*upstream(y, h_n, c_n)), Needs(*needs), config
+    )
     return (y, h_n, c_n, gates, cs), grads
 
 
 def _regularisers(inp) -> dict:
-    """The sequence API's regulariser arguments in ``inp`` (recurrent dropout mask, zoneout and its seed)."""
-    return {k: inp[k] for k in ("h_mask", "zoneout", "zoneout_seed") if inp.get(k) is not None}
-
-
-def _mask_kwargs(inp, d):
-    """The per-step launchers' regulariser arguments for direction d (zoneout on Philox streams 2d, 2d + 1)."""
-    kwargs = {"h_mask": inp["h_mask"][d]} if inp.get("h_mask") is not None else {}
-    if inp.get("zoneout") is not None:
-        kwargs.update(zoneout=inp["zoneout"], zoneout_seed=inp.get("zoneout_seed"), zoneout_stream=2 * d)
-    return kwargs
-
-
-def _step_forward(inp, lengths, reverse, d):
-    b = inp["bias"]
-    return lstm_layer_forward(
-        inp["x"], inp["h0"][d], inp["c0"][d], inp["w_ih"][d], inp["w_hh"][d], b[d] if b is not None else None,
-        torch.zeros_like(b[d]) if b is not None else None, inp["w_hr"][d] if inp["w_hr"] is not None else None,
-        lengths, reverse[d], True, **_mask_kwargs(inp, d),
-    )  # fmt: skip
-
-
-def _step_backward(inp, lengths, reverse, d, dy, dh_n, dc_n, y, gates, cs):
-    R = inp["w_hh"].shape[-1]
-    return lstm_layer_backward(
-        dy[..., d * R : (d + 1) * R] if dy is not None else None, dh_n[d] if dh_n is not None else None,
-        dc_n[d] if dc_n is not None else None, inp["x"], inp["h0"][d], inp["c0"][d], inp["w_ih"][d], inp["w_hh"][d],
-        y, gates, cs, inp["w_hr"][d] if inp["w_hr"] is not None else None, lengths, reverse[d], **_mask_kwargs(inp, d),
-    )  # fmt: skip
+    """The regularisers in ``inp`` (recurrent dropout mask, zoneout and its seed) as Regularisers' fields."""
+    names = {"h_mask": "h_mask", "zoneout": "zoneout", "zoneout_seed": "seed"}
+    return {field: inp[k] for k, field in names.items() if inp.get(k) is not None}
 
 
 def _step(inp, lengths, reverse, upstream):
-    """The per-step launchers, direction by direction, stacked like the sequence API's results."""
-    fwd = [_step_forward(inp, lengths, reverse, d) for d in range(len(reverse))]
-    y = torch.cat([f[0] for f in fwd], -1)
-    h_n, c_n, gates, cs = (torch.stack([f[i] for f in fwd]) for i in range(1, 5))
-    dy, dh_n, dc_n = upstream(y, h_n, c_n)
-    per_dir = [
-        _step_backward(inp, lengths, reverse, d, dy, dh_n, dc_n, fwd[d][0], fwd[d][3], fwd[d][4])
-        for d in range(len(reverse))
-    ]
-    grads = [sum(g[0].double() for g in per_dir).to(y.dtype)]
-    grads += [torch.stack([g[i] for g in per_dir]) if per_dir[0][i] is not None else None for i in range(1, 7)]
-    return (y, h_n, c_n, gates, cs), grads
+    """The per-step launchers on the same layer: the oracle."""
+    layer, regs = _layer(inp, lengths, reverse), Regularisers(**_regularisers(inp))
+    y, h_n, c_n, gates, cs = step.forward(layer, regs, True)
+    grads = step.backward(layer, regs, Saved(y, gates, cs), GradOutputs(*upstream(y, h_n, c_n)))
+    return (y, h_n, c_n, gates, cs), list(grads)
 
 
 def _upstream(seed=1, dy=True, dh=True, dc=True):
@@ -291,20 +266,16 @@ def test_interchangeable_with_step_kernels(P):
     inp = _inputs(4, 3, 4, 6, P, 2, dtype)
     want = _step(inp, lengths, reverse, _upstream())
     dy, dh_n, dc_n = _upstream()(*want[0][:3])
+    layer = _layer(inp, lengths, reverse)
+    up = GradOutputs(dy, dh_n, dc_n)
     # sequence forward -> per-step backward
-    y, _, _, gates, cs = S.sequence_forward(
-        inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], inp["bias"], inp["w_hr"], lengths, reverse, True
-    )
-    R = inp["w_hh"].shape[-1]
+    y, _, _, gates, cs = sequence_fwd.forward(layer)
+    grads = step.backward(layer, Regularisers(), Saved(y, gates, cs), up)
     for d in range(2):
-        g = _step_backward(inp, lengths, reverse, d, dy, dh_n, dc_n, y[..., d * R : (d + 1) * R], gates[d], cs[d])
-        for name, a, i in (("dh0", g[1], 1), ("dw_ih", g[3], 3), ("dw_hh", g[4], 4), ("db", g[5], 5)):
-            assert_close(a, want[1][i][d], dtype, f"seq fwd -> step bwd: {name}[{d}]")
+        for name, i in (("dh0", 1), ("dw_ih", 3), ("dw_hh", 4), ("db", 5)):
+            assert_close(grads[i][d], want[1][i][d], dtype, f"seq fwd -> step bwd: {name}[{d}]")
     # per-step forward -> sequence backward
-    grads = S.sequence_backward(
-        dy, dh_n, dc_n, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], want[0][0], want[0][3], want[0][4],
-        inp["w_hr"], lengths, reverse,
-    )  # fmt: skip
+    grads = sequence_bwd.backward(layer, Regularisers(), Saved(want[0][0], want[0][3], want[0][4]), up)
     for name, a, e in zip(GRADS, grads, want[1]):
         if e is not None:
             assert_close(a, e, dtype, f"step fwd -> seq bwd: {name}")
@@ -324,19 +295,9 @@ def _stuck(H, spin_limit=3):
 @pytest.mark.parametrize("P", [0, 4], ids=["plain", "proj"])
 def test_forced_timeout_sets_flag_and_nan(P):
     inp = _inputs(3, 2, 4, 16, P, 1, torch.float32)
-    (y, h_n, c_n, _, _), err = S._forward(
-        inp["x"],
-        inp["h0"],
-        inp["c0"],
-        inp["w_ih"],
-        inp["w_hh"],
-        inp["bias"],
-        inp["w_hr"],
-        None,
-        (False,),
-        True,
-        _stuck(16),
-    )
+    layer = _layer(inp, None, (False,))
+    err = torch.zeros(1, dtype=torch.int32)
+    y, h_n, c_n, _, _ = sequence_fwd.forward(layer, Regularisers(), True, _stuck(16), err)
     assert int(err.item()) == 1, "the error flag must be set"
     assert torch.isnan(y[-1]).any() and torch.isnan(h_n).any() and torch.isnan(c_n).any()
     # never a silent wrong number: every element is NaN or the right value
@@ -345,105 +306,171 @@ def test_forced_timeout_sets_flag_and_nan(P):
         ok = torch.isnan(a) | torch.isclose(a, e, rtol=1e-4, atol=1e-5)
         assert ok.all(), f"{name}: a value that is neither NaN nor correct"
     # the backward times out the same way
-    ys, gs, css = want[0], want[3], want[4]
-    grads, err_b = S._backward(
-        *_upstream()(*want[:3]), inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], ys, gs, css, inp["w_hr"],
-        None, (False,), (True,) * 7, _stuck(16),
-    )  # fmt: skip
+    err_b = torch.zeros(1, dtype=torch.int32)
+    saved = Saved(want[0], want[3], want[4])
+    grads = sequence_bwd.backward(
+        layer, Regularisers(), saved, GradOutputs(*_upstream()(*want[:3])), Needs(), _stuck(16), err_b
+    )
     assert int(err_b.item()) == 1
     assert torch.isnan(grads[1]).any() and torch.isnan(grads[4]).any(), "dh0 and dW_hh must show the failure"
+
+
+def _plan(B, H, P, D, dtype=torch.float32, backward=False, backend="auto"):
+    """The plan of a layer of this shape on CPU tensors."""
+    x = torch.empty(1, B, 1, dtype=dtype)
+    w_hr = torch.empty(D, P, H, dtype=dtype) if P else None
+    return dispatch.plan(x, torch.empty(D, 4 * H, P or H, dtype=dtype), w_hr, backend, backward=backward)
 
 
 @requires_interpreter
 def test_check_env_raises_on_timeout(monkeypatch):
     inp = _inputs(2, 2, 3, 16, 0, 1, torch.float32)
-    args = (inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], inp["bias"], None, None, (False,), False)
+    layer = _layer(inp, None, (False,))
     monkeypatch.setenv("TRITONLSTM_CHECK", "1")
+    monkeypatch.setenv("TRITONLSTM_KERNEL", "sequence")
+    checked = _plan(2, 16, 0, 1)
+    assert checked.check and checked.kernel == "sequence"
     with pytest.raises(RuntimeError, match="timed out"):
-        S.sequence_forward(*args, config=_stuck(16))
-    S.sequence_forward(*args)  # a healthy launch passes the check
+        checked._replace(config=_stuck(16)).forward(layer, Regularisers(), False)
+    checked.forward(layer, Regularisers(), False)  # a healthy launch passes the check
     monkeypatch.setenv("TRITONLSTM_CHECK", "0")
-    y = S.sequence_forward(*args, config=_stuck(16))[0]  # unchecked: no host sync, the NaN is the signal
+    unchecked = _plan(2, 16, 0, 1)
+    assert not unchecked.check
+    y = unchecked._replace(config=_stuck(16)).forward(layer, Regularisers(), False)[0]  # no host sync: NaN signals
     assert torch.isnan(y).any()
 
 
 @requires_interpreter
-@pytest.mark.parametrize("regime", S.REGIMES)
+@pytest.mark.parametrize("regime", C.SELF_TESTED)
 def test_self_test_passes(regime):
     # the caller's autocast must not leak into the self-test's own GEMMs
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert S.self_test("cpu", torch.float32, regime) is None
+        assert selftest.self_test("cpu", torch.float32, regime) is None
+
+
+@pytest.fixture
+def health():
+    """A process that has self-tested nothing and seen no compile failure, restored afterwards."""
+    saved = dict(HEALTH.validated), set(HEALTH.uncompilable)
+    HEALTH.reset()
+    yield HEALTH
+    HEALTH.reset()
+    HEALTH.validated.update(saved[0])
+    HEALTH.uncompilable.update(saved[1])
 
 
 @requires_interpreter
-def test_failed_self_test_warns_once_and_falls_back(monkeypatch):
+def test_failed_self_test_warns_once_and_falls_back(monkeypatch, health):
     """A self-test whose barrier really times out: one warning naming the failure, then the per-step kernels."""
-    monkeypatch.setattr(S, "_VALIDATED", {})
     monkeypatch.delenv("TRITONLSTM_KERNEL", raising=False)
-    monkeypatch.setattr(S, "_self_test_config", lambda device, dtype, regime, H, P, backward: _stuck(16, 2))
+    monkeypatch.setattr(selftest, "self_test_config", lambda device, dtype, regime, H, P, backward: _stuck(16, 2))
     with pytest.warns(RuntimeWarning, match="failed its self-test.*timed out"):
-        assert S.choose_kernel("cpu", torch.float32, 3, 6, 0, 2) == "step"
+        assert _plan(3, 6, 0, 2).kernel == "step"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert S.choose_kernel("cpu", torch.float32, 5, 9, 0, 1) == "step"  # same (device, dtype, regime): no warning
+        fallback = _plan(5, 9, 0, 1)  # same (device, dtype, regime): no warning
+    assert fallback.kernel == "step" and "failed its self-test" in fallback.why
     # the fallback computes the right numbers: the per-step kernels against the float64 reference loop
     from tritonlstm import reference
 
     inp = _inputs(4, 3, 4, 6, 0, 1, torch.float32)
-    y, h_n, c_n, _, _ = _step_forward(inp, None, (False,), 0)
+    y, h_n, c_n, _, _ = fallback.forward(_layer(inp, None, (False,)), Regularisers(), True)
     ry, rh, rc = reference.lstm_layer(
         inp["x"].double(), inp["h0"][0].double(), inp["c0"][0].double(), inp["w_ih"][0].double(),
         inp["w_hh"][0].double(), inp["bias"][0].double(), None,
     )  # fmt: skip
-    for name, a, e in (("y", y, ry), ("h_n", h_n, rh), ("c_n", c_n, rc)):
+    for name, a, e in (("y", y, ry), ("h_n", h_n[0], rh), ("c_n", c_n[0], rc)):
         assert_close(a, e, torch.float32, name)
 
 
 @requires_interpreter
-def test_choose_kernel_validates_once_and_honours_env(monkeypatch):
-    monkeypatch.setattr(S, "_VALIDATED", {})
+def test_plan_validates_once_and_honours_env(monkeypatch, health):
     calls = []
-    monkeypatch.setattr(S, "self_test", lambda device, dtype, regime: calls.append((device, dtype, regime)))
+    monkeypatch.setattr(selftest, "self_test", lambda device, dtype, regime: calls.append((device, dtype, regime)))
     monkeypatch.delenv("TRITONLSTM_KERNEL", raising=False)
-    assert S.choose_kernel("cpu", torch.float32, 3, 6, 0, 2) == "sequence"
-    assert S.choose_kernel("cpu", torch.float32, 30, 60, 4, 1) == "sequence"
+    assert _plan(3, 6, 0, 2).kernel == "sequence"
+    assert _plan(30, 60, 4, 1).kernel == "sequence"
     assert calls == [(torch.device("cpu"), torch.float32, "batch")]
-    assert S.choose_kernel("cpu", torch.bfloat16, 3, 6, 0, 2) == "step"  # unsupported here: per-step, no error
+    # unsupported here: the per-step kernels, no error (and the op's plan runs the reference for such tensors)
+    assert dispatch._kernel_plan(torch.device("cpu"), torch.bfloat16, 3, 6, 0, 2, False).kernel == "step"
+    assert _plan(3, 6, 0, 2, torch.bfloat16).implementation == "reference"
     monkeypatch.setenv("TRITONLSTM_KERNEL", "step")
-    assert S.choose_kernel("cpu", torch.float32, 3, 6, 0, 2) == "step"
+    assert _plan(3, 6, 0, 2).kernel == "step"
     monkeypatch.setenv("TRITONLSTM_KERNEL", "sequence")
-    monkeypatch.setattr(S, "_VALIDATED", {("cpu", torch.float32, "batch"): False})
-    assert S.choose_kernel("cpu", torch.float32, 3, 6, 0, 2) == "sequence"  # forced: no self-test
+    health.validated[("cpu", torch.float32, "batch")] = False
+    assert _plan(3, 6, 0, 2).kernel == "sequence"  # forced: no self-test
     with pytest.raises(RuntimeError, match="bfloat16"):
-        S.choose_kernel("cpu", torch.bfloat16, 3, 6, 0, 2)
+        dispatch._kernel_plan(torch.device("cpu"), torch.bfloat16, 3, 6, 0, 2, False)
     monkeypatch.setenv("TRITONLSTM_KERNEL", "fast")
     with pytest.raises(ValueError, match="auto, sequence or step"):
-        S.choose_kernel("cpu", torch.float32, 3, 6, 0, 2)
+        _plan(3, 6, 0, 2)
 
 
-def test_choose_kernel_during_capture_never_self_tests(monkeypatch):
-    monkeypatch.setattr(S, "_VALIDATED", {})
+@requires_interpreter
+def test_plan_during_capture_never_self_tests(monkeypatch, health):
     monkeypatch.delenv("TRITONLSTM_KERNEL", raising=False)
-    monkeypatch.setattr(S, "sequence_supported", lambda *a: None)
-    monkeypatch.setattr(S, "_capturing", lambda device: True)
+    monkeypatch.setattr(dispatch.runtime, "capturing", lambda device: True)
 
     def no_self_test(*a):
         raise AssertionError("self-test during CUDA-graph capture")
 
-    monkeypatch.setattr(S, "self_test", no_self_test)
-    assert S.choose_kernel("cpu", torch.float32, 3, 6, 0, 1) == "step"
-    S._VALIDATED[("cpu", torch.float32, "batch")] = True
-    assert S.choose_kernel("cpu", torch.float32, 3, 6, 0, 1) == "sequence"
+    monkeypatch.setattr(selftest, "self_test", no_self_test)
+    assert _plan(3, 6, 0, 1).kernel == "step"
+    health.validated[("cpu", torch.float32, "batch")] = True
+    assert _plan(3, 6, 0, 1).kernel == "sequence"
 
 
-def test_sequence_supported_reasons():
-    assert "dtype" in S.sequence_supported("cpu", torch.int32, 2, 4, 0, 1)
-    assert "directions" in S.sequence_supported("cpu", torch.float32, 2, 4, 0, 3)
-    if S.INTERPRETER:
-        assert S.sequence_supported("cpu", torch.float32, 2, 4, 0, 2) is None
-        assert "bfloat16" in S.sequence_supported("cpu", torch.bfloat16, 2, 4, 0, 2)
+@requires_interpreter
+def test_uncompilable_shape_runs_the_step_kernels_from_then_on(monkeypatch, health):
+    """A sequence kernel that does not compile for a shape: one warning, the per-step kernels' numbers for that
+    call, and the per-step kernels for that shape (and pass) from then on."""
+    from triton.compiler.errors import CompilationError
+
+    monkeypatch.delenv("TRITONLSTM_KERNEL", raising=False)
+    health.validated[("cpu", torch.float32, "batch")] = True
+    inp = _inputs(3, 2, 4, 6, 0, 1, torch.float32)
+    layer = _layer(inp, None, (False,))
+
+    def uncompilable(*a, **k):
+        raise CompilationError("kernel.py", None, "out of resources")
+
+    plan = _plan(2, 6, 0, 1)
+    assert plan.kernel == "sequence"
+    monkeypatch.setitem(sequence_fwd.KERNELS, "batch", type("K", (), {"__getitem__": lambda self, g: uncompilable})())
+    with pytest.warns(RuntimeWarning, match="did not compile"):
+        y = plan.forward(layer, Regularisers(), False)[0]
+    assert torch.equal(y, step.forward(layer, Regularisers(), False)[0])
+    after = _plan(2, 6, 0, 1)
+    assert after.kernel == "step" and "did not compile" in after.why
+    assert _plan(2, 6, 0, 1, backward=True).kernel == "sequence", "the backward's kernel is its own"
+
+
+def test_explain_names_the_plan_of_each_pass():
+    import tritonlstm
+
+    model = tritonlstm.LSTM(3, 6, num_layers=2, bidirectional=True, batch_first=True)
+    text = tritonlstm.explain(model, torch.randn(5, 4, 3))
+    assert text.splitlines()[0] == "LSTM: B=5, H=6, P=0, D=2, torch.float32 on cpu"
+    forward, backward = text.splitlines()[1:3]
+    assert forward.startswith("  forward : ") and backward.startswith("  backward: ")
+    if INTERPRETER:
+        assert "sequence kernel, batch regime [BLOCK_B=16" in forward, forward
     else:
-        assert "TRITON_INTERPRET" in S.sequence_supported("cpu", torch.float32, 2, 4, 0, 2)
+        assert "reference loop (CPU tensors need Triton's interpreter" in forward, forward
+    assert "2 layers" in text.splitlines()[3]
+    cell = tritonlstm.LSTMCell(3, 6, backend="reference")
+    lines = tritonlstm.explain(cell, torch.randn(3)).splitlines()
+    assert lines[1] == "  forward : reference loop (backend='reference')"
+
+
+def test_sequence_unavailable_reasons():
+    assert "dtype" in dispatch.sequence_unavailable("cpu", torch.int32, 1)
+    assert "directions" in dispatch.sequence_unavailable("cpu", torch.float32, 3)
+    if INTERPRETER:
+        assert dispatch.sequence_unavailable("cpu", torch.float32, 2) is None
+        assert "bfloat16" in dispatch.sequence_unavailable("cpu", torch.bfloat16, 2)
+    else:
+        assert "TRITON_INTERPRET" in dispatch.sequence_unavailable("cpu", torch.float32, 2)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -452,11 +479,12 @@ def test_sequence_supported_reasons():
 
 
 def test_choice_rule_without_gpu_is_batch_owned_with_step_tiles():
-    from tritonlstm.kernels.lstm import step_config
-
     for B, H, P in ((3, 5, 0), (64, 1024, 0), (16, 768, 256)):
-        want = {"regime": "batch", "prefer_step": False, **step_config(B, H, P or H, torch.float32, P)}
-        assert S.sequence_config(B, H, P, 2, torch.float32, None) == want
+        want = {"regime": "batch", **C.step_config(B, H, P or H, torch.float32, P)}
+        assert C.sequence_config(B, H, P, 2, torch.float32, None) == want
+        assert C.choose(B, H, P, 2, torch.float32, None) == (
+            "batch", want, "batch-owned: no SM count (the interpreter), the per-step kernels' tiles"
+        )
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
@@ -467,7 +495,7 @@ def test_choice_rule_grid_is_co_resident(backward):
             for H in (32, 255, 256, 768, 1024):
                 for P in (0, 128):
                     for D in (1, 2):
-                        cfg = S.sequence_config(B, H, P, D, dtype, 132, backward)
+                        cfg = C.sequence_config(B, H, P, D, dtype, 132, backward)
                         if cfg["regime"] != "split":
                             continue
                         grid = triton.cdiv(B, cfg["BLOCK_B"]) * D * triton.cdiv(H, cfg["BLOCK_H"])
@@ -477,21 +505,22 @@ def test_choice_rule_grid_is_co_resident(backward):
                             assert cfg["BLOCK_P"] * triton.cdiv(H, cfg["BLOCK_H"]) >= P
                         if cfg.get("G_CHUNKS", 1) > 1:  # chunked W_hh: 16-bit, 16 units, chunks cover 4H
                             assert backward and not P and dtype != torch.float32 and cfg["BLOCK_H"] == 16, cfg
-                            assert cfg["G_CHUNKS"] <= 4 and cfg["G_CHUNKS"] * S.CHUNK_ROWS >= 4 * H
+                            assert cfg["G_CHUNKS"] <= 4 and cfg["G_CHUNKS"] * C.CHUNK_ROWS >= 4 * H
     # the latency regime splits units, forward and backward up to H=1024 (what compiles spill-free); the backward
     # beyond H=512 holds W_hh in chunks of 1024 gate rows and splits each chunk's dot 4 ways
     for H, chunks in ((512, 1), (768, 3), (1024, 4)):
-        cfg = S.sequence_config(16, H, 0, 1, torch.bfloat16, 132, backward)
+        cfg = C.sequence_config(16, H, 0, 1, torch.bfloat16, 132, backward)
         assert cfg["regime"] == "split" and cfg.get("G_CHUNKS", 1) == (chunks if backward else 1), (H, cfg)
         assert cfg.get("K_SPLIT", 1) == (4 if backward and chunks > 1 else 1)
     # float32's resident slice would not fit: batch-owned, which prefers the per-step kernels at this W_hh
-    assert S.sequence_config(16, 768, 0, 1, torch.float32, 132, True)["prefer_step"]
+    assert C.sequence_config(16, 768, 0, 1, torch.float32, 132, True)["regime"] == "batch"
+    assert C.choose(16, 768, 0, 1, torch.float32, 132, True).regime == "step"
     # large B with a large W_hh: the per-step kernels; large B with a small one: batch-owned
-    big = S.sequence_config(1024, 1024, 0, 1, torch.bfloat16, 132, backward)
-    assert big["regime"] == "batch" and big["prefer_step"]
-    small = S.sequence_config(4096, 64, 0, 1, torch.bfloat16, 132, backward)
-    assert small["regime"] == "batch" and not small["prefer_step"]
-    assert S.sequence_config(16, 768, 0, 1, torch.float64, 132, backward)["regime"] == "batch"
+    assert C.sequence_config(1024, 1024, 0, 1, torch.bfloat16, 132, backward)["regime"] == "batch"
+    assert C.choose(1024, 1024, 0, 1, torch.bfloat16, 132, backward).regime == "step"
+    small = C.choose(4096, 64, 0, 1, torch.bfloat16, 132, backward)
+    assert small.regime == "batch" and small.config == C.sequence_config(4096, 64, 0, 1, torch.bfloat16, 132, backward)
+    assert C.sequence_config(16, 768, 0, 1, torch.float64, 132, backward)["regime"] == "batch"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -500,7 +529,7 @@ def test_choice_rule_grid_is_co_resident(backward):
 
 
 @pytest.mark.skipif(
-    S.INTERPRETER, reason="needs real JITFunctions for the fake driver; TRITON_INTERPRET=1 replaces them"
+    INTERPRETER, reason="needs real JITFunctions for the fake driver; TRITON_INTERPRET=1 replaces them"
 )
 def test_one_launch_per_layer_and_host_time_flat_in_T():
     from benchmarks.host_overhead import measure
@@ -510,8 +539,8 @@ def test_one_launch_per_layer_and_host_time_flat_in_T():
     short = measure(16, D=2, reps=15, which=which, stat=min)
     long = measure(1024, D=2, reps=15, which=which, stat=min)
     for m in (short, long):
-        assert m["sequence fwd"][1] == {"_seq_fwd_kernel": 1}, "one forward launch for both directions, any T"
-        assert m["sequence bwd"][1] == {"_seq_bwd_kernel": 1}, "one backward launch for both directions, any T"
+        assert m["sequence fwd"][1] == {"_seq_fwd_batch_kernel": 1}, "one forward launch for both directions, any T"
+        assert m["sequence bwd"][1] == {"_seq_bwd_batch_kernel": 1}, "one backward launch for both directions, any T"
     # no per-step host work: 64x the steps may not even triple the host time (the GEMMs on tiny tensors grow a
     # little); one microsecond of host work per step would already add a millisecond
     for name in which:
@@ -519,56 +548,48 @@ def test_one_launch_per_layer_and_host_time_flat_in_T():
 
 
 @pytest.mark.skipif(
-    S.INTERPRETER, reason="needs real JITFunctions for the fake driver; TRITON_INTERPRET=1 replaces them"
+    INTERPRETER, reason="needs real JITFunctions for the fake driver; TRITON_INTERPRET=1 replaces them"
 )
 def test_unit_split_launch_grid_under_fake_driver(monkeypatch):
     """The rule's unit-split configs launch (cooperatively, when Triton has it) one grid of at most 132 programs."""
-    from benchmarks.fake_driver import fake_cuda_driver
+    from tritonlstm.kernels.fake_driver import fake_cuda_driver
+    from tritonlstm.kernels.runtime import cooperative_supported
 
     def cooperative(x, split, num_warps):  # what a CUDA tensor gets; these are CPU tensors under the fake driver
-        return {"num_warps": num_warps, **({"launch_cooperative_grid": True} if split and S.COOPERATIVE else {})}
+        cooperative = split and cooperative_supported()
+        return {"num_warps": num_warps, **({"launch_cooperative_grid": True} if cooperative else {})}
 
-    monkeypatch.setattr(S, "_launch_options", cooperative)
+    monkeypatch.setattr(sequence_fwd, "launch_options", cooperative)
+    monkeypatch.setattr(sequence_bwd, "launch_options", cooperative)
     T, B, I, H, D, dtype = 8, 16, 32, 256, 2, torch.bfloat16
     inp = _inputs(T, B, I, H, 0, D, dtype)
-    lengths = torch.full((B,), T)
-    fcfg, bcfg = (S.sequence_config(B, H, 0, D, dtype, 132, bw) for bw in (False, True))
+    layer = _layer(inp, torch.full((B,), T), (False, True))
+    fcfg, bcfg = (C.sequence_config(B, H, 0, D, dtype, 132, bw) for bw in (False, True))
     assert fcfg["regime"] == bcfg["regime"] == "split"
     with fake_cuda_driver(arch=90, num_sms=132) as drv:
-        y, h_n, c_n, gates, cs = S.sequence_forward(
-            inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], inp["bias"], None, lengths, (False, True), True,
-            fcfg,
-        )  # fmt: skip
-        S.sequence_backward(
-            y, h_n, c_n, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], y, gates, cs, None, lengths,
-            (False, True), (True,) * 7, bcfg,
-        )  # fmt: skip
+        y, h_n, c_n, gates, cs = sequence_fwd.forward(layer, Regularisers(), True, fcfg)
+        sequence_bwd.backward(layer, Regularisers(), Saved(y, gates, cs), GradOutputs(y, h_n, c_n), Needs(), bcfg)
         launches = [launch for launch in drv.launches if launch.kernel.startswith("_seq")]
         variants = {v.kernel: v for v in drv.variants()}
     assert [(la.kernel, la.grid) for la in launches] == [
-        ("_seq_fwd_kernel", (1, D, H // fcfg["BLOCK_H"])),
-        ("_seq_bwd_kernel", (1, D, H // bcfg["BLOCK_H"])),
+        ("_seq_fwd_split_kernel", (1, D, H // fcfg["BLOCK_H"])),
+        ("_seq_bwd_split_kernel", (1, D, H // bcfg["BLOCK_H"])),
     ]
-    for name in ("_seq_fwd_kernel", "_seq_bwd_kernel"):
+    for name in ("_seq_fwd_split_kernel", "_seq_bwd_split_kernel"):
         assert variants[name].n_spills == 0, (name, variants[name].n_regs)
 
 
 @pytest.mark.skipif(
-    S.INTERPRETER, reason="needs real JITFunctions for the fake driver; TRITON_INTERPRET=1 replaces them"
+    INTERPRETER, reason="needs real JITFunctions for the fake driver; TRITON_INTERPRET=1 replaces them"
 )
 def test_no_recompile_across_T_and_batch_sizes_of_one_tile():
     """T, B and the direction mask are runtime values and every pointer is a base allocation: one variant each."""
-    from benchmarks.fake_driver import fake_cuda_driver
+    from tritonlstm.kernels.fake_driver import fake_cuda_driver
 
     with fake_cuda_driver(arch=90, num_sms=132) as drv:
         for T, B in ((3, 2), (7, 3), (16, 5), (5, 16)):
-            inp = _inputs(T, B, 4, 8, 0, 2, torch.float32)
-            y, h_n, c_n, gates, cs = S.sequence_forward(
-                inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], inp["bias"], None, None, (False, True), True
-            )
-            S.sequence_backward(
-                y, h_n, c_n, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], y, gates, cs, None, None,
-                (False, True),
-            )  # fmt: skip
+            layer = _layer(_inputs(T, B, 4, 8, 0, 2, torch.float32), None, (False, True))
+            y, h_n, c_n, gates, cs = sequence_fwd.forward(layer)
+            sequence_bwd.backward(layer, Regularisers(), Saved(y, gates, cs), GradOutputs(y, h_n, c_n))
         counts = drv.variant_counts()
-    assert counts == {"_seq_fwd_kernel": 1, "_seq_bwd_kernel": 1}, counts
+    assert counts == {"_seq_fwd_batch_kernel": 1, "_seq_bwd_batch_kernel": 1}, counts

@@ -1,6 +1,6 @@
 """Compile-only structure of the sequence kernels for sm_90 (H100/H200), no GPU needed.
 
-Each case compiles the tiles :func:`sequence_config` picks for a 132-SM GPU through ``triton.compile`` with
+Each case compiles the tiles :func:`tritonlstm.kernels.config.sequence_config` picks for a 132-SM GPU through ``triton.compile`` with
 ``GPUTarget("cuda", 90, 32)`` (Triton's bundled ptxas), then asserts on what came out:
 
 * unit-split: the time loop loads none of W_hh (or W_hr) from global memory (the loop body's loads, traced in
@@ -54,12 +54,13 @@ def _compiled(
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from tritonlstm.kernels import sequence as S
+    from tritonlstm.kernels import config as C
+    from tritonlstm.kernels import sequence_bwd, sequence_fwd
 
-    cfg = dict(config) if config is not None else S.sequence_config(B, H, P, D, dtype, SMS, backward)
+    cfg = dict(config) if config is not None else C.sequence_config(B, H, P, D, dtype, SMS, backward)
     assert regime is None or cfg["regime"] == regime, f"the rule picked {cfg} for B={B} H={H} P={P} D={D}"
-    k, ns = S._constexprs(cfg, H, P or H, P, backward)
-    kernel = S._seq_bwd_kernel if backward else S._seq_fwd_kernel
+    k, ns = C.constexprs(cfg, H, P or H, P, backward)
+    kernel = (sequence_bwd if backward else sequence_fwd).KERNELS[cfg["regime"]]
     flags = dict(HAS_LENGTHS=True, HAS_PROJ=P > 0, HAS_MASK=masked, ZONEOUT=zoneout, ACC_DTYPE=tl.float32,
                  INPUT_PRECISION="ieee")  # fmt: skip
     flags.update(dict(HAS_DY=True, HAS_DHN=True, HAS_DCN=True) if backward else dict(STORE_GATES=True))
@@ -191,7 +192,9 @@ def test_batch_owned_streams_w_hh_each_step_without_spills(backward):
     """Where the rule runs batch-owned (many batch tiles, a small W_hh), and the positive control of the loop
     check: this kernel does read W_hh inside the time loop."""
     cfg, _, compiled, args = _compiled(4096, 64, 0, 1, torch.bfloat16, backward, "batch")
-    assert not cfg["prefer_step"]
+    from tritonlstm.kernels import config as C
+
+    assert C.choose(4096, 64, 0, 1, torch.bfloat16, SMS, backward).regime == "batch"
     assert "w_ptr" in _global_loads_in_time_loop(compiled.asm["ttgir"], args)
     ptx = compiled.asm["ptx"]
     assert "mma.sync" in ptx or "wgmma" in ptx
@@ -221,9 +224,9 @@ COMPILE_CASES = [
 def test_every_regime_compiles(H, P, dtype, backward, regime, masked):
     """Each regime, direction and dtype compiles for sm_90 with the self-test's tiles (and the tiniest H), with and
     without the regularisers (recurrent dropout; training zoneout too where there is no projection)."""
-    from tritonlstm.kernels import sequence as S
+    from tritonlstm.kernels import config as C
 
-    cfg = S._self_test_config(torch.device("cuda"), dtype, regime, H, P, backward)
+    cfg = C.self_test_config(torch.device("cuda"), dtype, regime, H, P, backward)
     cfg.setdefault("num_warps", 4)
     zoneout = 2 if masked and not P else 0
     config = tuple(sorted(cfg.items()))

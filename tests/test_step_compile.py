@@ -1,7 +1,7 @@
 """Compiled step kernels without a GPU: the fake driver, one variant per shape, the device guard, no spills.
 
 Everything here compiles real kernels for sm_90/sm_80 with Triton's bundled ptxas under
-``benchmarks.fake_driver.fake_cuda_driver`` (CPU tensors, nothing launched), so it needs the kernels compiled,
+``tritonlstm.kernels.fake_driver.fake_cuda_driver`` (CPU tensors, nothing launched), so it needs the kernels compiled,
 not interpreted: it skips, with that reason, under ``TRITON_INTERPRET=1``. ``.ci/triton36.sh`` runs this file
 under today's Triton and the GPU image's (3.6) with ``TRITONLSTM_COMPILE_MATRIX=1``, which adds the full matrix
 of default configurations (dtypes x {plain, lengths, projection} x {small, large batch} x fwd/bwd, sm_90 and
@@ -18,9 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from benchmarks.compile_report import Build, build, kernels_compile
-from benchmarks.fake_driver import fake_cuda_driver
-from tritonlstm.kernels import lstm as K
+from tests.helpers import step_backward, step_forward
+from tritonlstm.kernels import runtime, step
+from tritonlstm.kernels.fake_driver import Build, build, fake_cuda_driver, kernels_compile
 
 pytestmark = pytest.mark.skipif(
     not kernels_compile(), reason="compiles the kernels for a GPU target: needs TRITON_INTERPRET unset"
@@ -94,8 +94,8 @@ def _layer(T, B, H, dtype, P=0, lengths=False):
 
 
 def _fwd_bwd(inp, lens, reverse):
-    y, h_n, c_n, gates, cs = K.lstm_layer_forward(**inp, lengths=lens, reverse=reverse)
-    K.lstm_layer_backward(
+    y, h_n, c_n, gates, cs = step_forward(**inp, lengths=lens, reverse=reverse)
+    step_backward(
         y, h_n, c_n, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], y, gates, cs, inp["w_hr"],
         lengths=lens, reverse=reverse, needs=(False,) * 7,
     )  # fmt: skip
@@ -136,13 +136,13 @@ def test_launches_go_to_the_tensors_device_and_stream(monkeypatch):
     monkeypatch.setattr(torch.cuda, "_maybe_exchange_device", exchange)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: state["current"])
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device: SimpleNamespace(cuda_stream=1000 + int(device)))
-    real_guard = K._launch_guard
+    real_guard = runtime.launch_guard
 
     def guard(device):
         state["entered"].append(device)
         return real_guard(torch.device("cuda", 1))  # what the guard does for tensors on cuda:1
 
-    monkeypatch.setattr(K, "_launch_guard", guard)
+    monkeypatch.setattr(step, "launch_guard", guard)
     inp, lens = _layer(3, 2, 5, torch.float32, lengths=True)
     with fake_cuda_driver(torch_queries=True) as drv:
         _fwd_bwd(inp, lens, reverse=False)
@@ -154,7 +154,7 @@ def test_launches_go_to_the_tensors_device_and_stream(monkeypatch):
 
 def test_launch_guard_leaves_cpu_alone(monkeypatch):
     monkeypatch.setattr(torch.cuda, "_exchange_device", lambda index: pytest.fail("CPU tensors need no CUDA device"))
-    with K._launch_guard(torch.device("cpu")):
+    with runtime.launch_guard(torch.device("cpu")):
         pass
 
 

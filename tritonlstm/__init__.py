@@ -16,10 +16,11 @@ __version__ = "0.1.0"
 
 # public name -> the submodule that defines it
 _LAZY = {
-    "BACKENDS": "tritonlstm.backend",
-    "ENV_VAR": "tritonlstm.backend",
-    "default_backend": "tritonlstm.backend",
-    "resolve_backend": "tritonlstm.backend",
+    "BACKENDS": "tritonlstm.dispatch",
+    "ENV_VAR": "tritonlstm.dispatch",
+    "default_backend": "tritonlstm.dispatch",
+    "resolve_backend": "tritonlstm.dispatch",
+    "explain": "tritonlstm.dispatch",
     "lstm": "tritonlstm.functional",
     "lstm_layer": "tritonlstm.functional",
     "LSTM": "tritonlstm.modules",
@@ -40,6 +41,7 @@ __all__ = [
     "Stateful",
     "__version__",
     "default_backend",
+    "explain",
     "from_keras",
     "lstm",
     "lstm_layer",
@@ -49,7 +51,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # what static tools and IDEs should see
-    from tritonlstm.backend import BACKENDS, ENV_VAR, default_backend, resolve_backend
+    from tritonlstm.dispatch import BACKENDS, ENV_VAR, default_backend, explain, resolve_backend
     from tritonlstm.functional import lstm, lstm_layer
     from tritonlstm import init, keras, streaming
     from tritonlstm.keras import from_keras, to_keras

@@ -284,7 +284,7 @@ def _errors(forecast: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
 
 def triton_unavailable(device: str) -> str | None:
     """Why the Triton kernels cannot run float32 tensors on ``device`` here, or ``None`` when they can."""
-    from tritonlstm.backend import triton_unavailable_reason
+    from tritonlstm.dispatch import triton_unavailable_reason
 
     if importlib.util.find_spec("triton") is None:
         return "Triton is not installed (it ships for Linux only)"

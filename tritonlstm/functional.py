@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from tritonlstm import ops, reference
+from tritonlstm import onnx_graph, ops, reference
 
 
 def _exporting_with_dynamo() -> bool:
@@ -27,10 +27,8 @@ def _layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, backend, h
            zoneout_seed=None):  # fmt: skip
     """One layer, parameters stacked over its D directions: ``(y [T,B,D*R], h_n [D,B,R], c_n [D,B,H])``."""
     if _exporting_with_dynamo():
-        from tritonlstm import onnx_graph
-
         if h_mask is not None or zoneout_seed is not None:
-            raise RuntimeError(_TRAINING_EXPORT)
+            raise RuntimeError(onnx_graph.TRAINING_EXPORT)
         return onnx_graph.layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, zoneout=zoneout)
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -39,12 +37,6 @@ def _layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, backend, h
         float(zoneout[1]), zoneout_seed,
     )  # fmt: skip
     return y, h_n, c_n
-
-
-_TRAINING_EXPORT = (
-    "tritonlstm: recurrent dropout, input dropout, weight drop and the training form of zoneout draw random masks "
-    "and never reach an ONNX graph; export the model in eval mode (model.eval())"
-)
 
 
 def check_probability(name: str, p) -> float:
@@ -102,7 +94,7 @@ def lstm_layer(
             stops updating past its length, its output is zero there, and ``h_n``/``c_n`` are its last step's.
         reverse: process time from the last step to the first (the reverse direction of a bidirectional LSTM);
             with ``lengths`` each row starts at its own last step.
-        backend: ``"auto"``, ``"triton"`` or ``"reference"`` (see :mod:`tritonlstm.backend`).
+        backend: ``"auto"``, ``"triton"`` or ``"reference"`` (see :mod:`tritonlstm.dispatch`).
         h_mask: ``[B, R]`` recurrent dropout mask multiplying h_{t-1} in the recurrent product at every step
             (not differentiated), or ``None``.
         zoneout: ``p`` or ``(p_h, p_c)``; with ``zoneout_seed`` (int64 ``[1]``, e.g.
@@ -165,7 +157,7 @@ def lstm(
     weight_drop = check_probability("weight_drop", weight_drop)
     zoneout = zoneout_pair(zoneout)
     if train and (recurrent_dropout or input_dropout or weight_drop or any(zoneout)) and _exporting_with_dynamo():
-        raise RuntimeError(_TRAINING_EXPORT)
+        raise RuntimeError(onnx_graph.TRAINING_EXPORT)
     x = input.transpose(0, 1) if batch_first else input
     B = x.shape[1]
     h_n, c_n = [], []

@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from tritonlstm import functional, reference
-from tritonlstm.backend import default_backend, validate_backend
+from tritonlstm.dispatch import default_backend, validate_backend
 
 _SCALAR_TYPE_NAMES = {
     torch.float16: "Half",

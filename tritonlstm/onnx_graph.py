@@ -23,6 +23,11 @@ OPSET = 18
 # the LSTM operator's `layout` attribute exists from opset 14; torch's TorchScript exporter stops at 20
 _TORCHSCRIPT_OPSETS = range(14, 21)
 
+TRAINING_EXPORT = (
+    "tritonlstm: recurrent dropout, input dropout, weight drop and the training form of zoneout draw random masks "
+    "and never reach an ONNX graph; export the model in eval mode (model.eval())"
+)
+
 
 def _gate_order(hidden: int, device: torch.device) -> torch.Tensor:
     """Row indices taking PyTorch's gate blocks (i, f, g, o) to ONNX's (i, o, f, c)."""
@@ -132,10 +137,7 @@ def _torchscript_symbolic(g, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, r
     """``tritonlstm::layer_forward`` for the TorchScript exporter: the native ``LSTM`` node."""
     for arg in (h_mask, zoneout_seed):
         if arg is not None and not arg.node().mustBeNone():
-            raise RuntimeError(
-                "tritonlstm: recurrent dropout and the training form of zoneout draw random masks and never reach "
-                "an ONNX graph; export the model in eval mode (model.eval())"
-            )
+            raise RuntimeError(TRAINING_EXPORT)
     if any(z is not None and float(_constant(z)) > 0 for z in (zoneout_h, zoneout_c)):
         raise RuntimeError(
             "tritonlstm: an LSTM with zoneout has no ONNX LSTM operator (eval mode takes the expectation "

@@ -6,8 +6,8 @@ shapes (symbolic under dynamo, AOTAutograd and torch.export, so batch size and s
 ``register_autograd`` connects them. Dynamo, torch.export, AOTAutograd and the TorchScript ONNX exporter therefore
 see one opaque, shape-polymorphic op on every machine, whatever runs behind it.
 
-Behind the op, an implementation is picked by device, dtype and the ``backend`` argument
-(:func:`tritonlstm.backend.resolve_backend`):
+Behind the op, the plan (:func:`tritonlstm.dispatch.plan`) picks an implementation by device, dtype, the
+``backend`` argument and the regularisers, and with the kernels, which of them:
 
 * ``"triton"``: the Triton kernels (:mod:`tritonlstm.kernels`): CUDA tensors, or CPU tensors under Triton's
   interpreter. The forward keeps the activated gates and every cell state for the backward.
@@ -21,7 +21,7 @@ states are ``h0 [D, B, R]``, ``c0 [D, B, H]``, and the output ``y [T, B, D*R]`` 
 ``torch.nn.LSTM`` does. With D = 1, ``reverse`` runs the direction from the last step to the first; with D = 2
 direction 1 is the reverse one. Optional results are empty tensors (a custom op returns tensors, never ``None``).
 
-Regularisers (issue 14), trailing arguments that default to off:
+Regularisers, trailing arguments that default to off:
 
 * ``h_mask [D, B, R]`` (recurrent dropout, variational): multiplies h_{t-1} where it enters the recurrent product
   ``h_{t-1} W_hh^T``, at every step; never the output or h_n. Drawn by the caller, not differentiated.
@@ -32,26 +32,24 @@ Regularisers (issue 14), trailing arguments that default to off:
   (``tl.rand``), the reference from a ``torch.Generator`` seeded by it (:func:`tritonlstm.reference.zoneout_masks`).
   The two streams differ; forward and backward always run the same implementation, so each agrees with itself.
 
-When an implementation cannot apply a regulariser, :func:`_triton_refusal` says why and the op runs the reference
-implementation instead, for forward and backward alike.
+When the kernels cannot apply a regulariser, the plan says why and runs the reference implementation instead, for
+forward and backward alike. Below the op every implementation takes the same bundles
+(:mod:`tritonlstm.kernels.common`): the layer's tensors, its regularisers, and in the backward what was saved, the
+incoming gradients and which gradients are needed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 
 import torch
 from torch import Tensor
 
-from tritonlstm import onnx_graph, reference
-from tritonlstm.backend import kernels, resolve_backend, tag_compile_caches
+from tritonlstm import dispatch, onnx_graph, reference
+from tritonlstm.kernels.common import GradOutputs, Layer, Needs, Regularisers, Saved
+from tritonlstm.kernels.runtime import acc_dtype, tag_compile_caches
 
 tag_compile_caches()  # the op's saved tensors depend on TRITON_INTERPRET on a CPU: see its docstring
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def directions(num_directions: int, reverse: bool) -> tuple[bool, ...]:
@@ -63,91 +61,24 @@ def directions(num_directions: int, reverse: bool) -> tuple[bool, ...]:
     return (reverse,)
 
 
-def _lengths_on(x: Tensor, lengths: Tensor | None) -> Tensor | None:
-    """``lengths`` on x's device, where the kernels read them (a caller may pass them on the CPU)."""
-    return lengths.to(x.device) if lengths is not None and lengths.device != x.device else lengths
+def _bundles(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, h_mask, zoneout_h, zoneout_c, seed):
+    """The op's arguments as the bundles every implementation takes (``lengths`` moved to x's device, where the
+    kernels read them: a caller may pass them on the CPU)."""
+    if lengths is not None and lengths.device != x.device:
+        lengths = lengths.to(x.device)
+    dirs = directions(w_ih.shape[0], reverse)
+    layer = Layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs)
+    return layer, Regularisers(h_mask, (zoneout_h, zoneout_c), seed)
 
 
-def _triton_refusal(zoneout_h: float, zoneout_c: float, has_proj: bool) -> str | None:
-    """Why the Triton kernels cannot apply this call's regularisers, or ``None`` when they can.
-
-    Both the per-step and the sequence kernels apply recurrent dropout (with or without a projection) and zoneout
-    (without one).
-    """
-    if (zoneout_h > 0 or zoneout_c > 0) and has_proj:
-        return "zoneout with a projection (proj_size > 0) is not applied by the Triton kernels"
-    return None
-
-
-def _implementation(backend: str, x: Tensor, zoneout_h: float, zoneout_c: float, w_hr: Tensor | None) -> str:
-    """``"triton"`` or ``"reference"``: the backend's choice, unless the kernels cannot apply the regularisers."""
-    name = resolve_backend(backend, x.device, x.dtype)
-    if name == "triton" and _triton_refusal(zoneout_h, zoneout_c, w_hr is not None):
-        return "reference"
-    return name
-
-
-def _stores_gates(backend: str, x: Tensor, store_for_backward: bool, zoneout_h: float, zoneout_c: float,
-                  w_hr: Tensor | None) -> bool:  # fmt: skip
-    # only the Triton kernels keep gates and cell states; the reference backward recomputes its loop
-    return store_for_backward and _implementation(backend, x, zoneout_h, zoneout_c, w_hr) == "triton"
-
-
-def _sequence_kernels(x: Tensor, w_hh: Tensor, w_hr: Tensor | None, backward: bool):
-    """The sequence-kernel module when it runs this layer (``TRITONLSTM_KERNEL``, support, self-test), else None."""
-    S = importlib.import_module("tritonlstm.kernels.sequence")  # imported with the kernels, on first use
-    B, H = x.shape[1], w_hh.shape[1] // 4
-    P = w_hr.shape[1] if w_hr is not None else 0
-    if S.choose_kernel(x.device, x.dtype, B, H, P, w_hh.shape[0], backward=backward) == "sequence":
-        return S
-    return None
-
-
-def _regulariser_kwargs(d: int, h_mask, zoneout, seed) -> dict:
-    """The per-step launchers' regulariser arguments for direction d (none when off, so older launchers work)."""
-    kwargs = {"h_mask": h_mask[d]} if h_mask is not None else {}
-    if any(zoneout):
-        kwargs.update(zoneout=zoneout, zoneout_seed=seed, zoneout_stream=2 * d)
-    return kwargs
-
-
-def _triton_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, store_for_backward, h_mask=None,
-                    zoneout=(0.0, 0.0), seed=None):  # fmt: skip
-    S = _sequence_kernels(x, w_hh, w_hr, backward=False)
-    if S is not None:  # one launch for the whole recurrence, every direction
-        bias = b_ih + b_hh if b_ih is not None else None
-        try:
-            return S.sequence_forward(
-                x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, dirs, store_for_backward, h_mask=h_mask,
-                zoneout=zoneout, zoneout_seed=seed,
-            )
-        except S.SequenceCompileError:
-            pass  # warned once: this shape runs the per-step kernels from now on
-    K = kernels()  # the per-step kernels: one launch per step and direction
-    runs = [
-        K.lstm_layer_forward(
-            x, h0[d], c0[d], w_ih[d], w_hh[d], b_ih[d] if b_ih is not None else None,
-            b_hh[d] if b_hh is not None else None, w_hr[d] if w_hr is not None else None, lengths,
-            reverse=rev, store_for_backward=store_for_backward, **_regulariser_kwargs(d, h_mask, zoneout, seed),
-        )  # fmt: skip
-        for d, rev in enumerate(dirs)
-    ]
-    y, h_n, c_n, gates, cs = zip(*runs)
-    y = y[0] if len(dirs) == 1 else torch.cat(y, dim=-1)
-    if not store_for_backward:
-        return y, torch.stack(h_n), torch.stack(c_n), None, None
-    return y, torch.stack(h_n), torch.stack(c_n), torch.stack(gates), torch.stack(cs)
-
-
-def _reference_forward(
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, h_mask=None, zoneout=(0.0, 0.0), seed=None
-):
+def _reference_forward(layer: Layer, regs: Regularisers):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs = layer
     runs = [
         reference.lstm_layer(
             x, h0[d], c0[d], w_ih[d], w_hh[d], b_ih[d] if b_ih is not None else None,
             b_hh[d] if b_hh is not None else None, w_hr[d] if w_hr is not None else None, lengths, rev,
-            h_mask=h_mask[d] if h_mask is not None else None, zoneout=zoneout,
-            zoneout_masks=reference.zoneout_masks(seed, d, *zoneout) if seed is not None else None,
+            h_mask=regs.h_mask[d] if regs.h_mask is not None else None, zoneout=regs.zoneout,
+            zoneout_masks=reference.zoneout_masks(regs.seed, d, *regs.zoneout) if regs.seed is not None else None,
         )  # fmt: skip
         for d, rev in enumerate(dirs)
     ]
@@ -187,21 +118,16 @@ def layer_forward(
     ``gates`` and ``cs`` (what the Triton backward needs) are empty unless ``store_for_backward`` on the Triton
     implementation. ``h_mask`` (recurrent dropout) and zoneout: see the module docstring.
     """
-    dirs = directions(w_ih.shape[0], reverse)
-    lengths = _lengths_on(x, lengths)
+    layer, regs = _bundles(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, h_mask, zoneout_h, zoneout_c,
+                           zoneout_seed)  # fmt: skip
     with _no_autocast(x):
-        if _implementation(backend, x, zoneout_h, zoneout_c, w_hr) == "reference":
-            y, h_n, c_n = _reference_forward(
-                x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, h_mask, (zoneout_h, zoneout_c), zoneout_seed
-            )
-            gates = cs = None
+        plan = dispatch.plan(x, w_hh, w_hr, backend, regs.zoneout)
+        if plan.implementation == "reference":
+            (y, h_n, c_n), gates, cs = _reference_forward(layer, regs), None, None
         else:
-            y, h_n, c_n, gates, cs = _triton_forward(
-                x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, store_for_backward, h_mask,
-                (zoneout_h, zoneout_c), zoneout_seed,
-            )  # fmt: skip
+            y, h_n, c_n, gates, cs = plan.forward(layer, regs, store_for_backward)
     if gates is None:
-        gates, cs = x.new_empty(0), x.new_empty(0, dtype=_acc_dtype(x.dtype))
+        gates, cs = x.new_empty(0), x.new_empty(0, dtype=acc_dtype(x.dtype))
     return y, h_n, c_n, gates, cs
 
 
@@ -211,9 +137,11 @@ def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, store_for_backw
     T, B = x.shape[0], x.shape[1]
     D, H, R = w_ih.shape[0], w_hh.shape[1] // 4, w_hh.shape[2]
     directions(D, reverse)
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     y, h_n, c_n = x.new_empty(T, B, D * R), x.new_empty(D, B, R), x.new_empty(D, B, H)
-    if _stores_gates(backend, x, store_for_backward, zoneout_h, zoneout_c, w_hr):
+    # only the Triton kernels keep gates and cell states; the reference backward recomputes its loop
+    stores = store_for_backward and dispatch.plan(x, w_hh, w_hr, backend, (zoneout_h, zoneout_c), kernel=False)
+    if stores and stores.implementation == "triton":
         return y, h_n, c_n, x.new_empty(D, T, B, 4 * H), x.new_empty(D, T, B, H, dtype=acc)
     return y, h_n, c_n, x.new_empty(0), x.new_empty(0, dtype=acc)
 
@@ -237,24 +165,20 @@ def _autograd_inside_op():
         yield
 
 
-def _reference_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, needs,
-                        h_mask=None, zoneout=(0.0, 0.0), seed=None):  # fmt: skip
+def _reference_backward(layer: Layer, regs: Regularisers, grad_out: GradOutputs, needs: Needs):
     """Vector-Jacobian product of the reference loop: autograd through it, run again here."""
-    inputs = {"x": x, "h0": h0, "c0": c0, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh, "w_hr": w_hr}
+    names = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
+    inputs = dict(zip(names, layer))
     with _autograd_inside_op():
         leaves = {k: v.detach().requires_grad_() for k, v in inputs.items() if v is not None}
-        outputs = _reference_forward(
-            leaves["x"], leaves["h0"], leaves["c0"], leaves["w_ih"], leaves["w_hh"], leaves.get("b_ih"),
-            leaves.get("b_hh"), leaves.get("w_hr"), lengths, dirs, h_mask, zoneout, seed,
-        )  # fmt: skip
-        pairs = [(o, g) for o, g in zip(outputs, (dy, dh_n, dc_n)) if g is not None]
-        names = list(leaves)
-        grads = dict.fromkeys(names)
+        outputs = _reference_forward(layer._replace(**{k: leaves.get(k) for k in names}), regs)
+        pairs = [(o, g) for o, g in zip(outputs, grad_out) if g is not None]
+        grads = dict.fromkeys(leaves)
         if pairs:
             found = torch.autograd.grad(
-                [o for o, _ in pairs], [leaves[n] for n in names], [g for _, g in pairs], allow_unused=True
+                [o for o, _ in pairs], list(leaves.values()), [g for _, g in pairs], allow_unused=True
             )
-            grads.update(zip(names, found))
+            grads.update(zip(leaves, found))
     result = []
     for name, need in zip(("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "w_hr"), needs):
         g = grads.get(name)
@@ -262,43 +186,6 @@ def _reference_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
             g = torch.zeros_like(inputs[name])
         result.append(g if need else None)
     return result
-
-
-def _triton_backward(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, y, gates, cs, dirs, needs, h_mask=None,
-                     zoneout=(0.0, 0.0), seed=None):  # fmt: skip
-    S = _sequence_kernels(x, w_hh, w_hr, backward=True)
-    if S is not None:
-        try:
-            return list(S.sequence_backward(
-                dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, gates, cs, w_hr, lengths, dirs, tuple(needs),
-                h_mask=h_mask, zoneout=zoneout, zoneout_seed=seed,
-            ))  # fmt: skip
-        except S.SequenceCompileError:
-            pass  # warned once: this shape runs the per-step kernels from now on
-    K = kernels()
-    R = w_hh.shape[2]
-    per_direction = []
-    for d, rev in enumerate(dirs):
-        span = slice(d * R, (d + 1) * R)
-        y_d = y if len(dirs) == 1 else y[..., span].contiguous()
-        dy_d = dy if dy is None or len(dirs) == 1 else dy[..., span].contiguous()
-        per_direction.append(
-            K.lstm_layer_backward(
-                dy_d, dh_n[d] if dh_n is not None else None,
-                dc_n[d] if dc_n is not None else None, x, h0[d], c0[d], w_ih[d], w_hh[d], y_d, gates[d],
-                cs[d], w_hr[d] if w_hr is not None else None, lengths, reverse=rev, needs=tuple(needs),
-                **_regulariser_kwargs(d, h_mask, zoneout, seed),
-            )  # fmt: skip
-        )
-    grads = []
-    for k, parts in enumerate(zip(*per_direction)):
-        if parts[0] is None:
-            grads.append(None)
-        elif k == 0:
-            grads.append(parts[0] if len(parts) == 1 else sum(parts[1:], parts[0]))  # dx: both directions read x
-        else:
-            grads.append(torch.stack(parts))
-    return grads
 
 
 @torch.library.custom_op("tritonlstm::layer_backward", mutates_args=())
@@ -331,19 +218,15 @@ def layer_backward(
     ``db`` is the gradient of ``b_ih`` and of ``b_hh`` alike. The regularisers are the forward's, so the same
     masks apply (zoneout's regenerated from the seed).
     """
-    dirs = directions(w_ih.shape[0], reverse)
-    lengths = _lengths_on(x, lengths)
+    layer, regs = _bundles(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, h_mask, zoneout_h, zoneout_c,
+                           zoneout_seed)  # fmt: skip
+    grad_out, needs = GradOutputs(dy, dh_n, dc_n), Needs(*needs)
     with _no_autocast(x):
-        if _implementation(backend, x, zoneout_h, zoneout_c, w_hr) == "reference":
-            grads = _reference_backward(
-                dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, dirs, needs, h_mask,
-                (zoneout_h, zoneout_c), zoneout_seed,
-            )  # fmt: skip
+        plan = dispatch.plan(x, w_hh, w_hr, backend, regs.zoneout, backward=True)
+        if plan.implementation == "reference":
+            grads = _reference_backward(layer, regs, grad_out, needs)
         else:
-            grads = _triton_backward(
-                dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, y, gates, cs, dirs, needs, h_mask,
-                (zoneout_h, zoneout_c), zoneout_seed,
-            )  # fmt: skip
+            grads = plan.backward(layer, regs, Saved(y, gates, cs), grad_out, needs)
     return [g if g is not None else x.new_empty(0) for g in grads]
 
 

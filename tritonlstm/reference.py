@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from tritonlstm.kernels.runtime import acc_dtype
+
 
 ZONEOUT_SEED_HIGH = 2**62
 """Zoneout seeds are drawn uniformly from [0, ZONEOUT_SEED_HIGH) (int64)."""
@@ -63,7 +65,7 @@ def lstm_layer(
             "tritonlstm.lstm or tritonlstm.lstm_layer (the torch.library op) instead"
         )
     dtype = x.dtype
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = acc_dtype(dtype)
     w_hh_t = w_hh.to(acc).t()
     w_hr_t = w_hr.to(acc).t() if w_hr is not None else None
     lengths = lengths.to(x.device) if lengths is not None else None

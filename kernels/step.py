@@ -1,19 +1,6 @@
-"""Fused LSTM recurrence: Triton step kernels and the launchers that run one layer and direction.
+"""The per-step kernels: one launch per time step and direction. The fallback of every other regime, and their oracle.
 
-Dimension legend (every shape comment below uses it):
-    T   time steps                B   batch rows
-    I   input features            H   hidden units
-    P   projection size (proj_size > 0)           R   recurrent input size: P with a projection, else H
-    G   4*H gate pre-activations, stored *unit-interleaved*: column 4*j + k holds gate k of unit j,
-        k = 0, 1, 2, 3 for i, f, g, o (torch.nn.LSTM's gate order inside each unit)
-
-The interleaved layout lets one ``tl.dot`` over a contiguous block of 4*BLOCK_H columns produce all four
-gates of BLOCK_H units; a reshape and two splits then hand each gate to the epilogue as its own tile.
-
-Maths (torch.nn.LSTM's):
-    i, f, g, o = sigmoid(.), sigmoid(.), tanh(.), sigmoid(.)  of  x_t W_ih^T + b_ih + b_hh + h_{t-1} W_hh^T
-    c_t = f * c_{t-1} + i * g
-    h_t = o * tanh(c_t)                 (with a projection: m_t = o * tanh(c_t), h_t = m_t W_hr^T)
+Shapes follow the legend of :mod:`tritonlstm.kernels.jit`.
 
 Forward: one GEMM projects every time step's input (both biases folded in), then one launch per step. Without
 a projection, ``_lstm_fwd_step_kernel`` gives each program a tile of batch rows x hidden units: the recurrent
@@ -32,15 +19,13 @@ Past it the row keeps its cell state, outputs zeros, and its h_{t-1} comes from 
 was not its own (so the reverse direction starts at each row's own end). In the backward, the gradient that
 reaches a skipped step's state is carried unchanged (``dcarry``) to the step before it.
 
-Regularisers (issue 14), inside the same launches. Recurrent dropout: a [B, R] mask (HAS_MASK) scales h_{t-1}
+Regularisers, inside the same launches. Recurrent dropout: a [B, R] mask (HAS_MASK) scales h_{t-1}
 as it is loaded for the recurrent dot. In the backward it scales the gradient reaching h through that dot, and
 the launcher applies it to dh0 and to the h_{t-1} of dW_hh. Zoneout (ZONEOUT, no projection):
 h_t = k*h_{t-1} + (1-k)*h_new and the same for c, with k the Bernoulli(p) mask drawn in-kernel by ``tl.rand``
 from a seed read on the device (training) or p itself (eval). The backward draws the masks again. It routes
 k*dh_t through ``dcarry`` to step t-1, adds k_c*dc_t to dc_{t-1}, and recomputes the cell state before zoneout
 from the saved gates.
-
-Cell state, accumulators and the epilogue are fp32 for fp16/bf16/fp32 inputs and fp64 for fp64 inputs.
 
 Compiled variants: one forward and one backward build per layer shape and configuration, whatever the step.
 Per-step tensors go in as their whole buffers plus time indices (offsets formed in-kernel in int64), not as
@@ -52,39 +37,27 @@ with NumPy >= 2.4, runs the kernels.
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-INTERPRETER = os.environ.get("TRITON_INTERPRET", "0") == "1"
-"""True when this module was imported with ``TRITON_INTERPRET=1``: kernels then run on CPU tensors."""
-
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-@triton.jit
-def _tanh(x):
-    # libdevice.tanh is not available in the interpreter; this form is exact to rounding and never overflows.
-    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
-
-
-@triton.jit
-def _split_gates(b_x, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    """[BLOCK_B, 4*BLOCK_H] interleaved -> the i, f, g, o tiles, each [BLOCK_B, BLOCK_H]."""
-    # column 4j+k -> [BLOCK_B, BLOCK_H, k1, k2] with k = 2*k1 + k2; splitting k2 then k1 separates the gates
-    b_ig, b_fo = tl.split(tl.reshape(b_x, (BLOCK_B, BLOCK_H, 2, 2)))
-    b_i, b_g = tl.split(b_ig)
-    b_f, b_o = tl.split(b_fo)
-    return b_i, b_f, b_g, b_o
-
-
-@triton.jit
-def _join_gates(b_i, b_f, b_g, b_o, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Inverse of _split_gates."""
-    return tl.reshape(tl.join(tl.join(b_i, b_g), tl.join(b_f, b_o)), (BLOCK_B, 4 * BLOCK_H))
+from tritonlstm.kernels.common import (
+    NONE,
+    GradOutputs,
+    Grads,
+    Layer,
+    Needs,
+    Regularisers,
+    Saved,
+    check_dtype,
+    check_regularisers,
+    deinterleave_gates,
+    dw_hh,
+    interleave_gates,
+)
+from tritonlstm.kernels.config import step_config
+from tritonlstm.kernels.jit import ACC, cell_backward, cell_forward, split_gates, zoneout_rates
+from tritonlstm.kernels.runtime import acc_dtype, input_precision, launch_guard
 
 
 @triton.jit
@@ -113,7 +86,7 @@ def _step_or_initial(buf_ptr, i, n, stride_i, init_ptr):
 
 
 @triton.jit
-def _load_h_prev(h_prev_ptr, h0_ptr, o_b, o_k, m_row, m_k, v_prev, stride_hp, stride_h0, HAS_LENGTHS: tl.constexpr):
+def _h_prev_tile(h_prev_ptr, h0_ptr, o_b, o_k, m_row, m_k, v_prev, stride_hp, stride_h0, HAS_LENGTHS: tl.constexpr):
     """[BLOCK_B, BLOCK_K] block of h_{t-1}: the previous step's output, or h0 for rows it did not belong to."""
     m = m_row[:, None] & m_k[None, :]
     b_h = tl.load(h_prev_ptr + o_b[:, None] * stride_hp + o_k[None, :], mask=m & v_prev[:, None], other=0.0)
@@ -136,7 +109,7 @@ def _gate_preactivations(
     for k in range(0, R, BLOCK_K):
         o_k = k + tl.arange(0, BLOCK_K)
         m_k = o_k < R
-        b_hp = _load_h_prev(h_prev_ptr, h0_ptr, o_b, o_k, m_b, m_k, v_prev, stride_hp, stride_h0, HAS_LENGTHS)
+        b_hp = _h_prev_tile(h_prev_ptr, h0_ptr, o_b, o_k, m_b, m_k, v_prev, stride_hp, stride_h0, HAS_LENGTHS)
         if HAS_MASK:
             p_hm = hm_ptr + o_b[:, None] * stride_hp + o_k[None, :]
             b_hm = tl.load(p_hm, mask=m_b[:, None] & m_k[None, :], other=0.0)
@@ -188,53 +161,6 @@ def _grad_into_h(
         p_dy = dy_ptr + t.to(tl.int64) * stride_dy_t + o_b[:, None] * stride_dy + o_c[None, :]
         b_dh += tl.load(p_dy, mask=m_bc & v_t[:, None], other=0.0).to(ACC_DTYPE)
     return b_rec, b_dh
-
-
-@triton.jit
-def _zoneout_keep(zs_ptr, stream, t, o_b, o_u, B, N, p):
-    """Zoneout's Bernoulli(p) "keep the previous value" mask of a [BLOCK_B, BLOCK_N] tile of step t, from Philox.
-
-    The seed is read on the device (a fresh draw of torch's RNG each forward; no host sync, new masks on every
-    CUDA-graph replay); ``stream`` separates directions and h from c; the counter is the element's index in the
-    [T, B, N] sequence (32-bit: it wraps past 2**32 elements, which only repeats masks).
-    """
-    seed = tl.load(zs_ptr) + stream
-    offs = ((t.to(tl.int64) * B + o_b[:, None]) * N + o_u[None, :]).to(tl.uint32, bitcast=False)
-    return tl.rand(seed, offs) < p
-
-
-@triton.jit
-def _zoneout_rates(zs_ptr, stream, t, o_b, o_u, B, N, p, ZONEOUT: tl.constexpr, ACC_DTYPE: tl.constexpr):
-    """Per element, the weight of the previous value: the 0/1 training mask (ZONEOUT == 2) or p (eval, 1)."""
-    if ZONEOUT == 2:
-        return _zoneout_keep(zs_ptr, stream, t, o_b, o_u, B, N, p).to(ACC_DTYPE)
-    else:
-        return tl.full((o_b.shape[0], o_u.shape[0]), p, ACC_DTYPE)  # p is float64: exact for a float64 layer
-
-
-@triton.jit
-def _cell_forward(b_pre, b_c_prev, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Gate pre-activations [BLOCK_B, 4*BLOCK_H] and c_{t-1} -> (activated gates interleaved, c_t, o*tanh(c_t))."""
-    b_i, b_f, b_g, b_o = _split_gates(b_pre, BLOCK_B, BLOCK_H)
-    b_i = tl.sigmoid(b_i)
-    b_f = tl.sigmoid(b_f)
-    b_g = _tanh(b_g)
-    b_o = tl.sigmoid(b_o)
-    b_c = b_f * b_c_prev + b_i * b_g
-    return _join_gates(b_i, b_f, b_g, b_o, BLOCK_B, BLOCK_H), b_c, b_o * _tanh(b_c)
-
-
-@triton.jit
-def _cell_backward(b_dm, b_gates, b_c, b_c_prev, b_dc, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Gradient of m_t = o*tanh(c_t) and of c_t -> (gate pre-activation gradients interleaved, dc_{t-1})."""
-    b_i, b_f, b_g, b_o = _split_gates(b_gates, BLOCK_B, BLOCK_H)
-    b_tc = _tanh(b_c)
-    b_dc = b_dc + b_dm * b_o * (1.0 - b_tc * b_tc)
-    b_di = b_dc * b_g * b_i * (1.0 - b_i)
-    b_df = b_dc * b_c_prev * b_f * (1.0 - b_f)
-    b_dg = b_dc * b_i * (1.0 - b_g * b_g)
-    b_do = b_dm * b_tc * b_o * (1.0 - b_o)
-    return _join_gates(b_di, b_df, b_dg, b_do, BLOCK_B, BLOCK_H), b_dc * b_f
 
 
 @triton.jit(do_not_specialize=["t", "t_prev", "s", "s_prev", "zo_stream"])
@@ -294,12 +220,12 @@ def _lstm_fwd_step_kernel(
 
     m_bu = m_b[:, None] & m_u[None, :]
     b_cp = tl.load(c_prev_ptr + o_b[:, None] * stride_c + o_u[None, :], mask=m_bu, other=0.0).to(ACC_DTYPE)
-    b_gates, b_c, b_h = _cell_forward(b_acc, b_cp, BLOCK_B, BLOCK_H)
+    b_gates, b_c, b_h = cell_forward(b_acc, b_cp, BLOCK_B, BLOCK_H)
     if ZONEOUT > 0:
         # h_t = k * h_{t-1} + (1 - k) * h_new, the same for c (k: the training mask, or p in eval)
-        b_hp = _load_h_prev(h_prev_ptr, h0_ptr, o_b, o_u, m_b, m_u, v_prev, stride_y, stride_y, HAS_LENGTHS)
-        b_kh = _zoneout_rates(zs_ptr, zo_stream, t, o_b, o_u, B, H, zo_h, ZONEOUT, ACC_DTYPE)
-        b_kc = _zoneout_rates(zs_ptr, zo_stream + 1, t, o_b, o_u, B, H, zo_c, ZONEOUT, ACC_DTYPE)
+        b_hp = _h_prev_tile(h_prev_ptr, h0_ptr, o_b, o_u, m_b, m_u, v_prev, stride_y, stride_y, HAS_LENGTHS)
+        b_kh = zoneout_rates(zs_ptr, zo_stream, t, o_b, o_u, B, H, zo_h, ZONEOUT, ACC_DTYPE)
+        b_kc = zoneout_rates(zs_ptr, zo_stream + 1, t, o_b, o_u, B, H, zo_c, ZONEOUT, ACC_DTYPE)
         b_h = b_kh * b_hp.to(ACC_DTYPE) + (1.0 - b_kh) * b_h
         b_c = b_kc * b_cp + (1.0 - b_kc) * b_c
         if STORE_ZONEOUT:
@@ -374,7 +300,7 @@ def _lstmp_fwd_step_kernel(
 
         m_bu = m_b[:, None] & m_u[None, :]
         b_cp = tl.load(c_prev_ptr + o_b[:, None] * stride_c + o_u[None, :], mask=m_bu, other=0.0).to(ACC_DTYPE)
-        b_gates, b_c, b_m = _cell_forward(b_acc, b_cp, BLOCK_B, BLOCK_H)
+        b_gates, b_c, b_m = cell_forward(b_acc, b_cp, BLOCK_B, BLOCK_H)
         if HAS_LENGTHS:
             b_c = tl.where(v_t[:, None], b_c, b_cp)
         tl.store(c_t_ptr + o_b[:, None] * stride_c + o_u[None, :], b_c.to(cs_ptr.dtype.element_ty), mask=m_bu)
@@ -455,17 +381,17 @@ def _lstm_bwd_step_kernel(
     if ZONEOUT > 0:
         # the forward's masks again; the kept share of dh_t / dc_t goes straight to h_{t-1} / c_{t-1}, the rest
         # through the cell, whose c_t before zoneout is recomputed from the gates
-        b_kh = _zoneout_rates(zs_ptr, zo_stream, t, o_b, o_u, B, H, zo_h, ZONEOUT, ACC_DTYPE)
-        b_kc = _zoneout_rates(zs_ptr, zo_stream + 1, t, o_b, o_u, B, H, zo_c, ZONEOUT, ACC_DTYPE)
-        b_i, b_f, b_g, b_o = _split_gates(b_gates, BLOCK_B, BLOCK_H)
+        b_kh = zoneout_rates(zs_ptr, zo_stream, t, o_b, o_u, B, H, zo_h, ZONEOUT, ACC_DTYPE)
+        b_kc = zoneout_rates(zs_ptr, zo_stream + 1, t, o_b, o_u, B, H, zo_c, ZONEOUT, ACC_DTYPE)
+        b_i, b_f, b_g, b_o = split_gates(b_gates, BLOCK_B, BLOCK_H)
         b_c = b_f * b_cp + b_i * b_g
         b_carry = b_kh * b_dh
         b_dh = (1.0 - b_kh) * b_dh
         b_dc_kept = b_kc * b_dc
-        b_dg, b_dc = _cell_backward(b_dh, b_gates, b_c, b_cp, (1.0 - b_kc) * b_dc, BLOCK_B, BLOCK_H)
+        b_dg, b_dc = cell_backward(b_dh, b_gates, b_c, b_cp, (1.0 - b_kc) * b_dc, BLOCK_B, BLOCK_H)
         b_dc += b_dc_kept
     else:
-        b_dg, b_dc = _cell_backward(b_dh, b_gates, b_c, b_cp, b_dc, BLOCK_B, BLOCK_H)
+        b_dg, b_dc = cell_backward(b_dh, b_gates, b_c, b_cp, b_dc, BLOCK_B, BLOCK_H)
     if HAS_LENGTHS:
         b_dg = tl.where(v_t[:, None], b_dg, 0.0)
         b_carry = tl.where(v_t[:, None], b_carry, b_rec)
@@ -549,103 +475,15 @@ def _lstmp_bwd_step_kernel(
         b_c = tl.load(c_t_ptr + o_bc, mask=m_bu, other=0.0).to(ACC_DTYPE)
         b_cp = tl.load(c_prev_ptr + o_bc, mask=m_bu, other=0.0).to(ACC_DTYPE)
         b_dc = tl.load(dc_ptr + o_bc, mask=m_bu, other=0.0).to(ACC_DTYPE)
-        b_dg, b_dc = _cell_backward(b_dm, b_gates, b_c, b_cp, b_dc, BLOCK_B, BLOCK_H)
+        b_dg, b_dc = cell_backward(b_dm, b_gates, b_c, b_cp, b_dc, BLOCK_B, BLOCK_H)
         if HAS_LENGTHS:
             b_dg = tl.where(v_t[:, None], b_dg, 0.0)
         tl.store(dg_t_ptr + o_bg, b_dg.to(dg_ptr.dtype.element_ty), mask=m_bg)
         tl.store(dc_ptr + o_bc, b_dc.to(dc_ptr.dtype.element_ty), mask=m_bu & v_t[:, None])
 
-
 # ----------------------------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _capturing(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-
-
-_GATE_ROWS: dict[tuple[int, str, bool], torch.Tensor] = {}
-
-
-def _gate_rows(h: int, device: torch.device, inverse: bool) -> torch.Tensor:
-    """The source row of each row of :func:`interleave_gates` (4j + k <- kh + j), or of its ``inverse``, as an
-    ``index_select`` index. Kept per (h, device), except one made during CUDA-graph capture: its values exist only
-    inside the graph."""
-    key = (h, str(device), inverse)
-    rows = _GATE_ROWS.get(key)
-    if rows is None:
-        o = torch.arange(4 * h, device=device)
-        rows = (o % h) * 4 + o // h if inverse else (o % 4) * h + o // 4
-        if not _capturing(device):
-            _GATE_ROWS[key] = rows
-    return rows
-
-
-def interleave_gates(w: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """4H rows along ``dim`` in torch's gate-major order (i block, f block, g block, o block) -> unit-interleaved
-    (a copy: one ``index_select``)."""
-    return torch.index_select(w, dim, _gate_rows(w.shape[dim] // 4, w.device, False))
-
-
-def deinterleave_gates(w: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Inverse of :func:`interleave_gates`."""
-    return torch.index_select(w, dim, _gate_rows(w.shape[dim] // 4, w.device, True))
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Dtype of the cell state and of every accumulator for inputs of ``dtype``."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-_TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64}
-
-
-def _input_precision(dtype: torch.dtype) -> str:
-    # follow torch's own float32 matmul setting, so the recurrence is as exact as the input GEMM beside it
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
-        return "tf32"
-    return "ieee"
-
-
-def step_config(
-    batch: int, hidden: int, reduce: int, dtype: torch.dtype = torch.float32, proj_size: int = 0
-) -> dict:
-    """Tile sizes and warps for one step; ``reduce`` is the dot's inner length (R forward, 4H backward).
-
-    Every dimension of a ``tl.dot`` must be at least 16 on the GPU, so tiles never shrink below that. Warps and
-    tiles keep every default build free of register spills for sm_90 and sm_80 under Triton 3.6 and 3.9
-    (``tests/test_step_compile.py``; ``benchmarks/compile_report.py`` prints the table): 8 warps per program,
-    on 64 batch rows x 32 units, or on 32 or fewer rows x 16 units (with 32 units and 4 warps Triton 3.6's
-    ptxas spills a 64-bit value in the bf16 backward with lengths); float32 takes 32-long K blocks (with 64, exact
-    fp32 dots, which run on FMA units, spill on sm_90 and collapse to 32 registers and kilobytes of stack on
-    sm_80), and at most 32 rows x 32 units when H is not a multiple of 16 (no stride is then known to be
-    16-aligned: the 64-row float32 backward spills on sm_80, and so does 32 x 16 on either version's ptxas);
-    float64 (gradcheck only) fits 16 rows x 32 units in 4 warps. With a projection a program holds whole
-    rows of h_t (BLOCK_P >= P) and loops over 16-unit tiles (also a dot's inner length there).
-    """
-    if proj_size:
-        # spill-free for P <= 256 in every dtype (larger P may spill: the row of h_t lives in registers)
-        wide = dtype in (torch.float16, torch.bfloat16)
-        return {
-            "BLOCK_B": 16,
-            "BLOCK_H": 16,
-            "BLOCK_K": min(32 if wide else 16, max(16, triton.next_power_of_2(reduce))),
-            "BLOCK_P": max(16, triton.next_power_of_2(proj_size)),
-            "num_warps": 8,
-        }
-    if dtype == torch.float64:
-        block_b, block_h, warps = 16, 32, 4
-    else:
-        unaligned_fp32 = dtype == torch.float32 and hidden % 16 != 0
-        block_b = min(32 if unaligned_fp32 else 64, max(16, triton.next_power_of_2(batch)))
-        block_h, warps = (32 if block_b >= (32 if unaligned_fp32 else 64) else 16), 8
-    return {
-        "BLOCK_B": block_b,
-        "BLOCK_H": min(block_h, max(4, triton.next_power_of_2(hidden))),
-        "BLOCK_K": min(32 if dtype == torch.float32 else 64, max(16, triton.next_power_of_2(reduce))),
-        "num_warps": warps,
-    }
 
 
 def _check_config(config: dict, proj_size: int) -> dict:
@@ -660,62 +498,51 @@ def _tiles(config: dict) -> dict:
     return {k: v for k, v in config.items() if k.startswith("BLOCK_")}
 
 
-def _launch_guard(device: torch.device):
-    """Launch on ``device`` and its current stream: Triton launches on the *current* CUDA device's current stream,
-    which need not be the tensors' device (cuda:1 tensors while cuda:0 is current: wrong stream, illegal address)."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.cuda.device(device)
+def _zoneout_args(regs: Regularisers, d: int, unread: torch.Tensor) -> list:
+    """Direction d's zoneout kernel arguments ``[zs_ptr, p_h, p_c, stream]`` (``unread`` stands in for the seed)."""
+    return [regs.seed if regs.seed is not None else unread, float(regs.zoneout[0]), float(regs.zoneout[1]), 2 * d]
 
 
-def _zoneout_mode(zoneout: tuple[float, float], seed: torch.Tensor | None) -> int:
-    return 0 if not any(zoneout) else (2 if seed is not None else 1)
+def forward(
+    layer: Layer, regs: Regularisers = NONE, store: bool = True, config: dict | None = None, err=None,
+    zoneout_masks_out: torch.Tensor | None = None,
+):  # fmt: skip
+    """Run one layer on the step kernels, direction after direction.
 
-
-def _zoneout_args(zoneout, seed, stream, unread, w_hr) -> list:
-    """The zoneout kernel arguments ``[zs_ptr, zm_ptr, p_h, p_c, stream]`` (``unread`` stands in for absent ones)."""
-    if any(zoneout) and w_hr is not None:
-        raise NotImplementedError("zoneout with a projection is not in the Triton kernels (the reference runs it)")
-    return [seed if seed is not None else unread, unread, float(zoneout[0]), float(zoneout[1]), int(stream)]
-
-
-def lstm_layer_forward(
-    x: torch.Tensor,  # [T, B, I]
-    h0: torch.Tensor,  # [B, R]
-    c0: torch.Tensor,  # [B, H]
-    w_ih: torch.Tensor,  # [4H, I]
-    w_hh: torch.Tensor,  # [4H, R]
-    b_ih: torch.Tensor | None,  # [4H]
-    b_hh: torch.Tensor | None,  # [4H]
-    w_hr: torch.Tensor | None = None,  # [P, H]
-    lengths: torch.Tensor | None = None,  # [B] int, 1 <= len <= T, on x's device
-    reverse: bool = False,
-    store_for_backward: bool = True,
-    config: dict | None = None,
-    h_mask: torch.Tensor | None = None,  # [B, R] recurrent dropout mask on h_{t-1}
-    zoneout: tuple[float, float] = (0.0, 0.0),  # (p_h, p_c)
-    zoneout_seed: torch.Tensor | None = None,  # [1] int64 on x's device: training masks; None: the expectation
-    zoneout_stream: int = 0,  # 2 * direction
-    zoneout_masks_out: torch.Tensor | None = None,  # [2, T, B, H] int8: test-only, receives the masks drawn
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Run one LSTM layer in one direction on the Triton step kernels.
-
-    Returns ``(y [T, B, R], h_n [B, R], c_n [B, H], gates [T, B, G] | None, cs [T, B, H] | None)``. ``y``,
-    ``h_n`` and ``c_n`` have the input's dtype. ``gates`` (activated, interleaved, input dtype) and ``cs`` (every
-    c_t, accumulator dtype) are what :func:`lstm_layer_backward` needs; ``None`` unless ``store_for_backward``.
-    ``reverse`` processes time from T-1 down to 0. With ``w_hr``, h_t is projected to P features. With
-    ``lengths``, ``y`` is zero past each row's length and ``h_n``/``c_n`` are taken at each row's last step.
-    The caller validates ``lengths``. ``h_mask`` (recurrent dropout) multiplies h_{t-1} where it enters the
-    recurrent product, at every step, inside the step kernel (no extra launch). ``zoneout`` (no projection):
-    with ``zoneout_seed`` each element of h_t and c_t keeps its previous value with probability p, masks drawn
-    in-kernel by Philox from the seed (never stored, unless ``zoneout_masks_out`` is given, for tests); without it
-    the expectation ``p * previous + (1 - p) * new``.
+    Returns ``(y [T, B, D*R], h_n [D, B, R], c_n [D, B, H], gates [D, T, B, G] | None, cs [D, T, B, H] | None)``.
+    ``y``, ``h_n`` and ``c_n`` have the input's dtype. ``gates`` (activated, interleaved, input dtype) and ``cs``
+    (every c_t, accumulator dtype) are what :func:`backward` needs; ``None`` unless ``store``. With ``w_hr``, h_t
+    is projected to P features. With ``lengths``, ``y`` is zero past each row's length and ``h_n``/``c_n`` are taken
+    at each row's last step. ``regs.h_mask`` (recurrent dropout) multiplies h_{t-1} where it enters the recurrent
+    product, inside the step kernel (no extra launch). Zoneout (no projection): with a seed each element of h_t and
+    c_t keeps its previous value with probability p, masks drawn in-kernel by Philox on streams 2d and 2d + 1
+    (never stored, unless ``zoneout_masks_out [D, 2, T, B, H]`` int8 is given, for tests); without one the
+    expectation ``p * previous + (1 - p) * new``. ``err`` is unused: nothing here waits.
     """
+    check_dtype(layer.x.dtype)
+    check_regularisers(layer, regs)
+    runs = [
+        _forward_one(
+            layer.direction(d), regs, d, store, config, zoneout_masks_out[d] if zoneout_masks_out is not None else None
+        )
+        for d in range(len(layer.reverse))
+    ]
+    y, h_n, c_n, gates, cs = zip(*runs)
+    y = y[0] if len(runs) == 1 else torch.cat(y, dim=-1)
+    if not store:
+        return y, torch.stack(h_n), torch.stack(c_n), None, None
+    return y, torch.stack(h_n), torch.stack(c_n), torch.stack(gates), torch.stack(cs)
+
+
+def _forward_one(layer: Layer, regs: Regularisers, d: int, store_for_backward: bool, config, zoneout_masks_out):
+    x, lengths, reverse = layer.x, layer.lengths, layer.reverse[0]
+    h0, c0, w_ih, w_hh = layer.h0[0], layer.c0[0], layer.w_ih[0], layer.w_hh[0]
+    b_ih = layer.b_ih[0] if layer.b_ih is not None else None
+    b_hh = layer.b_hh[0] if layer.b_hh is not None else None
+    w_hr = layer.w_hr[0] if layer.w_hr is not None else None
     T, B, I = x.shape
     H, R = w_hh.shape[0] // 4, w_hh.shape[1]
     dtype, acc = x.dtype, acc_dtype(x.dtype)
-    if dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"tritonlstm kernels support {SUPPORTED_DTYPES}, got {dtype}")
 
     # input projection for all steps in one GEMM, both biases folded in, gates interleaved per unit
     x2 = x.reshape(T * B, I)
@@ -732,16 +559,14 @@ def lstm_layer_forward(
     h0 = h0.contiguous()
     c0 = c0.to(acc).contiguous()
     lens = lengths.to(device=x.device, dtype=torch.int32).contiguous() if lengths is not None else h0  # h0: unread
-    hm = h_mask.to(dtype).contiguous() if h_mask is not None else h0  # h0: unread
+    hm = regs.h_mask[d].to(dtype).contiguous() if regs.h_mask is not None else h0  # h0: unread
     P = w_hr.shape[0] if w_hr is not None else 0
-    zo = _zoneout_args(zoneout, zoneout_seed, zoneout_stream, h0, w_hr)
-    if zoneout_masks_out is not None:
-        zo[1] = zoneout_masks_out
+    zs, zo_h, zo_c, zo_stream = _zoneout_args(regs, d, h0)
+    zm = zoneout_masks_out if zoneout_masks_out is not None else h0  # h0: unread
     cfg = _check_config(config or step_config(B, H, R, dtype, P), P)
     common = dict(
-        STORE_GATES=store_for_backward, HAS_LENGTHS=lengths is not None, HAS_MASK=h_mask is not None,
-        ACC_DTYPE=_TL_DTYPE[acc],
-        INPUT_PRECISION=_input_precision(dtype), num_warps=cfg["num_warps"], **_tiles(cfg),
+        STORE_GATES=store_for_backward, HAS_LENGTHS=lengths is not None, HAS_MASK=regs.h_mask is not None,
+        ACC_DTYPE=ACC[acc], INPUT_PRECISION=input_precision(dtype), num_warps=cfg["num_warps"], **_tiles(cfg),
     )  # fmt: skip
     if w_hr is not None:
         wr_t = w_hr.t().contiguous()  # [H, P]
@@ -754,7 +579,7 @@ def lstm_layer_forward(
     strides = (gx.stride(0), gx.stride(1), y.stride(0), y.stride(1), cs.stride(0), cs.stride(1))
     delta = 1 if reverse else -1  # t + delta: the step before t in processing order
     s = -1  # slot of cs holding c_{t-1}; -1: c0
-    with _launch_guard(x.device):
+    with launch_guard(x.device):
         for n, t in enumerate(range(T - 1, -1, -1) if reverse else range(T)):
             if B == 0:
                 break
@@ -766,10 +591,9 @@ def lstm_layer_forward(
                 )
             else:
                 _lstm_fwd_step_kernel[grid](
-                    gx, w_t, y, h0, c0, cs, lens, hm, *zo, B, T, S, t, t + delta, s, s_prev, *strides, H=H,
-                    ZONEOUT=_zoneout_mode(zoneout, zoneout_seed), STORE_ZONEOUT=zoneout_masks_out is not None,
-                    **common,
-                )
+                    gx, w_t, y, h0, c0, cs, lens, hm, zs, zm, zo_h, zo_c, zo_stream, B, T, S, t, t + delta, s, s_prev,
+                    *strides, H=H, ZONEOUT=regs.mode, STORE_ZONEOUT=zoneout_masks_out is not None, **common,
+                )  # fmt: skip
 
     c_n = (cs[s] if s >= 0 else c0).to(dtype, copy=True)
     if B == 0:
@@ -783,36 +607,45 @@ def lstm_layer_forward(
     return y, h_n, c_n, gx, cs
 
 
-def lstm_layer_backward(
-    dy: torch.Tensor | None,  # [T, B, R]
-    dh_n: torch.Tensor | None,  # [B, R]
-    dc_n: torch.Tensor | None,  # [B, H]
-    x: torch.Tensor,  # [T, B, I]
-    h0: torch.Tensor,  # [B, R]
-    c0: torch.Tensor,  # [B, H]
-    w_ih: torch.Tensor,  # [4H, I]
-    w_hh: torch.Tensor,  # [4H, R]
-    y: torch.Tensor,  # [T, B, R]   forward output
-    gates: torch.Tensor,  # [T, B, G]   activated gates from the forward
-    cs: torch.Tensor,  # [T, B, H]   every c_t from the forward
-    w_hr: torch.Tensor | None = None,  # [P, H]
-    lengths: torch.Tensor | None = None,  # [B]
-    reverse: bool = False,
-    needs: tuple[bool, ...] = (True,) * 7,
-    config: dict | None = None,
-    h_mask: torch.Tensor | None = None,  # [B, R] the forward's recurrent dropout mask
-    zoneout: tuple[float, float] = (0.0, 0.0),  # the forward's zoneout, seed and stream (masks drawn again)
-    zoneout_seed: torch.Tensor | None = None,
-    zoneout_stream: int = 0,
-) -> tuple[torch.Tensor | None, ...]:
-    """Gradients of one layer and direction: ``(dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr)``.
+def backward(
+    layer: Layer, regs: Regularisers, saved: Saved, grad_out: GradOutputs, needs: Needs = Needs(),
+    config: dict | None = None, err=None,
+) -> Grads:  # fmt: skip
+    """Gradients of one layer on the step kernels, direction after direction (:class:`Grads`).
 
-    ``dy``, ``dh_n`` and ``dc_n`` may each be ``None`` (treated as zeros). ``needs`` says which of the seven
-    gradients to compute; the others come back as ``None`` (``dw_hr`` always without ``w_hr``). ``db`` is the
-    gradient of ``b_ih`` and of ``b_hh`` alike. Reductions over time and batch are GEMMs or ``torch.sum``:
-    deterministic, no atomics.
+    ``grad_out``'s tensors may each be ``None`` (zeros). ``needs`` says which gradients to compute; the others come
+    back as ``None`` (``dw_hr`` always without ``w_hr``). Reductions over time and batch are GEMMs or ``torch.sum``:
+    deterministic, no atomics. ``saved`` may come from any regime's forward. ``err`` is unused.
     """
-    need_dx, need_dh0, need_dc0, need_dw_ih, need_dw_hh, need_db, need_dw_hr = needs
+    check_regularisers(layer, regs)
+    D, R = len(layer.reverse), layer.w_hh.shape[2]
+    dy, dh_n, dc_n = grad_out
+    per_direction = []
+    for d in range(D):
+        span = slice(d * R, (d + 1) * R)
+        y_d = saved.y if D == 1 else saved.y[..., span].contiguous()
+        dy_d = dy if dy is None or D == 1 else dy[..., span].contiguous()
+        per_direction.append(
+            _backward_one(
+                layer.direction(d), regs, d, y_d, saved.gates[d], saved.cs[d], dy_d,
+                dh_n[d] if dh_n is not None else None, dc_n[d] if dc_n is not None else None, needs, config,
+            )  # fmt: skip
+        )
+    grads = []
+    for k, parts in enumerate(zip(*per_direction)):
+        if parts[0] is None:
+            grads.append(None)
+        elif k == 0:
+            grads.append(parts[0] if len(parts) == 1 else sum(parts[1:], parts[0]))  # dx: both directions read x
+        else:
+            grads.append(torch.stack(parts))
+    return Grads(*grads)
+
+
+def _backward_one(layer: Layer, regs: Regularisers, d: int, y, gates, cs, dy, dh_n, dc_n, needs: Needs, config):
+    x, lengths, reverse = layer.x, layer.lengths, layer.reverse[0]
+    h0, c0, w_ih, w_hh = layer.h0[0], layer.c0[0], layer.w_ih[0], layer.w_hh[0]
+    w_hr = layer.w_hr[0] if layer.w_hr is not None else None
     T, B, I = x.shape
     H, R = w_hh.shape[0] // 4, w_hh.shape[1]
     P = w_hr.shape[0] if w_hr is not None else 0
@@ -824,15 +657,15 @@ def lstm_layer_backward(
     dc = dc_n.to(acc, copy=True).contiguous() if dc_n is not None else torch.zeros(B, H, device=x.device, dtype=acc)
     dcarry = dh_n.to(acc, copy=True).contiguous() if dh_n is not None else torch.zeros(B, R, device=x.device, dtype=acc)
     lens = lengths.to(device=x.device, dtype=torch.int32).contiguous() if lengths is not None else dc  # dc: unread
-    hm = h_mask.to(dtype).contiguous() if h_mask is not None else dc  # dc: unread
-    zo = _zoneout_args(zoneout, zoneout_seed, zoneout_stream, dc, w_hr)
-    zmode = _zoneout_mode(zoneout, zoneout_seed)
+    hm = regs.h_mask[d].to(dtype).contiguous() if regs.h_mask is not None else None
+    zs, zo_h, zo_c, zo_stream = _zoneout_args(regs, d, dc)
+    zmode = regs.mode
     dg = torch.empty(T, B, 4 * H, device=x.device, dtype=dtype)
     dh_all = torch.empty(T, B, P, device=x.device, dtype=dtype) if w_hr is not None else None
     cfg = _check_config(config or step_config(B, H, 4 * H, dtype, P), P)
     common = dict(
-        HAS_DY=dy is not None, HAS_LENGTHS=lengths is not None, HAS_MASK=h_mask is not None, ACC_DTYPE=_TL_DTYPE[acc],
-        INPUT_PRECISION=_input_precision(dtype), num_warps=cfg["num_warps"], **_tiles(cfg),
+        HAS_DY=dy is not None, HAS_LENGTHS=lengths is not None, HAS_MASK=hm is not None, ACC_DTYPE=ACC[acc],
+        INPUT_PRECISION=input_precision(dtype), num_warps=cfg["num_warps"], **_tiles(cfg),
     )  # fmt: skip
     if w_hr is not None:
         w_hr_c = w_hr.contiguous()
@@ -845,22 +678,23 @@ def lstm_layer_backward(
     # before it (none on the first step); `first` is the time index the forward started at.
     delta, first = (1, T - 1) if reverse else (-1, 0)
     dy_buf = dy if dy is not None else y  # y: not read without dy
+    hm_buf = hm if hm is not None else dc  # dc: unread
     # buffers and indices, not per-step views (one compiled variant for all steps); dcarry has dy's row
     # stride, dh_all dy's strides, c0 and dc cs's row stride
     strides = (dg.stride(0), dg.stride(1), dy_buf.stride(0), dy_buf.stride(1), cs.stride(0), cs.stride(1))
-    with _launch_guard(x.device):
+    with launch_guard(x.device):
         for t in range(T) if reverse else range(T - 1, -1, -1):
             if B == 0:
                 break
             if w_hr is not None:
                 _lstmp_bwd_step_kernel[grid](
-                    dg, w_r, w_hr_c, dy_buf, dcarry, gates, cs, c0, dc, dh_all, lens, hm, B, T, t, t - delta, t + delta,
-                    *strides, H=H, P=P, **common,
+                    dg, w_r, w_hr_c, dy_buf, dcarry, gates, cs, c0, dc, dh_all, lens, hm_buf, B, T, t, t - delta,
+                    t + delta, *strides, H=H, P=P, **common,
                 )  # fmt: skip
             else:
                 _lstm_bwd_step_kernel[grid](
-                    dg, w_r, dy_buf, dcarry, gates, cs, c0, dc, lens, hm, zo[0], *zo[2:], B, T, t, t - delta, t + delta,
-                    *strides, H=H, ZONEOUT=zmode, CARRY=bool(zmode) or lengths is not None,
+                    dg, w_r, dy_buf, dcarry, gates, cs, c0, dc, lens, hm_buf, zs, zo_h, zo_c, zo_stream, B, T, t,
+                    t - delta, t + delta, *strides, H=H, ZONEOUT=zmode, CARRY=bool(zmode) or lengths is not None,
                     **common,
                 )  # fmt: skip
     if B == 0:
@@ -869,36 +703,26 @@ def lstm_layer_backward(
             dh_all.zero_()
 
     dg2 = dg.view(T * B, 4 * H)
-    dx = dh0 = dc0 = dw_ih = dw_hh = db = dw_hr = None
-    if need_dh0:
+    dx = dh0 = dc0 = dw_ih = dw = db = dw_hr = None
+    if needs.dh0:
         # through the first step's gates, plus (with lengths) what skipped steps carried straight to h0
         dh0 = torch.mm(dg[first], w_r)
-        if h_mask is not None:
+        if hm is not None:
             dh0 = dh0 * hm
         if lengths is not None or zmode:
             dh0 = (dh0.to(acc) + dcarry).to(dtype)
-    if need_dc0:
+    if needs.dc0:
         dc0 = dc.to(dtype)
-    if need_dx:
+    if needs.dx:
         dx = torch.mm(dg2, interleave_gates(w_ih)).view(T, B, I)
-    if need_dw_ih:
+    if needs.dw_ih:
         dw_ih = deinterleave_gates(torch.mm(dg2.t(), x.reshape(T * B, I)))
-    if need_dw_hh:
-        # h_{t-1} of every step is the output of its forward predecessor, or h0 where that step was not the row's
-        dg_rest, h_rest = (dg[:-1], y[1:]) if reverse else (dg[1:], y[:-1])
-        if lengths is not None and reverse and T > 1:
-            own = (torch.arange(1, T, device=x.device)[:, None] < lengths.to(x.device)[None, :])[..., None]
-            h_rest = torch.where(own, h_rest, h0[None])
-        if h_mask is not None:  # the recurrent product saw h_{t-1} * mask
-            h_rest, h0 = h_rest * hm, h0 * hm
-        dw_hh = torch.mm(dg[first].t(), h0)
-        if T > 1:
-            dw_hh = torch.addmm(dw_hh, dg_rest.reshape(-1, 4 * H).t(), h_rest.reshape(-1, R))
-        dw_hh = deinterleave_gates(dw_hh)
-    if need_db:
+    if needs.dw_hh:
+        dw = deinterleave_gates(dw_hh(dg, y, h0, lengths, reverse, hm))
+    if needs.db:
         db = deinterleave_gates(dg2.sum(0, dtype=acc)).to(dtype)
-    if need_dw_hr and w_hr is not None:
+    if needs.dw_hr and w_hr is not None:
         # m_t = o * tanh(c_t) from the saved gates and cell states, rounded to the storage dtype as in the forward
         m = (gates.view(T, B, H, 4)[..., 3].to(acc) * torch.tanh(cs)).to(dtype)
         dw_hr = torch.mm(dh_all.reshape(T * B, P).t(), m.reshape(T * B, H))
-    return dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr
+    return dx, dh0, dc0, dw_ih, dw, db, dw_hr

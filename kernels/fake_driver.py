@@ -1,9 +1,9 @@
 """A stand-in CUDA driver for Triton: compile real GPU code on a machine without a GPU, launch nothing.
 
-    from benchmarks.fake_driver import fake_cuda_driver
+    from tritonlstm.kernels.fake_driver import fake_cuda_driver
 
     with fake_cuda_driver(arch=90) as drv:           # sm_90, 132 SMs (H100 SXM)
-        lstm_layer_forward(x, h0, c0, ...)            # CPU tensors; every launch compiles for sm_90, runs nothing
+        step.forward(layer)                           # CPU tensors; every launch compiles for sm_90, runs nothing
     drv.launches[0]     # Launch(kernel='_lstm_fwd_step_kernel', grid=(1, 2, 1), device=0, stream=0, variant=...)
     drv.variant_counts()                              # {'_lstm_fwd_step_kernel': 1}: compiled variants launched
     drv.variants()[0].n_regs, drv.variants()[0].n_spills
@@ -40,6 +40,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.runtime import driver as _driver_config
@@ -281,3 +282,91 @@ def fake_cuda_driver(
                     for kernel in list(caches[0].values()):
                         if getattr(kernel, "module", None) is _FAKE_MODULE:
                             kernel.module = None  # loaded again (no compile) on its next fake launch
+
+
+# ----------------------------------------------------------------------------------------------------------
+# builds of the per-step launchers for a GPU target (benchmarks/compile_report.py prints them; the tests assert them)
+# ----------------------------------------------------------------------------------------------------------
+
+# name: (storage dtype, float32 matmul precision torch is set to while building)
+DTYPES = {
+    "bf16": (torch.bfloat16, "highest"),
+    "fp16": (torch.float16, "highest"),
+    "fp32": (torch.float32, "highest"),  # exact fp32 dots ("ieee"), torch's default
+    "tf32": (torch.float32, "high"),  # torch.set_float32_matmul_precision("high"): TF32 dots
+    "fp64": (torch.float64, "highest"),
+}
+
+
+@dataclass(frozen=True)
+class Build:
+    """One configuration to build: both step kernels (forward and backward) of one layer shape."""
+
+    dtype: str
+    batch: int
+    hidden: int
+    proj: int = 0
+    lengths: bool = False
+
+    def label(self) -> str:
+        return f"{self.dtype} B={self.batch} H={self.hidden} P={self.proj}{' lengths' if self.lengths else ''}"
+
+
+def kernels_compile() -> bool:
+    """Whether the kernels are real JIT functions here (not Triton's interpreter)."""
+    from tritonlstm.kernels import step
+
+    return isinstance(step._lstm_fwd_step_kernel, triton.runtime.jit.JITFunction)
+
+
+@contextlib.contextmanager
+def _matmul_precision(precision: str):
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def build(b: Build, arch: int = 90, steps: int = 2, config: dict | None = None) -> dict[str, Variant]:
+    """Compile ``b``'s forward and backward step kernels for sm_<arch> as the launchers specialise them.
+
+    Returns ``{"fwd": Variant, "bwd": Variant}`` with registers, spills and the cubin. Raises if a launcher
+    compiled more than one variant per kernel (every step must share one). ``config`` overrides ``step_config``.
+    """
+    from tritonlstm.kernels import step
+    from tritonlstm.kernels.common import NONE, GradOutputs, Layer, Needs, Saved
+
+    dtype, precision = DTYPES[b.dtype]
+    g = torch.Generator().manual_seed(0)
+    H, P, B, T, I = b.hidden, b.proj, b.batch, steps, 16
+    R = P or H
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    w_hr = r(P, H) if P else None
+    x, h0, c0, w_ih, w_hh = r(T, B, I), r(B, R), r(B, H), r(4 * H, I), r(4 * H, R)
+    lengths = torch.full((B,), T) if b.lengths else None
+    one = [t.unsqueeze(0) if t is not None else None for t in (h0, c0, w_ih, w_hh, w_hr)]
+    layer = Layer(x, *one[:4], None, None, one[4], lengths, (False,))
+    with fake_cuda_driver(arch) as drv, _matmul_precision(precision):
+        y, _, _, gates, cs = step.forward(layer, NONE, True, config)
+        step.backward(layer, NONE, Saved(y, gates, cs), GradOutputs(y, None, None), Needs(*(False,) * 7), config)
+    out = {}
+    for kind in ("fwd", "bwd"):
+        variants = [v for v in drv.variants() if f"_{kind}_step_kernel" in v.kernel]
+        if len(variants) != 1:
+            raise RuntimeError(f"{b.label()}: {len(variants)} {kind} variants compiled, expected 1")
+        out[kind] = variants[0]
+    return out
+
+
+def mma_kinds(cubin: bytes) -> str:
+    """Tensor-core instructions in the cubin's SASS (HGMMA: Hopper warpgroup MMA; HMMA/DMMA: mma.sync)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([_CUOBJDUMP, "--dump-sass", f.name], capture_output=True, text=True, check=True).stdout
+    return "/".join(sorted(set(re.findall(r"\b(HGMMA|HMMA|DMMA)\b", sass)))) or "no tensor-core MMA"

@@ -1,0 +1,266 @@
+"""The config rule: which kernel and regime run a layer, with which tiles, and why. Nothing here launches.
+
+Regimes (each one a kernel in its own file, registered in :data:`LAUNCHERS`):
+
+* ``"step"`` (:mod:`tritonlstm.kernels.step`): one launch per time step and direction; the fallback and the
+  oracle of the others.
+* ``"batch"`` (:mod:`tritonlstm.kernels.sequence_fwd`/``sequence_bwd``): one launch for the whole sequence; a
+  program owns a tile of batch rows and every hidden unit and streams W_hh from L2 every step. No cross-program
+  synchronisation. With the per-step kernels' tiles it reproduces them bitwise; it is the form the interpreter runs.
+* ``"split"``: one launch; the programs of a (batch tile, direction) group split the hidden units, keep their slice
+  of the weights and their cell state on chip and meet at a barrier every step (the latency regime, small B).
+  ``"split-chunked"`` is its backward beyond H=512 (W_hh in chunks of gate rows, each step's dot split over the
+  warps), self-tested as a regime of its own.
+
+:func:`choose` is the rule for a shape; the plan (:mod:`tritonlstm.dispatch`) adds what a rule cannot know (the
+environment, the self-test, compile failures). T plays no part anywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+import triton
+
+class Launcher(NamedTuple):
+    """Where a regime's launchers live (modules imported on first use) and which kind of kernel it is."""
+
+    forward: str
+    backward: str
+    kernel: str  # "step" (one launch per step) or "sequence" (one launch per layer)
+
+
+_SEQUENCE = Launcher("tritonlstm.kernels.sequence_fwd", "tritonlstm.kernels.sequence_bwd", "sequence")
+LAUNCHERS = {
+    "step": Launcher("tritonlstm.kernels.step", "tritonlstm.kernels.step", "step"),
+    "batch": _SEQUENCE,
+    "split": _SEQUENCE,
+}
+"""Regime -> its launchers: ``forward(layer, regs, store, config, err)`` and ``backward(layer, regs, saved,
+grad_out, needs, config, err)``, taking the bundles of :mod:`tritonlstm.kernels.common`."""
+
+SELF_TESTED = {"split": "split", "split-chunked": "split", "batch": "batch"}
+"""What the first-use self-test validates separately (:func:`variant` names a config's entry), and the regime of
+:data:`LAUNCHERS` each one runs. The per-step kernels are the oracle: never self-tested."""
+
+DEFAULT_SPIN_LIMIT = 1 << 22
+"""Polls of the barrier counter before a wait gives up (each poll is an L2 atomic, about 0.5-1 us)."""
+
+
+class Choice(NamedTuple):
+    """What the rule picks for one pass of one layer."""
+
+    regime: str  # a key of LAUNCHERS
+    config: dict  # that regime's tiles and warps (do not modify: cached)
+    why: str
+
+
+def step_config(
+    batch: int, hidden: int, reduce: int, dtype: torch.dtype = torch.float32, proj_size: int = 0
+) -> dict:
+    """Tile sizes and warps for one step; ``reduce`` is the dot's inner length (R forward, 4H backward).
+
+    Every dimension of a ``tl.dot`` must be at least 16 on the GPU, so tiles never shrink below that. Warps and
+    tiles keep every default build free of register spills for sm_90 and sm_80 under Triton 3.6 and 3.9
+    (``tests/test_step_compile.py``; ``benchmarks/compile_report.py`` prints the table): 8 warps per program,
+    on 64 batch rows x 32 units, or on 32 or fewer rows x 16 units (with 32 units and 4 warps Triton 3.6's
+    ptxas spills a 64-bit value in the bf16 backward with lengths); float32 takes 32-long K blocks (with 64, exact
+    fp32 dots, which run on FMA units, spill on sm_90 and collapse to 32 registers and kilobytes of stack on
+    sm_80), and at most 32 rows x 32 units when H is not a multiple of 16 (no stride is then known to be
+    16-aligned: the 64-row float32 backward spills on sm_80, and so does 32 x 16 on either version's ptxas);
+    float64 (gradcheck only) fits 16 rows x 32 units in 4 warps. With a projection a program holds whole
+    rows of h_t (BLOCK_P >= P) and loops over 16-unit tiles (also a dot's inner length there).
+    """
+    if proj_size:
+        # spill-free for P <= 256 in every dtype (larger P may spill: the row of h_t lives in registers)
+        wide = dtype in (torch.float16, torch.bfloat16)
+        return {
+            "BLOCK_B": 16,
+            "BLOCK_H": 16,
+            "BLOCK_K": min(32 if wide else 16, max(16, triton.next_power_of_2(reduce))),
+            "BLOCK_P": max(16, triton.next_power_of_2(proj_size)),
+            "num_warps": 8,
+        }
+    if dtype == torch.float64:
+        block_b, block_h, warps = 16, 32, 4
+    else:
+        unaligned_fp32 = dtype == torch.float32 and hidden % 16 != 0
+        block_b = min(32 if unaligned_fp32 else 64, max(16, triton.next_power_of_2(batch)))
+        block_h, warps = (32 if block_b >= (32 if unaligned_fp32 else 64) else 16), 8
+    return {
+        "BLOCK_B": block_b,
+        "BLOCK_H": min(block_h, max(4, triton.next_power_of_2(hidden))),
+        "BLOCK_K": min(32 if dtype == torch.float32 else 64, max(16, triton.next_power_of_2(reduce))),
+        "num_warps": warps,
+    }
+
+
+OPERAND_BUDGET = {False: 96 * 1024, True: 128 * 1024}
+"""Bytes of dot operands (resident weight slice + the exchanged row block) one unit-split program may hold, forward
+and backward: the largest that compile spill-free for sm_90 (H=1024 bf16 forward: 193 registers, 97 KB shared;
+backward H=512: 254 registers, 129 KB shared; backward H=1024 spills and needs 257 KB of shared memory)."""
+
+CHUNK_ROWS = 1024
+"""Gate rows per resident chunk of W_hh in the unit-split backward beyond ``OPERAND_BUDGET`` (up to 4 chunks:
+H <= 1024, bf16/fp16, 16 units per program), each step's dot over a chunk split 4 ways over 8 warps."""
+
+SMALL_W_BYTES = 96 * 1024
+"""A W_hh this small stays in one SM's L1/shared memory: the batch-owned form then beats the per-step kernels."""
+
+
+
+def p2(n: int) -> int:
+    return triton.next_power_of_2(max(n, 1))
+
+
+def operand_bytes(B_tile: int, H: int, P: int, units: int, block_p: int, elt: int, backward: bool) -> int:
+    """Dot operands a unit-split program holds per step: its resident weights and the whole exchanged rows."""
+    R = P or H
+    if backward:
+        g = p2(4 * H)
+        n = g * (block_p or units) + B_tile * g  # W_hh[:, its columns], dG_{t+1}
+        n += (p2(P) * units + B_tile * p2(P)) if P else 0  # W_hr[:, its units], dh_t
+    else:
+        n = p2(R) * 4 * units + B_tile * p2(R)  # W_hh^T[:, its gate columns], h_{t-1}
+        n += (p2(H) * block_p + B_tile * p2(H)) if P else 0  # W_hr^T[:, its P slice], m_t
+    return n * elt
+
+
+@functools.lru_cache(maxsize=1024)
+def sequence_config(
+    batch: int,
+    hidden: int,
+    proj_size: int,
+    directions: int,
+    dtype: torch.dtype,
+    sm_count: int | None,
+    backward: bool = False,
+) -> dict:
+    """Regime and tiles for one layer's sequence kernel (forward, or ``backward``). T plays no part.
+
+    * No SM count (CPU tensors through the interpreter): batch-owned with the per-step kernels' tiles
+      (``step_config``), so the results are theirs bit for bit and nothing waits across programs.
+    * Unit-split (the latency regime, small B) when one program per SM covers every group and each program's dot
+      operands fit: batch tiles of 16 rows, ``groups = ceil(B/16) * D``, each group ``ceil(H/units)`` programs
+      with the fewest units per program such that ``groups * programs <= sm_count`` (so the grid is co-resident
+      whatever the kernel's registers), at least 8 units forward (a 16x32 gate dot) and 16 backward or with a
+      projection (every dot dimension >= 16), and the resident weight slice plus the exchanged row block within
+      ``OPERAND_BUDGET`` (compile-checked spill-free for sm_90 in ``tests/test_sequence_structure.py``). The
+      backward beyond it, up to H=1024 in 16-bit with 16 units, holds W_hh in ``CHUNK_ROWS`` chunks of gate rows
+      and splits each step's dot 4 ways over 8 warps (``G_CHUNKS``, ``K_SPLIT``).
+    * Otherwise batch-owned (32x32 tiles, K-blocks of 32, 8 warps without a projection; the per-step tiles
+      with one): a program owns a batch tile and streams W_hh from L2 every
+      step. It beats the per-step kernels only where W_hh is small (``SMALL_W_BYTES``: it stays in the SM's
+      L1 and the launches saved dominate); elsewhere (large B with a large W_hh: the per-step kernels have the
+      same tiles, more programs, and their launches amortise) :func:`choose` picks the per-step kernels.
+      float64 (gradcheck only) is never unit-split.
+
+    Cached per shape (a host-time saving on every call); the returned dict must not be modified.
+    """
+    R = proj_size or hidden
+    step = step_config(batch, hidden, 4 * hidden if backward else R, dtype, proj_size)
+    batch_owned = {"regime": "batch", **step}
+    if sm_count is None or batch == 0:
+        return batch_owned
+    elt = torch.finfo(dtype).bits // 8
+    if not proj_size and dtype != torch.float64:
+        # 32-row tiles, K-blocks of 32 and 8 warps: the largest spill-free for sm_90 (64-row tiles spill here)
+        batch_owned.update(BLOCK_B=32, BLOCK_H=min(32, max(4, p2(hidden))), BLOCK_K=32, num_warps=8)
+    if dtype == torch.float64:
+        return batch_owned
+    block_b = 16
+    groups = triton.cdiv(batch, block_b) * directions
+    min_units = 16 if (backward or proj_size) else 8
+    units = max(min_units, p2(triton.cdiv(hidden * groups, sm_count)))
+    programs = triton.cdiv(hidden, units)
+    if groups * programs > sm_count:
+        return batch_owned
+    block_p = max(16, p2(triton.cdiv(proj_size, programs))) if proj_size else 0
+    operands = operand_bytes(block_b, hidden, proj_size, units, block_p, elt, backward)
+    cfg = {"regime": "split", "BLOCK_B": block_b, "BLOCK_H": units}
+    cfg["num_warps"] = 8 if operands > 16384 else 4
+    if operands > OPERAND_BUDGET[backward]:
+        chunks = triton.cdiv(4 * hidden, CHUNK_ROWS)
+        if not backward or proj_size or elt != 2 or units != 16 or chunks > 4:
+            return batch_owned
+        # the backward beyond H=512: W_hh[:, 16 units] resident in chunks of gate rows, each step's dot split over
+        # the warps (a spill-free build up to H=1024 for sm_90, tests/test_sequence_structure.py)
+        cfg.update(G_CHUNKS=chunks, K_SPLIT=4, num_warps=8)
+    if proj_size:
+        cfg["BLOCK_P"] = block_p
+    return cfg
+
+
+def constexprs(cfg: dict, H: int, R: int, P: int, backward: bool) -> tuple[dict, int]:
+    """Kernel constexprs for a config, and the number of unit programs per (batch tile, direction) group."""
+    split = cfg.get("regime", "batch") == "split"
+    bh = cfg["BLOCK_H"]
+    ns = triton.cdiv(H, bh) if split else 1
+    if split:
+        bp = cfg.get("BLOCK_P", max(16, triton.next_power_of_2(triton.cdiv(P, ns)))) if P else 16
+        assert not P or bp * ns >= P, f"BLOCK_P {bp} x {ns} programs does not cover P={P}"
+    else:
+        bp = cfg.get("BLOCK_P", 16)
+    k = dict(BLOCK_B=cfg["BLOCK_B"], BLOCK_H=bh, BLOCK_K=cfg.get("BLOCK_K", 16), BLOCK_P=bp)
+    if backward:
+        k.update(
+            # at least 16: a tl.dot dimension (H < 4 would give a smaller one; the rows past 4H are masked)
+            BLOCK_G=max(16, triton.next_power_of_2(triton.cdiv(4 * H, cfg.get("G_CHUNKS", 1)))) if split else 16,
+            G_CHUNKS=cfg.get("G_CHUNKS", 1) if split else 1,
+            K_SPLIT=cfg.get("K_SPLIT", 1) if split else 1,
+            BLOCK_F=max(16, triton.next_power_of_2(P)) if split and P else 16,
+        )
+    else:
+        k.update(
+            BLOCK_R=max(16, triton.next_power_of_2(R)) if split else 16,
+            BLOCK_F=max(16, triton.next_power_of_2(H)) if split and P else 16,
+        )
+    return k, ns
+
+
+
+@functools.lru_cache(maxsize=1024)
+def choose(
+    batch: int,
+    hidden: int,
+    proj_size: int,
+    directions: int,
+    dtype: torch.dtype,
+    sm_count: int | None,
+    backward: bool = False,
+) -> Choice:
+    """The rule for one pass of one layer: the sequence kernels' regime (:func:`sequence_config`), or the per-step
+    kernels where they are faster: a batch-owned layer whose W_hh does not stay in one SM (``SMALL_W_BYTES``)."""
+    cfg = sequence_config(batch, hidden, proj_size, directions, dtype, sm_count, backward)
+    if cfg["regime"] == "split":
+        return Choice("split", cfg, f"unit-split: {cfg['BLOCK_H']} units per program, every group co-resident")
+    if sm_count is None:
+        return Choice("batch", cfg, "batch-owned: no SM count (the interpreter), the per-step kernels' tiles")
+    R = proj_size or hidden
+    w_bytes = 4 * hidden * R * (torch.finfo(dtype).bits // 8)
+    if batch > 0 and w_bytes > SMALL_W_BYTES:
+        step = {"regime": "step", **step_config(batch, hidden, 4 * hidden if backward else R, dtype, proj_size)}
+        return Choice("step", step, f"per-step: W_hh ({w_bytes // 1024} KB) is streamed from L2 either way, and "
+                      f"the unit-split form does not fit ({triton.cdiv(batch, 16) * directions} groups)")
+    return Choice("batch", cfg, "batch-owned: W_hh stays in one SM's L1")
+
+
+def variant(cfg: dict) -> str:
+    """The :data:`SELF_TESTED` entry a sequence config belongs to."""
+    return "split-chunked" if cfg.get("K_SPLIT", 1) > 1 else cfg["regime"]
+
+
+def self_test_config(device: torch.device, dtype: torch.dtype, regime: str, H: int, P: int, backward: bool):
+    if regime == "batch":
+        return {"regime": "batch", **step_config(3, H, 4 * H if backward else (P or H), dtype, P)}
+    # on a GPU several programs per group, so the barrier really synchronises; the interpreter runs programs one
+    # after another, so there a single program per group (the barrier code still runs)
+    units = 16 if device.type == "cuda" else triton.next_power_of_2(H)
+    cfg = {"regime": "split", "BLOCK_B": 16, "BLOCK_H": units, "num_warps": 4}
+    if regime == "split-chunked" and backward and not P:
+        # three chunks of gate rows, each dot split 4 ways (on a GPU at H=40: 64 rows a chunk, 16 a slice)
+        cfg.update(G_CHUNKS=3, K_SPLIT=4, num_warps=8)
+    return cfg
+

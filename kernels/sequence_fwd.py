@@ -1,0 +1,496 @@
+"""Sequence forward kernels: one launch runs a whole layer's time loop, every direction. Two regimes, one kernel each.
+
+Shapes follow the legend of :mod:`tritonlstm.kernels.jit`. The weights are read in torch's own layout ([D, G, R],
+gate-major rows): the kernels map the interleaved gate column 4*j + k to torch's row k*H + j themselves, so no
+weight is re-laid out on the host per call. The grid is (batch tiles, directions, unit programs).
+
+* ``_seq_fwd_batch_kernel`` (regime ``"batch"``, one unit program): a program owns a tile of batch rows and every
+  hidden unit and loops over unit tiles inside each step, reading W_hh from global memory (L2) every step. No
+  cross-program synchronisation: a CTA barrier orders the step's stores before the next step's loads. With the
+  per-step kernels' tiles its reductions are theirs, so it reproduces them bitwise.
+* ``_seq_fwd_split_kernel`` (regime ``"split"``): the programs of one (batch tile, direction) group split the
+  hidden units. Each loads its slice of the weights once, before the time loop, keeps it on chip and keeps its
+  cell state in registers. Each step it computes its units, publishes them, then waits at a barrier among the
+  programs of its group (:func:`tritonlstm.kernels.jit.barrier`); the other programs' values are then read with
+  loads that bypass L1 (``.cg``). With a projection a second phase and barrier per step give h_t = m_t W_hr^T
+  split over P. Both kernels take one signature, so the launcher binds one argument pack to either.
+
+Safety: every spin is bounded (``spin_limit`` polls). A program whose wait times out sets the error flag, stops
+waiting and writes NaN into everything it computes afterwards (outputs, final states), so a failed barrier is
+never a silent wrong number. The flag is read only by the first-use self-test and under ``TRITONLSTM_CHECK=1``;
+the default path makes no host synchronisation (CUDA graphs keep working).
+
+Semantics are the per-step kernels' exactly (:mod:`tritonlstm.kernels.step`): lengths, the reverse direction
+starting at each row's own end, the stored activated gates and cell states (interchangeable with theirs).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from tritonlstm.kernels.common import NONE, Layer, Regularisers, check_dtype, check_regularisers, interleave_gates
+from tritonlstm.kernels.config import DEFAULT_SPIN_LIMIT, constexprs, sequence_config
+from tritonlstm.kernels.jit import ACC, and_, barrier, batch_rows, cell_forward, torch_rows, zoneout_rates
+from tritonlstm.kernels.runtime import acc_dtype, cooperative_supported, input_precision, launch_guard, sm_count
+
+
+@triton.jit
+def _load_h_prev(y_ptr, h0_ptr, o_b, o_k, m_b, m_k, v_prev, tp, B, ldy, R):
+    """[BLOCK_B, BLOCK_K] of h_{t-1}: y[tp] (tp: t_prev clamped into range) where the previous step was the
+    row's own, else h0."""
+    m = m_b[:, None] & m_k[None, :]
+    p_y = y_ptr + (tp * B + o_b[:, None]) * ldy + o_k[None, :]
+    p_h0 = h0_ptr + o_b[:, None] * R + o_k[None, :]
+    # one load through per-row pointers (not two masked loads): half the registers for the dot's operand
+    return tl.load(tl.where(v_prev[:, None], p_y, p_h0), mask=m, other=0.0, cache_modifier=".cg")
+
+
+@triton.jit
+def _masked(b_h, hm_d, o_b, o_k, m_b, m_k, R, ACC_DTYPE: tl.constexpr):
+    """h_{t-1} * the recurrent dropout mask ([B, R] at hm_d), rounded back to h's dtype as the per-step kernels do."""
+    b_hm = tl.load(hm_d + o_b[:, None] * R + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+    return (b_h.to(ACC_DTYPE) * b_hm.to(ACC_DTYPE)).to(b_h.dtype)
+
+
+@triton.jit
+def _publish_masked(xh_d, n, B, R, o_b, o_x, m_bx, b_h, b_hm, STORE_DTYPE: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """Store h_t * mask (h_t rounded to the storage dtype first, as the per-step kernels read it) in step n's slot.
+    Rows past their length store garbage there: the next step reads h0 * mask for them."""
+    b_hx = (b_h.to(STORE_DTYPE).to(ACC_DTYPE) * b_hm).to(STORE_DTYPE)
+    tl.store(xh_d + (n % 2) * (B.to(tl.int64) * R) + o_b[:, None] * R + o_x[None, :], b_hx, mask=m_bx)
+
+
+@triton.jit
+def _fwd_epilogue(
+    b_pre,
+    b_cp,
+    v_t,
+    v_last,
+    last_step,
+    poison,
+    o_b,
+    o_u,
+    o_g,
+    m_b,
+    m_u,
+    m_g,
+    p_gx,
+    cs_t,
+    cn_ptr,
+    hn_ptr,
+    y_t,
+    B,
+    H,
+    R,
+    ldy,
+    b_hp,  # [BLOCK_B, BLOCK_H] h_{t-1} of these units (read with zoneout)
+    zs_ptr,
+    zo_stream,
+    t,
+    zo_h,
+    zo_c,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    STORE_GATES: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    HAS_PROJ: tl.constexpr,
+    ZONEOUT: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+):
+    """Cell update of one unit tile and its stores; returns (c_t, m_t = o * tanh(c_t)), both after zoneout."""
+    m_bu = m_b[:, None] & m_u[None, :]
+    b_gates, b_c, b_m = cell_forward(b_pre, b_cp, BLOCK_B, BLOCK_H)
+    if ZONEOUT > 0:
+        # the per-step kernels' zoneout exactly: the same Philox streams and counters, or p in eval
+        b_kh = zoneout_rates(zs_ptr, zo_stream, t, o_b, o_u, B, H, zo_h, ZONEOUT, ACC_DTYPE)
+        b_kc = zoneout_rates(zs_ptr, zo_stream + 1, t, o_b, o_u, B, H, zo_c, ZONEOUT, ACC_DTYPE)
+        b_m = b_kh * b_hp.to(ACC_DTYPE) + (1.0 - b_kh) * b_m
+        b_c = b_kc * b_cp + (1.0 - b_kc) * b_c
+    if HAS_LENGTHS:
+        b_c = tl.where(v_t[:, None], b_c, b_cp)
+    b_c += poison
+    o_bu = o_b[:, None] * H + o_u[None, :]
+    tl.store(cs_t + o_bu, b_c.to(cs_t.dtype.element_ty), mask=m_bu)
+    tl.store(cn_ptr + o_bu, b_c.to(cn_ptr.dtype.element_ty), mask=and_(m_bu, last_step))
+    if STORE_GATES:
+        tl.store(p_gx, (b_gates + poison).to(p_gx.dtype.element_ty), mask=m_b[:, None] & m_g[None, :])
+    if not HAS_PROJ:
+        b_h = b_m + poison
+        if HAS_LENGTHS:
+            b_h = tl.where(v_t[:, None], b_h, 0.0)
+        tl.store(y_t + o_b[:, None] * ldy + o_u[None, :], b_h.to(y_t.dtype.element_ty), mask=m_bu)
+        tl.store(hn_ptr + o_b[:, None] * R + o_u[None, :], b_h.to(hn_ptr.dtype.element_ty), mask=m_bu & v_last[:, None])
+    return b_c, b_m
+
+
+@triton.jit(do_not_specialize=["T", "B", "rev_mask", "spin_limit"])
+def _seq_fwd_split_kernel(
+    gx_ptr,  # [D, T, B, G]  x_t W_ih^T + b (interleaved); overwritten by the activated gates if STORE_GATES
+    w_ptr,  # [D, G, R]  W_hh, torch's layout
+    wr_ptr,  # [D, P, H]  W_hr (read if HAS_PROJ)
+    h0_ptr,  # [D, B, R]
+    c0_ptr,  # [D, B, H]
+    y_ptr,  # [T, B, D*R]  out: the directions side by side, nn.LSTM's layout
+    hn_ptr,  # [D, B, R]  out
+    cn_ptr,  # [D, B, H]  out, input dtype
+    cs_ptr,  # [D, TC, B, H]  out: c_t, accumulator dtype (TC = T with STORE_GATES; else 2 slots, alternating)
+    m_ptr,  # [D, B, H]  scratch: m_t exchanged between unit-split programs (SPLIT and HAS_PROJ)
+    len_ptr,  # [B]  int32 lengths (read if HAS_LENGTHS)
+    hm_ptr,  # [D, B, R]  recurrent dropout mask on h_{t-1} (read if HAS_MASK)
+    xh_ptr,  # [D, 3, B, R]  h_t * mask exchanged between unit-split programs, slots 0/1 by step, h0 * mask in 2
+    zs_ptr,  # [1]  int64 zoneout seed (read if ZONEOUT == 2)
+    zo_h: tl.float64,  # zoneout probabilities of h and c
+    zo_c: tl.float64,
+    sync_ptr,  # [D, NB]  int32 barrier counters, zero at launch (SPLIT)
+    err_ptr,  # [1]  int32: set to 1 when a barrier wait times out
+    T,
+    B,
+    H,
+    R,
+    P,
+    rev_mask,  # bit d set: direction d runs from the last step to the first
+    spin_limit,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,  # unit tile (batch-owned) / units per program (unit-split)
+    BLOCK_K: tl.constexpr,  # inner block of the recurrent product (batch-owned)
+    BLOCK_R: tl.constexpr,  # >= R: the whole recurrent input in one block (unit-split)
+    BLOCK_P: tl.constexpr,  # >= P (batch-owned) / the P slice of one program (unit-split)
+    BLOCK_F: tl.constexpr,  # >= H: m_t's whole row (unit-split with a projection)
+    STORE_GATES: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    HAS_PROJ: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    ZONEOUT: tl.constexpr,  # 0 off, 1 eval (expectation), 2 training (Philox masks); never with HAS_PROJ
+    ACC_DTYPE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    i_b, i_d, i_s = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    NS = tl.num_programs(2)
+    G = 4 * H
+    ldy = tl.num_programs(1) * R
+    rev = (rev_mask >> tl.program_id(1)) & 1
+    zo_stream = 2 * tl.program_id(1)  # the per-step kernels' streams: h on 2d, c on 2d + 1
+    o_b, m_b, b_len = batch_rows(len_ptr, i_b, B, T, BLOCK_B, HAS_LENGTHS)
+    hm_d = hm_ptr + i_d * B * R
+    xh_d = xh_ptr + i_d * 3 * B * R
+    TC = T if STORE_GATES else 2
+    gx_d = gx_ptr + i_d * T * B * G
+    w_d = w_ptr + i_d * G * R
+    wr_d = wr_ptr + i_d * P * H
+    h0_d = h0_ptr + i_d * B * R
+    c0_d = c0_ptr + i_d * B * H
+    hn_d = hn_ptr + i_d * B * R
+    cn_d = cn_ptr + i_d * B * H
+    cs_d = cs_ptr + i_d * TC * B * H
+    m_d = m_ptr + i_d * B * H
+    y_d = y_ptr + i_d * R
+    sync = sync_ptr + i_d * tl.num_programs(0) + i_b
+    failed = tl.program_id(0) * 0
+
+    # the program's units and its slice of the weights, loaded once and kept on chip for the whole sequence
+    o_u = i_s * BLOCK_H + tl.arange(0, BLOCK_H)
+    o_g = i_s * (4 * BLOCK_H) + tl.arange(0, 4 * BLOCK_H)
+    o_r = tl.arange(0, BLOCK_R)
+    m_u, m_g, m_r = o_u < H, o_g < G, o_r < R
+    b_w = tl.load(
+        w_d + torch_rows(o_g, H)[None, :] * R + o_r[:, None], mask=m_r[:, None] & m_g[None, :], other=0.0
+    )
+    b_c = tl.load(c0_d + o_b[:, None] * H + o_u[None, :], mask=m_b[:, None] & m_u[None, :], other=0.0).to(ACC_DTYPE)
+    if HAS_PROJ:
+        o_p = i_s * BLOCK_P + tl.arange(0, BLOCK_P)
+        o_f = tl.arange(0, BLOCK_F)
+        m_p, m_f = o_p < P, o_f < H
+        b_wr = tl.load(wr_d + o_p[None, :] * H + o_f[:, None], mask=m_f[:, None] & m_p[None, :], other=0.0)
+    if HAS_MASK:
+        # recurrent dropout, applied where h_t is published: each program masks the columns of h_t it writes
+        # (its units, or its P slice) into the exchange slots, so the consumers load h_{t-1} * mask as is
+        o_x = o_p if HAS_PROJ else o_u
+        m_bx = m_b[:, None] & ((m_p if HAS_PROJ else m_u)[None, :])
+        b_hmx = tl.load(hm_d + o_b[:, None] * R + o_x[None, :], mask=m_bx, other=0.0).to(ACC_DTYPE)
+
+    for n in range(0, T):
+        t = n + rev * (T - 1 - 2 * n)
+        t_prev = t - 1 + 2 * rev
+        v_t = t < b_len
+        v_prev = and_(t_prev < b_len, t_prev >= 0)
+        v_last = tl.where(rev == 1, and_(v_t, t == 0), v_t & (t == b_len - 1))  # the row's last step: h_n is its h_t
+        last_step = n == T - 1
+        poison = tl.where(failed != 0, float("nan"), 0.0)
+        tp = tl.minimum(tl.maximum(t_prev, 0), T - 1).to(tl.int64)
+        if STORE_GATES:
+            cs_t = cs_d + t.to(tl.int64) * B * H
+        else:
+            cs_t = cs_d + (n % 2) * (B.to(tl.int64) * H)
+        gx_t = gx_d + t.to(tl.int64) * B * G
+        y_t = y_d + t.to(tl.int64) * B * ldy
+        if HAS_MASK:  # the previous step's slot of h * mask, or h0 * mask
+            xh_prev = xh_d + ((n + 1) % 2) * (B.to(tl.int64) * R)
+            b_hp = _load_h_prev(xh_prev, xh_d + 2 * (B.to(tl.int64) * R), o_b, o_r, m_b, m_r, v_prev, 0, B, R, R)
+        else:
+            b_hp = _load_h_prev(y_d, h0_d, o_b, o_r, m_b, m_r, v_prev, tp, B, ldy, R)
+        b_acc = tl.dot(b_hp, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+        p_gx = gx_t + o_b[:, None] * G + o_g[None, :]
+        b_pre = b_acc + tl.load(p_gx, mask=m_b[:, None] & m_g[None, :], other=0.0).to(ACC_DTYPE)
+        b_hu = b_c  # unread without zoneout
+        if ZONEOUT > 0:  # h_{t-1} of the program's own units, unmasked
+            b_hu = _load_h_prev(y_d, h0_d, o_b, o_u, m_b, m_u, v_prev, tp, B, ldy, R)
+        b_c, b_m = _fwd_epilogue(
+            b_pre, b_c, v_t, v_last, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, p_gx, cs_t, cn_d, hn_d,
+            y_t, B, H, R, ldy, b_hu, zs_ptr, zo_stream, t, zo_h, zo_c, BLOCK_B, BLOCK_H, STORE_GATES,
+            HAS_LENGTHS, HAS_PROJ, ZONEOUT, ACC_DTYPE,
+        )  # fmt: skip
+        if HAS_PROJ:
+            # phase 2: publish m_t, then each program projects its slice of P from the whole m_t
+            tl.store(
+                m_d + o_b[:, None] * H + o_u[None, :],
+                b_m.to(m_d.dtype.element_ty),
+                mask=m_b[:, None] & m_u[None, :],
+            )
+            failed = barrier(sync, NS * (2 * n + 1), failed, spin_limit)
+            b_mf = tl.load(
+                m_d + o_b[:, None] * H + o_f[None, :],
+                mask=m_b[:, None] & m_f[None, :],
+                other=0.0,
+                cache_modifier=".cg",
+            )
+            b_hr = tl.dot(b_mf, b_wr, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+            b_hr += tl.where(failed != 0, float("nan"), 0.0)
+            if HAS_LENGTHS:
+                b_hr = tl.where(v_t[:, None], b_hr, 0.0)
+            m_bp = m_b[:, None] & m_p[None, :]
+            tl.store(y_t + o_b[:, None] * ldy + o_p[None, :], b_hr.to(y_ptr.dtype.element_ty), mask=m_bp)
+            tl.store(
+                hn_d + o_b[:, None] * R + o_p[None, :],
+                b_hr.to(hn_ptr.dtype.element_ty),
+                mask=m_bp & v_last[:, None],
+            )
+            if HAS_MASK:
+                _publish_masked(xh_d, n, B, R, o_b, o_p, m_bx, b_hr, b_hmx, y_ptr.dtype.element_ty, ACC_DTYPE)
+            failed = barrier(sync, NS * (2 * n + 2), failed, spin_limit)
+        else:
+            if HAS_MASK:
+                _publish_masked(xh_d, n, B, R, o_b, o_u, m_bx, b_m, b_hmx, y_ptr.dtype.element_ty, ACC_DTYPE)
+            failed = barrier(sync, NS * (n + 1), failed, spin_limit)
+    tl.store(err_ptr, failed, mask=failed != 0)
+
+
+@triton.jit(do_not_specialize=["T", "B", "rev_mask", "spin_limit"])
+def _seq_fwd_batch_kernel(
+    gx_ptr,  # [D, T, B, G]  x_t W_ih^T + b (interleaved); overwritten by the activated gates if STORE_GATES
+    w_ptr,  # [D, G, R]  W_hh, torch's layout
+    wr_ptr,  # [D, P, H]  W_hr (read if HAS_PROJ)
+    h0_ptr,  # [D, B, R]
+    c0_ptr,  # [D, B, H]
+    y_ptr,  # [T, B, D*R]  out: the directions side by side, nn.LSTM's layout
+    hn_ptr,  # [D, B, R]  out
+    cn_ptr,  # [D, B, H]  out, input dtype
+    cs_ptr,  # [D, TC, B, H]  out: c_t, accumulator dtype (TC = T with STORE_GATES; else 2 slots, alternating)
+    m_ptr,  # [D, B, H]  scratch: m_t exchanged between unit-split programs (SPLIT and HAS_PROJ)
+    len_ptr,  # [B]  int32 lengths (read if HAS_LENGTHS)
+    hm_ptr,  # [D, B, R]  recurrent dropout mask on h_{t-1} (read if HAS_MASK)
+    xh_ptr,  # [D, 3, B, R]  h_t * mask exchanged between unit-split programs, slots 0/1 by step, h0 * mask in 2
+    zs_ptr,  # [1]  int64 zoneout seed (read if ZONEOUT == 2)
+    zo_h: tl.float64,  # zoneout probabilities of h and c
+    zo_c: tl.float64,
+    sync_ptr,  # [D, NB]  int32 barrier counters, zero at launch (SPLIT)
+    err_ptr,  # [1]  int32: set to 1 when a barrier wait times out
+    T,
+    B,
+    H,
+    R,
+    P,
+    rev_mask,  # bit d set: direction d runs from the last step to the first
+    spin_limit,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,  # unit tile (batch-owned) / units per program (unit-split)
+    BLOCK_K: tl.constexpr,  # inner block of the recurrent product (batch-owned)
+    BLOCK_R: tl.constexpr,  # >= R: the whole recurrent input in one block (unit-split)
+    BLOCK_P: tl.constexpr,  # >= P (batch-owned) / the P slice of one program (unit-split)
+    BLOCK_F: tl.constexpr,  # >= H: m_t's whole row (unit-split with a projection)
+    STORE_GATES: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    HAS_PROJ: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    ZONEOUT: tl.constexpr,  # 0 off, 1 eval (expectation), 2 training (Philox masks); never with HAS_PROJ
+    ACC_DTYPE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    i_b, i_d = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    G = 4 * H
+    ldy = tl.num_programs(1) * R
+    rev = (rev_mask >> tl.program_id(1)) & 1
+    zo_stream = 2 * tl.program_id(1)  # the per-step kernels' streams: h on 2d, c on 2d + 1
+    o_b, m_b, b_len = batch_rows(len_ptr, i_b, B, T, BLOCK_B, HAS_LENGTHS)
+    hm_d = hm_ptr + i_d * B * R
+    TC = T if STORE_GATES else 2
+    gx_d = gx_ptr + i_d * T * B * G
+    w_d = w_ptr + i_d * G * R
+    wr_d = wr_ptr + i_d * P * H
+    h0_d = h0_ptr + i_d * B * R
+    c0_d = c0_ptr + i_d * B * H
+    hn_d = hn_ptr + i_d * B * R
+    cn_d = cn_ptr + i_d * B * H
+    cs_d = cs_ptr + i_d * TC * B * H
+    y_d = y_ptr + i_d * R
+    failed = tl.program_id(0) * 0
+
+    for n in range(0, T):
+        t = n + rev * (T - 1 - 2 * n)
+        t_prev = t - 1 + 2 * rev
+        v_t = t < b_len
+        v_prev = and_(t_prev < b_len, t_prev >= 0)
+        v_last = tl.where(rev == 1, and_(v_t, t == 0), v_t & (t == b_len - 1))  # the row's last step: h_n is its h_t
+        last_step = n == T - 1
+        poison = tl.where(failed != 0, float("nan"), 0.0)
+        tp = tl.minimum(tl.maximum(t_prev, 0), T - 1).to(tl.int64)
+        if STORE_GATES:
+            cs_t = cs_d + t.to(tl.int64) * B * H
+            cs_p = cs_d + tp * B * H
+        else:
+            cs_t = cs_d + (n % 2) * (B.to(tl.int64) * H)
+            cs_p = cs_d + ((n + 1) % 2) * (B.to(tl.int64) * H)
+        gx_t = gx_d + t.to(tl.int64) * B * G
+        y_t = y_d + t.to(tl.int64) * B * ldy
+        if HAS_PROJ:
+            o_p = tl.arange(0, BLOCK_P)
+            m_p = o_p < P
+            b_hr = tl.zeros((BLOCK_B, BLOCK_P), dtype=ACC_DTYPE)
+        for u in range(0, H, BLOCK_H):
+            o_u = u + tl.arange(0, BLOCK_H)
+            o_g = 4 * u + tl.arange(0, 4 * BLOCK_H)
+            m_u, m_g = o_u < H, o_g < G
+            o_w = torch_rows(o_g, H)
+            b_acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), dtype=ACC_DTYPE)
+            for k in range(0, R, BLOCK_K):
+                o_k = k + tl.arange(0, BLOCK_K)
+                m_k = o_k < R
+                b_hp = _load_h_prev(y_d, h0_d, o_b, o_k, m_b, m_k, v_prev, tp, B, ldy, R)
+                if HAS_MASK:
+                    b_hp = _masked(b_hp, hm_d, o_b, o_k, m_b, m_k, R, ACC_DTYPE)
+                b_wk = tl.load(w_d + o_w[None, :] * R + o_k[:, None], mask=m_k[:, None] & m_g[None, :], other=0.0)
+                b_acc += tl.dot(b_hp, b_wk, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+            p_gx = gx_t + o_b[:, None] * G + o_g[None, :]
+            b_pre = b_acc + tl.load(p_gx, mask=m_b[:, None] & m_g[None, :], other=0.0).to(ACC_DTYPE)
+            m_bu = m_b[:, None] & m_u[None, :]
+            o_bu = o_b[:, None] * H + o_u[None, :]
+            b_cp = tl.load(cs_p + o_bu, mask=m_bu & (n > 0), other=0.0).to(ACC_DTYPE)
+            b_cp += tl.load(c0_d + o_bu, mask=m_bu & (n == 0), other=0.0).to(ACC_DTYPE)
+            b_hu = b_cp  # unread without zoneout
+            if ZONEOUT > 0:
+                b_hu = _load_h_prev(y_d, h0_d, o_b, o_u, m_b, m_u, v_prev, tp, B, ldy, R)
+            _, b_m = _fwd_epilogue(
+                b_pre, b_cp, v_t, v_last, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, p_gx, cs_t, cn_d,
+                hn_d, y_t, B, H, R, ldy, b_hu, zs_ptr, zo_stream, t, zo_h, zo_c, BLOCK_B, BLOCK_H, STORE_GATES,
+                HAS_LENGTHS, HAS_PROJ, ZONEOUT, ACC_DTYPE,
+            )  # fmt: skip
+            if HAS_PROJ:
+                # h_t += m_t[:, units] @ W_hr^T[units, :]; m_t rounded to the storage dtype as torch does
+                b_wr = tl.load(wr_d + o_p[None, :] * H + o_u[:, None], mask=m_u[:, None] & m_p[None, :], other=0.0)
+                b_hr += tl.dot(
+                    b_m.to(wr_ptr.dtype.element_ty), b_wr, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION
+                )
+        if HAS_PROJ:
+            if HAS_LENGTHS:
+                b_hr = tl.where(v_t[:, None], b_hr, 0.0)
+            m_bp = m_b[:, None] & m_p[None, :]
+            tl.store(y_t + o_b[:, None] * ldy + o_p[None, :], b_hr.to(y_ptr.dtype.element_ty), mask=m_bp)
+            tl.store(
+                hn_d + o_b[:, None] * R + o_p[None, :],
+                b_hr.to(hn_ptr.dtype.element_ty),
+                mask=m_bp & v_last[:, None],
+            )
+        tl.debug_barrier()  # this step's h_t and c_t, written by every thread, precede the next step's loads
+    tl.store(err_ptr, failed, mask=failed != 0)
+
+
+KERNELS = {"batch": _seq_fwd_batch_kernel, "split": _seq_fwd_split_kernel}
+
+
+def launch_options(x: torch.Tensor, split: bool, num_warps: int) -> dict:
+    """Warps, and a cooperative launch for a unit-split grid on a GPU (it fails instead of hanging when the grid
+    is not co-resident)."""
+    opts = {"num_warps": num_warps}
+    if split and x.is_cuda and cooperative_supported():
+        opts["launch_cooperative_grid"] = True
+    return opts
+
+
+def forward(
+    layer: Layer, regs: Regularisers = NONE, store: bool = True, config: dict | None = None,
+    err: torch.Tensor | None = None,
+):  # fmt: skip
+    """One layer, every direction, one launch for the whole recurrence.
+
+    Returns ``(y [T, B, D*R], h_n [D, B, R], c_n [D, B, H], gates [D, T, B, G] | None, cs [D, T, B, H] | None)``:
+    ``y`` holds the directions side by side (nn.LSTM's bidirectional layout); ``gates[d]``/``cs[d]`` are exactly
+    what the per-step kernels keep for direction d, ``None`` unless ``store``. ``config`` overrides
+    :func:`tritonlstm.kernels.config.sequence_config` (keys ``regime``, ``BLOCK_*``, ``num_warps``,
+    ``spin_limit``). The regularisers are the per-step kernels' (direction d's zoneout on Philox streams 2d and
+    2d + 1), so the masks are the same. ``err`` (int32 ``[1]``, zero) receives the error flag: 1 when a barrier
+    wait timed out.
+
+    Example::
+
+        layer = Layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, None, (False, True))
+        y, h_n, c_n, gates, cs = forward(layer)
+    """
+    x, h0, c0, w_ih, w_hh, _, _, w_hr, lengths, reverse = layer
+    T, B, D, H, R, P = layer.dims
+    G, I = 4 * H, x.shape[2]
+    dtype, acc = x.dtype, acc_dtype(x.dtype)
+    check_dtype(dtype)
+    check_regularisers(layer, regs)
+    cfg = config or sequence_config(B, H, P, D, dtype, sm_count(x.device))
+    split = cfg["regime"] == "split"
+    dev = x.device
+    bias = layer.bias()
+
+    # input projection of every step and direction in one (batched) GEMM, biases folded, gates interleaved
+    w_ih_t = interleave_gates(w_ih, 1).transpose(1, 2)  # [D, I, G]
+    x2 = x.reshape(T * B, I)
+    b_il = interleave_gates(bias, 1).view(D, 1, G) if bias is not None else None
+    if D == 1:
+        gx = torch.addmm(b_il[0], x2, w_ih_t[0]) if bias is not None else torch.mm(x2, w_ih_t[0])
+    else:
+        x3 = x2.expand(D, T * B, I)
+        gx = torch.baddbmm(b_il, x3, w_ih_t) if bias is not None else torch.bmm(x3, w_ih_t)
+
+    y = torch.empty(T, B, D * R, device=dev, dtype=dtype)
+    h_n = torch.empty(D, B, R, device=dev, dtype=dtype)
+    c_n = torch.empty(D, B, H, device=dev, dtype=dtype)
+    cs = torch.empty(D, T if store else 2, B, H, device=dev, dtype=acc)
+    k, ns = constexprs(cfg, H, R, P, backward=False)
+    nb = triton.cdiv(B, k["BLOCK_B"])
+    # the error flag, then the barrier counters: their offsets do not depend on B (no alignment-driven recompiles)
+    flags = torch.zeros(1 + D * nb, device=dev, dtype=torch.int32)
+    sync = flags[1:]
+    if err is None:
+        err = flags[:1]
+    if B > 0:
+        h_mask = regs.h_mask
+        m = torch.empty(D, B, H, device=dev, dtype=dtype) if (P and split) else y
+        lens = lengths.to(dtype=torch.int32).contiguous() if lengths is not None else flags
+        hm = h_mask.to(dtype).contiguous() if h_mask is not None else y  # y: unread
+        xh = y  # unread unless unit-split with recurrent dropout: then h_t * mask slots and h0 * mask
+        if h_mask is not None and split:
+            xh = torch.empty(D, 3, B, R, device=dev, dtype=dtype)
+            xh[:, 2] = (h0.to(acc) * hm.to(acc)).to(dtype)
+        rev_mask = sum(1 << d for d, r in enumerate(reverse) if r)
+        with launch_guard(x.device):
+            KERNELS[cfg["regime"]][(nb, D, ns)](
+                gx, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else w_hh, h0.contiguous(),
+                c0.contiguous(), y, h_n, c_n, cs, m, lens, hm, xh, regs.seed if regs.seed is not None else y,
+                float(regs.zoneout[0]), float(regs.zoneout[1]), sync, err, T, B, H, R, P, rev_mask,
+                cfg.get("spin_limit", DEFAULT_SPIN_LIMIT),
+                STORE_GATES=store, HAS_LENGTHS=lengths is not None, HAS_PROJ=P > 0, HAS_MASK=h_mask is not None,
+                ZONEOUT=regs.mode, ACC_DTYPE=ACC[acc], INPUT_PRECISION=input_precision(dtype), **k,
+                **launch_options(x, split, cfg["num_warps"]),
+            )  # fmt: skip
+    else:
+        h_n.copy_(h0)
+        c_n.copy_(c0)
+    if not store:
+        return y, h_n, c_n, None, None
+    return y, h_n, c_n, gx.view(D, T, B, G), cs
