@@ -7,6 +7,9 @@ Regimes (each one a kernel in its own file, registered in :data:`LAUNCHERS`):
 * ``"batch"`` (:mod:`tritonlstm.kernels.sequence_fwd`/``sequence_bwd``): one launch for the whole sequence; a
   program owns a tile of batch rows and every hidden unit and streams W_hh from L2 every step. No cross-program
   synchronisation. With the per-step kernels' tiles it reproduces them bitwise; it is the form the interpreter runs.
+* ``"graphed"`` (:mod:`tritonlstm.kernels.graphed`): the per-step kernels, their time loop captured once per
+  shape as a CUDA graph and replayed (GPU only); the rule's choice wherever it would pick the per-step kernels on
+  a GPU.
 * ``"split"``: one launch; the programs of a (batch tile, direction) group split the hidden units, keep their slice
   of the weights and their cell state on chip and meet at a barrier every step (the latency regime, small B).
   ``"split-chunked"`` is its backward beyond H=512 (W_hh in chunks of gate rows, each step's dot split over the
@@ -37,11 +40,12 @@ LAUNCHERS = {
     "step": Launcher("tritonlstm.kernels.step", "tritonlstm.kernels.step", "step"),
     "batch": _SEQUENCE,
     "split": _SEQUENCE,
+    "graphed": Launcher("tritonlstm.kernels.graphed", "tritonlstm.kernels.graphed", "step"),
 }
 """Regime -> its launchers: ``forward(layer, regs, store, config, err)`` and ``backward(layer, regs, saved,
 grad_out, needs, config, err)``, taking the bundles of :mod:`tritonlstm.kernels.common`."""
 
-SELF_TESTED = {"split": "split", "split-chunked": "split", "batch": "batch"}
+SELF_TESTED = {"split": "split", "split-chunked": "split", "batch": "batch", "graphed": "graphed"}
 """What the first-use self-test validates separately (:func:`variant` names a config's entry), and the regime of
 :data:`LAUNCHERS` each one runs. The per-step kernels are the oracle: never self-tested."""
 
@@ -154,7 +158,7 @@ def sequence_config(
       with one): a program owns a batch tile and streams W_hh from L2 every
       step. It beats the per-step kernels only where W_hh is small (``SMALL_W_BYTES``: it stays in the SM's
       L1 and the launches saved dominate); elsewhere (large B with a large W_hh: the per-step kernels have the
-      same tiles, more programs, and their launches amortise) :func:`choose` picks the per-step kernels.
+      same tiles, more programs, and their launches amortise) :func:`choose` picks the (graphed) per-step kernels.
       float64 (gradcheck only) is never unit-split.
 
     Cached per shape (a host-time saving on every call); the returned dict must not be modified.
@@ -241,9 +245,10 @@ def choose(
     R = proj_size or hidden
     w_bytes = 4 * hidden * R * (torch.finfo(dtype).bits // 8)
     if batch > 0 and w_bytes > SMALL_W_BYTES:
-        step = {"regime": "step", **step_config(batch, hidden, 4 * hidden if backward else R, dtype, proj_size)}
-        return Choice("step", step, f"per-step: W_hh ({w_bytes // 1024} KB) is streamed from L2 either way, and "
-                      f"the unit-split form does not fit ({triton.cdiv(batch, 16) * directions} groups)")
+        # a GPU (there is an SM count): the per-step kernels, their launches replayed from a CUDA graph
+        step = {"regime": "graphed", **step_config(batch, hidden, 4 * hidden if backward else R, dtype, proj_size)}
+        return Choice("graphed", step, f"per-step, graphed: W_hh ({w_bytes // 1024} KB) is streamed from L2 either "
+                      f"way, and the unit-split form does not fit ({triton.cdiv(batch, 16) * directions} groups)")
     return Choice("batch", cfg, "batch-owned: W_hh stays in one SM's L1")
 
 
@@ -253,6 +258,8 @@ def variant(cfg: dict) -> str:
 
 
 def self_test_config(device: torch.device, dtype: torch.dtype, regime: str, H: int, P: int, backward: bool):
+    if regime == "graphed":
+        return {"regime": "graphed", **step_config(3, H, 4 * H if backward else (P or H), dtype, P)}
     if regime == "batch":
         return {"regime": "batch", **step_config(3, H, 4 * H if backward else (P or H), dtype, P)}
     # on a GPU several programs per group, so the barrier really synchronises; the interpreter runs programs one

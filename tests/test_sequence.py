@@ -512,12 +512,12 @@ def test_choice_rule_grid_is_co_resident(backward):
         cfg = C.sequence_config(16, H, 0, 1, torch.bfloat16, 132, backward)
         assert cfg["regime"] == "split" and cfg.get("G_CHUNKS", 1) == (chunks if backward else 1), (H, cfg)
         assert cfg.get("K_SPLIT", 1) == (4 if backward and chunks > 1 else 1)
-    # float32's resident slice would not fit: batch-owned, which prefers the per-step kernels at this W_hh
+    # float32's resident slice would not fit: batch-owned, which prefers the (graphed) per-step kernels at this W_hh
     assert C.sequence_config(16, 768, 0, 1, torch.float32, 132, True)["regime"] == "batch"
-    assert C.choose(16, 768, 0, 1, torch.float32, 132, True).regime == "step"
-    # large B with a large W_hh: the per-step kernels; large B with a small one: batch-owned
+    assert C.choose(16, 768, 0, 1, torch.float32, 132, True).regime == "graphed"
+    # large B with a large W_hh: the per-step kernels, graphed; large B with a small one: batch-owned
     assert C.sequence_config(1024, 1024, 0, 1, torch.bfloat16, 132, backward)["regime"] == "batch"
-    assert C.choose(1024, 1024, 0, 1, torch.bfloat16, 132, backward).regime == "step"
+    assert C.choose(1024, 1024, 0, 1, torch.bfloat16, 132, backward).regime == "graphed"
     small = C.choose(4096, 64, 0, 1, torch.bfloat16, 132, backward)
     assert small.regime == "batch" and small.config == C.sequence_config(4096, 64, 0, 1, torch.bfloat16, 132, backward)
     assert C.sequence_config(16, 768, 0, 1, torch.float64, 132, backward)["regime"] == "batch"
@@ -593,3 +593,131 @@ def test_no_recompile_across_T_and_batch_sizes_of_one_tile():
             sequence_bwd.backward(layer, Regularisers(), Saved(y, gates, cs), GradOutputs(y, h_n, c_n))
         counts = drv.variant_counts()
     assert counts == {"_seq_fwd_batch_kernel": 1, "_seq_bwd_batch_kernel": 1}, counts
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the graphed per-step regime (kernels/graphed.py): its logic on a CPU, with a stand-in for CUDA-graph capture
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_rule_graphs_the_per_step_kernels_on_a_gpu_only():
+    """Every shape of the benchmark grid that used to run the per-step kernels on a GPU gets the graphed form;
+    without an SM count (CPU tensors) the rule never picks it."""
+    for B in (16, 64, 256):
+        for H in (256, 768, 1024):
+            for dtype in (torch.float16, torch.bfloat16):
+                for backward in (False, True):
+                    choice = C.choose(B, H, 0, 1, dtype, 132, backward)
+                    assert choice.regime in ("split", "batch", "graphed"), (B, H, choice)
+                    if choice.regime == "graphed":
+                        step_tiles = C.step_config(B, H, 4 * H if backward else H, dtype, 0)
+                        assert choice.config == {"regime": "graphed", **step_tiles}
+                        assert choice.why.startswith("per-step, graphed")
+                    assert C.choose(B, H, 0, 1, dtype, None, backward).regime == "batch"
+    assert C.LAUNCHERS["graphed"].kernel == "step" and "graphed" in C.SELF_TESTED
+
+
+@pytest.fixture
+def graphs(monkeypatch):
+    """kernels/graphed.py with CPU tensors taken as capturable and a stand-in capture: ``replay()`` reruns the
+    launches into the captured outputs, as a CUDA graph does on its static buffers."""
+    from tritonlstm.kernels import graphed
+
+    def capture(fn):
+        outputs = fn()
+
+        def replay():
+            for out, new in zip(outputs, fn()):
+                if out is not None:
+                    out.copy_(new)
+
+        return replay, outputs
+
+    monkeypatch.setattr(graphed, "graphable", lambda device: not graphed.capturing(device))
+    monkeypatch.setattr(graphed, "capture", capture)
+    graphed.GRAPHS.reset()
+    yield graphed
+    graphed.GRAPHS.reset()
+
+
+def _graph_inputs(T, seed, lengths=None, masked=False):
+    inp = _inputs(T, 3, 4, 6, 0, 2, torch.float32, seed=seed)
+    regs = Regularisers()
+    if masked:
+        regs = Regularisers(_dropout_mask(("", 0, 3, 0, 6, 0, (False, True)), torch.float32, 0.7, seed), (0.2, 0.3),
+                            torch.tensor([seed]))  # fmt: skip
+    return _layer(inp, lengths, (False, True)), regs
+
+
+@requires_interpreter
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "dropout-zoneout"])
+def test_graphed_replays_are_the_step_kernels_bit_for_bit(graphs, masked):
+    """New inputs each call reach the graph through its static buffers; results are copies, so a call's outputs
+    (saved for its backward) survive the next replay."""
+    lengths = torch.tensor([4, 1, 3])
+    results = []
+    for seed in (0, 1):
+        layer, regs = _graph_inputs(4, seed, lengths, masked)
+        fwd = graphs.forward(layer, regs, True)
+        up = GradOutputs(*_upstream(seed)(*fwd[:3]))
+        bwd = graphs.backward(layer, regs, Saved(fwd[0], fwd[3], fwd[4]), up)
+        want_fwd = step.forward(layer, regs, True)
+        want_bwd = step.backward(layer, regs, Saved(want_fwd[0], want_fwd[3], want_fwd[4]), up)
+        for name, a, e in zip(("y", "h_n", "c_n", "gates", "cs", *GRADS), (*fwd, *bwd), (*want_fwd, *want_bwd)):
+            assert (a is None and e is None) if name == "dw_hr" else torch.equal(a, e), name
+        results.append([t.clone() for t in fwd])
+    assert graphs.GRAPHS.captures == 2, "one forward and one backward graph for the shape, replayed the second time"
+    assert not torch.equal(results[0][0], results[1][0])
+    layer, regs = _graph_inputs(4, 0, lengths, masked)
+    assert torch.equal(graphs.forward(layer, regs, True)[0], results[0][0]), "the first call's outputs were copies"
+
+
+@requires_interpreter
+def test_graphed_cache_key_is_the_shape_and_options(graphs):
+    layer, regs = _graph_inputs(4, 0)
+    graphs.forward(layer, regs, True)
+    graphs.forward(_graph_inputs(4, 1)[0], regs, True)
+    assert graphs.GRAPHS.captures == 1, "same shape: one capture"
+    graphs.forward(_graph_inputs(5, 0)[0], regs, True)
+    graphs.forward(layer, regs, False)
+    graphs.forward(layer._replace(lengths=torch.tensor([4, 2, 3])), regs, True)
+    graphs.forward(layer, regs, True, {"BLOCK_B": 16, "BLOCK_H": 4, "BLOCK_K": 16, "num_warps": 4})
+    assert graphs.GRAPHS.captures == 5, "T, store, lengths and the tiles are each part of the key"
+    assert len(graphs.GRAPHS.entries) == 5
+    for T in range(6, 6 + graphs.MAX_GRAPHS):
+        graphs.forward(_graph_inputs(T, 0)[0], regs, True)
+    assert len(graphs.GRAPHS.entries) == graphs.MAX_GRAPHS, "the least recently used graphs are dropped"
+
+
+@requires_interpreter
+def test_graphed_never_captures_inside_a_callers_capture(graphs, monkeypatch):
+    monkeypatch.setattr(graphs, "capturing", lambda device: True)
+
+    def no_capture(fn):
+        raise AssertionError("captured inside the caller's capture")
+
+    monkeypatch.setattr(graphs, "capture", no_capture)
+    layer, regs = _graph_inputs(3, 0)
+    assert torch.equal(graphs.forward(layer, regs, True)[0], step.forward(layer, regs, True)[0])
+    assert graphs.GRAPHS.captures == 0 and not graphs.GRAPHS.entries
+
+
+@requires_interpreter
+def test_graphed_capture_failure_warns_once_and_falls_back(graphs, monkeypatch):
+    def broken(fn):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(graphs, "capture", broken)
+    layer, regs = _graph_inputs(3, 0)
+    with pytest.warns(RuntimeWarning, match="CUDA graph failed.*not permitted"):
+        y = graphs.forward(layer, regs, True)[0]
+    assert torch.equal(y, step.forward(layer, regs, True)[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(graphs.forward(layer, regs, True)[0], y), "that shape is not tried again"
+
+
+@requires_interpreter
+def test_graphed_regime_self_test_passes_here():
+    """On a CPU the graphed launchers run the step kernels (nothing to capture): the self-test's own path."""
+    assert selftest.self_test("cpu", torch.float32, "graphed") is None
