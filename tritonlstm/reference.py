@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import torch
 
-from tritonlstm.kernels.runtime import acc_dtype
-
 
 ZONEOUT_SEED_HIGH = 2**62
 """Zoneout seeds are drawn uniformly from [0, ZONEOUT_SEED_HIGH) (int64)."""
@@ -65,19 +63,20 @@ def lstm_layer(
             "tritonlstm.lstm or tritonlstm.lstm_layer (the torch.library op) instead"
         )
     dtype = x.dtype
-    acc = acc_dtype(dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
     w_hh_t = w_hh.to(acc).t()
     w_hr_t = w_hr.to(acc).t() if w_hr is not None else None
     lengths = lengths.to(x.device) if lengths is not None else None
     h_mask = h_mask.to(acc) if h_mask is not None else None
     p_h, p_c = zoneout
-    h, c = h0, c0.to(acc)
+    h, c = h0.clone(), c0.to(acc)
     ys: list[torch.Tensor] = [x.new_empty(0)] * x.shape[0]
     for t in range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0]):
         # the input projection step by step, not one GEMM over T: a BLAS picks its kernel by the row count, so
         # one GEMM would round differently for another T, and a sequence fed in chunks must give the whole
-        # sequence's numbers bit for bit
-        gx = torch.nn.functional.linear(x[t], w_ih, b_ih)
+        # sequence's numbers bit for bit. Fresh copies of x_t and h0 for the same reason: some BLAS kernels round
+        # by the operand's address alignment, and a chunk's x_t or a carried state is often a view at any offset
+        gx = torch.nn.functional.linear(x[t].clone(), w_ih, b_ih)
         if b_hh is not None:
             gx = gx + b_hh
         h_in = h.to(acc) if h_mask is None else h.to(acc) * h_mask
