@@ -11,7 +11,10 @@ Regimes (each one a kernel in its own file, registered in :data:`LAUNCHERS`):
   shape as a CUDA graph and replayed (GPU only); the rule's choice wherever it would pick the per-step kernels on
   a GPU.
 * ``"split"``: one launch; the programs of a (batch tile, direction) group split the hidden units, keep their slice
-  of the weights and their cell state on chip and meet at a barrier every step (the latency regime, small B).
+  of the weights and their cell state on chip and exchange h_t every step (the latency regime, small B). The
+  forward exchanges tagged words (``TAGGED``, self-tested as ``"split-tagged"``: one store publishes a value with
+  its step, one load waits for it and fetches it); the backward, and the forward if the tagged form fails its
+  self-test, meet at a barrier on a counter instead.
   ``"split-chunked"`` is its backward beyond H=512 (W_hh in chunks of gate rows, each step's dot split over the
   warps), self-tested as a regime of its own.
 
@@ -45,12 +48,15 @@ LAUNCHERS = {
 """Regime -> its launchers: ``forward(layer, regs, store, config, err)`` and ``backward(layer, regs, saved,
 grad_out, needs, config, err)``, taking the bundles of :mod:`tritonlstm.kernels.common`."""
 
-SELF_TESTED = {"split": "split", "split-chunked": "split", "batch": "batch", "graphed": "graphed"}
+SELF_TESTED = {
+    "split": "split", "split-tagged": "split", "split-chunked": "split", "batch": "batch", "graphed": "graphed",
+}
 """What the first-use self-test validates separately (:func:`variant` names a config's entry), and the regime of
 :data:`LAUNCHERS` each one runs. The per-step kernels are the oracle: never self-tested."""
 
 DEFAULT_SPIN_LIMIT = 1 << 22
-"""Polls of the barrier counter before a wait gives up (each poll is an L2 atomic, about 0.5-1 us)."""
+"""Polls of the barrier counter, or of the tagged words, before a wait gives up (each poll is an L2 round trip,
+about 0.5-1 us)."""
 
 
 class Choice(NamedTuple):
@@ -59,6 +65,7 @@ class Choice(NamedTuple):
     regime: str  # a key of LAUNCHERS
     config: dict  # that regime's tiles and warps (do not modify: cached)
     why: str
+    fallback: Choice | None = None  # what runs if this variant fails its self-test (else the per-step kernels)
 
 
 def step_config(
@@ -194,6 +201,8 @@ def sequence_config(
         cfg.update(G_CHUNKS=chunks, K_SPLIT=4, num_warps=8)
     if proj_size:
         cfg["BLOCK_P"] = block_p
+    if not backward:
+        cfg["TAGGED"] = True  # the forward's exchange: tagged words, no barrier (kernels/jit.py, wait_words)
     return cfg
 
 
@@ -224,7 +233,6 @@ def constexprs(cfg: dict, H: int, R: int, P: int, backward: bool) -> tuple[dict,
     return k, ns
 
 
-
 @functools.lru_cache(maxsize=1024)
 def choose(
     batch: int,
@@ -239,7 +247,11 @@ def choose(
     kernels where they are faster: a batch-owned layer whose W_hh does not stay in one SM (``SMALL_W_BYTES``)."""
     cfg = sequence_config(batch, hidden, proj_size, directions, dtype, sm_count, backward)
     if cfg["regime"] == "split":
-        return Choice("split", cfg, f"unit-split: {cfg['BLOCK_H']} units per program, every group co-resident")
+        why = f"unit-split: {cfg['BLOCK_H']} units per program, every group co-resident"
+        if cfg.get("TAGGED"):
+            untagged = {k: v for k, v in cfg.items() if k != "TAGGED"}
+            return Choice("split", cfg, why + ", tagged exchange", Choice("split", untagged, why + ", barrier"))
+        return Choice("split", cfg, why)
     if sm_count is None:
         return Choice("batch", cfg, "batch-owned: no SM count (the interpreter), the per-step kernels' tiles")
     R = proj_size or hidden
@@ -254,6 +266,8 @@ def choose(
 
 def variant(cfg: dict) -> str:
     """The :data:`SELF_TESTED` entry a sequence config belongs to."""
+    if cfg.get("TAGGED"):
+        return "split-tagged"
     return "split-chunked" if cfg.get("K_SPLIT", 1) > 1 else cfg["regime"]
 
 
@@ -269,5 +283,7 @@ def self_test_config(device: torch.device, dtype: torch.dtype, regime: str, H: i
     if regime == "split-chunked" and backward and not P:
         # three chunks of gate rows, each dot split 4 ways (on a GPU at H=40: 64 rows a chunk, 16 a slice)
         cfg.update(G_CHUNKS=3, K_SPLIT=4, num_warps=8)
+    if regime == "split-tagged" and not backward:
+        cfg["TAGGED"] = True
     return cfg
 

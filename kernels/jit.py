@@ -142,3 +142,80 @@ def batch_rows(len_ptr, i_b, B, T, BLOCK_B: tl.constexpr, HAS_LENGTHS: tl.conste
         b_len = tl.zeros([BLOCK_B], dtype=tl.int32) + T
     return o_b, m_b, b_len
 
+
+
+# Tagged exchange: an element travels between programs as one word holding its value's bits and its step's tag,
+# written with one store and read with one load, so a reader that sees the tag has the value too (NCCL's LL
+# protocol, the flag inside each word). No counter, no fence, no atomic. 16-bit values ride in 32-bit words and
+# 32-bit values in 64-bit words, the tag in the upper half: every bit of the value survives (h_t is unbounded with
+# a projection or recurrent dropout, and the per-step kernels' numbers must come through exactly).
+# Two slots, by step parity. Step n writes slot n % 2 and reads step n - 1's words from the other. A program can
+# be at most one step ahead of the slowest (step n + 1 waits for everyone's step n, which each wrote after reading
+# step n - 1), so a slot is rewritten only after all have read it. A reader waits for tag(n - 1) in a slot that
+# held tag(n - 3) before, or zero (the buffer is zeroed at launch) in steps 0 and 1: tag(n) != tag(n - 2) and
+# tag(0), tag(1) != 0 is all the tags must satisfy (tests/test_exchange.py checks both, and the packing).
+
+
+@triton.jit
+def step_tag(n, WORD: tl.constexpr):
+    """The tag of step n's words: n + 1 modulo 2**16 (32-bit words) or 2**32 (64-bit words), never 0 in step 0."""
+    n1 = tl.zeros([], dtype=tl.int64) + n + 1  # a 64-bit scalar whatever n is (a loop counter, an argument)
+    if WORD == tl.int32:
+        return (n1 & 0xFFFF).to(tl.int32)
+    else:
+        return n1 & 0xFFFFFFFF
+
+
+@triton.jit
+def tag_words(values, tag, WORD: tl.constexpr):
+    """``values`` (a 16-bit float tile for int32 WORD, a 32-bit one for int64) as words carrying ``tag``."""
+    if WORD == tl.int32:
+        bits = values.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        return bits | (tag.to(tl.int32) << 16)
+    else:
+        bits = values.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+        return bits | (tag.to(tl.int64) << 32)
+
+
+@triton.jit
+def word_values(words, DTYPE: tl.constexpr):
+    """The values that :func:`tag_words` packed, as DTYPE (the 16- or 32-bit float they came from)."""
+    if words.dtype == tl.int32:
+        return (words & 0xFFFF).to(tl.int16).to(DTYPE, bitcast=True)
+    else:
+        return (words & 0xFFFFFFFF).to(tl.int32).to(DTYPE, bitcast=True)
+
+
+@triton.jit
+def word_tags(words):
+    """The tags of tagged words, in [0, 2**16) or [0, 2**32)."""
+    if words.dtype == tl.int32:
+        return (words >> 16) & 0xFFFF
+    else:
+        return (words >> 32) & 0xFFFFFFFF
+
+
+@triton.jit
+def wait_words(ptrs, mask, tag, failed, spin_limit):
+    """Load the 2-D tile of words at ``ptrs`` until every one under ``mask`` carries ``tag``, reloading at most
+    ``spin_limit`` times; returns ``(words, failed)``, ``failed`` set when the wait gave up (or already was: a failed
+    program waits no more). Loads are volatile: each poll reaches L2, where the producers' stores land.
+
+    Masked-off words read as a word carrying ``tag``, and a word is late when its tag XOR ``tag`` is not 0, so the
+    test is one max over integers: a count over a boolean tile costs the sm_90 build a local-memory round trip
+    per poll (LLVM packs the i1 vector through the stack), which tests/test_sequence_structure.py rules out."""
+    ready = tag << (16 if tag.dtype == tl.int32 else 32)  # tag_words(0.0, tag)
+    words = tl.load(ptrs, mask=mask, other=ready, volatile=True)
+    late = tl.max(tl.max(word_tags(words) ^ tag, axis=1), axis=0)
+    it = late * 0
+    while (late != 0) & (it < spin_limit) & (failed == 0):
+        words = tl.load(ptrs, mask=mask, other=ready, volatile=True)
+        late = tl.max(tl.max(word_tags(words) ^ tag, axis=1), axis=0)
+        it += 1
+    return words, failed | (late != 0).to(tl.int32)
+
+
+@triton.jit
+def publish_words(ptrs, values, tag, mask, WORD: tl.constexpr):
+    """Store ``values`` as words carrying ``tag`` (``.cg``: straight to L2, where the readers poll)."""
+    tl.store(ptrs, tag_words(values, tag, WORD), mask=mask, cache_modifier=".cg")

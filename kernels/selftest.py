@@ -48,7 +48,8 @@ class KernelHealth:
             if failure is not None:
                 warnings.warn(
                     f"tritonlstm: the {regime} regime failed its self-test on {device} in {dtype}: "
-                    f"{failure}. Falling back to the per-step kernels (set TRITONLSTM_KERNEL to force either).",
+                    f"{failure}. Falling back to the proven form: the barrier exchange for split-tagged, else the "
+                    "per-step kernels (tritonlstm.explain shows the plan; TRITONLSTM_KERNEL forces a kernel).",
                     RuntimeWarning,
                     stacklevel=4,
                 )

@@ -10,15 +10,18 @@ weight is re-laid out on the host per call. The grid is (batch tiles, directions
   per-step kernels' tiles its reductions are theirs, so it reproduces them bitwise.
 * ``_seq_fwd_split_kernel`` (regime ``"split"``): the programs of one (batch tile, direction) group split the
   hidden units. Each loads its slice of the weights once, before the time loop, keeps it on chip and keeps its
-  cell state in registers. Each step it computes its units, publishes them, then waits at a barrier among the
-  programs of its group (:func:`tritonlstm.kernels.jit.barrier`); the other programs' values are then read with
-  loads that bypass L1 (``.cg``). With a projection a second phase and barrier per step give h_t = m_t W_hr^T
-  split over P. Both kernels take one signature, so the launcher binds one argument pack to either.
+  cell state in registers. Each step it computes its units and publishes them. With ``TAGGED`` (the rule's
+  choice) they go out as tagged words (:func:`tritonlstm.kernels.jit.wait_words`), and the next step's load of
+  the whole h_{t-1} row both waits for them and fetches them: no counter, no fence. Without it the programs of a
+  group meet at a barrier (:func:`tritonlstm.kernels.jit.barrier`) and then read the other programs' values with
+  loads that bypass L1 (``.cg``): the backward's exchange, and the tagged form's fallback. With a projection a
+  second exchange per step gives h_t = m_t W_hr^T split over P. Both kernels take one signature (the split one
+  adds TAGGED and WORD), so the launcher binds one argument pack to either.
 
 Safety: every spin is bounded (``spin_limit`` polls). A program whose wait times out sets the error flag, stops
-waiting and writes NaN into everything it computes afterwards (outputs, final states), so a failed barrier is
-never a silent wrong number. The flag is read only by the first-use self-test and under ``TRITONLSTM_CHECK=1``;
-the default path makes no host synchronisation (CUDA graphs keep working).
+waiting and writes NaN into everything it computes and publishes afterwards (outputs, final states), so a failed
+wait is never a silent wrong number. The flag is read only by the first-use self-test and under
+``TRITONLSTM_CHECK=1``; the default path makes no host synchronisation (CUDA graphs keep working).
 
 Semantics are the per-step kernels' exactly (:mod:`tritonlstm.kernels.step`): lengths, the reverse direction
 starting at each row's own end, the stored activated gates and cell states (interchangeable with theirs).
@@ -32,7 +35,19 @@ import triton.language as tl
 
 from tritonlstm.kernels.common import NONE, Layer, Regularisers, check_dtype, check_regularisers, interleave_gates
 from tritonlstm.kernels.config import DEFAULT_SPIN_LIMIT, constexprs, sequence_config
-from tritonlstm.kernels.jit import ACC, and_, barrier, batch_rows, cell_forward, torch_rows, zoneout_rates
+from tritonlstm.kernels.jit import (
+    ACC,
+    and_,
+    barrier,
+    batch_rows,
+    cell_forward,
+    publish_words,
+    step_tag,
+    torch_rows,
+    wait_words,
+    word_values,
+    zoneout_rates,
+)
 from tritonlstm.kernels.runtime import acc_dtype, cooperative_supported, input_precision, launch_guard, sm_count
 
 
@@ -60,6 +75,35 @@ def _publish_masked(xh_d, n, B, R, o_b, o_x, m_bx, b_h, b_hm, STORE_DTYPE: tl.co
     Rows past their length store garbage there: the next step reads h0 * mask for them."""
     b_hx = (b_h.to(STORE_DTYPE).to(ACC_DTYPE) * b_hm).to(STORE_DTYPE)
     tl.store(xh_d + (n % 2) * (B.to(tl.int64) * R) + o_b[:, None] * R + o_x[None, :], b_hx, mask=m_bx)
+
+
+@triton.jit
+def _wait_prev(xw_d, n, o_b, o_k, m_b, m_k, v_prev, B, R, failed, spin_limit, WORD: tl.constexpr,
+               DTYPE: tl.constexpr):  # fmt: skip
+    """Tagged mode: [BLOCK_B, BLOCK_K] of h_{t-1} (times the dropout mask, if any) from step n - 1's words in
+    slot (n - 1) % 2, or from slot 2 (h0, times the mask: the launcher's words) in step 0 and for rows whose
+    previous step is not their own. Returns (tile, failed). Every row in range is waited for, whatever its
+    length: the programs of a group stay in lockstep, which is what makes two slots enough."""
+    m = m_b[:, None] & m_k[None, :]
+    o_w = o_b[:, None] * R + o_k[None, :]
+    p_w = xw_d + ((n + 1) % 2) * (B.to(tl.int64) * R) + o_w
+    words, failed = wait_words(p_w, m & (n > 0), step_tag(n - 1, WORD), failed, spin_limit)
+    b_h = word_values(words, DTYPE)
+    use_h0 = m & ((n == 0) | ~v_prev[:, None])
+    b_h0 = word_values(tl.load(xw_d + 2 * (B.to(tl.int64) * R) + o_w, mask=use_h0, other=0), DTYPE)
+    return tl.where(use_h0, b_h0, b_h), failed
+
+
+@triton.jit
+def _publish(xw_d, n, B, R, o_b, o_x, m_bx, b_h, b_hm, WORD: tl.constexpr, DTYPE: tl.constexpr,
+             HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr):  # fmt: skip
+    """Tagged mode: h_t (rounded to DTYPE; times the dropout mask with HAS_MASK, as :func:`_publish_masked`
+    rounds it) as step n's words in slot n % 2."""
+    b_x = b_h.to(DTYPE)
+    if HAS_MASK:
+        b_x = (b_x.to(ACC_DTYPE) * b_hm).to(DTYPE)
+    p_w = xw_d + (n % 2) * (B.to(tl.int64) * R) + o_b[:, None] * R + o_x[None, :]
+    publish_words(p_w, b_x, step_tag(n, WORD), m_bx, WORD)
 
 
 @triton.jit
@@ -136,14 +180,15 @@ def _seq_fwd_split_kernel(
     hn_ptr,  # [D, B, R]  out
     cn_ptr,  # [D, B, H]  out, input dtype
     cs_ptr,  # [D, TC, B, H]  out: c_t, accumulator dtype (TC = T with STORE_GATES; else 2 slots, alternating)
-    m_ptr,  # [D, B, H]  scratch: m_t exchanged between unit-split programs (SPLIT and HAS_PROJ)
+    m_ptr,  # [D, B, H]  scratch: m_t exchanged between the programs with HAS_PROJ ([D, 2, B, H] words if TAGGED)
     len_ptr,  # [B]  int32 lengths (read if HAS_LENGTHS)
     hm_ptr,  # [D, B, R]  recurrent dropout mask on h_{t-1} (read if HAS_MASK)
-    xh_ptr,  # [D, 3, B, R]  h_t * mask exchanged between unit-split programs, slots 0/1 by step, h0 * mask in 2
+    xh_ptr,  # [D, 3, B, R]  h_t * mask exchanged, slots 0/1 by step, h0 * mask in 2 (HAS_MASK); if TAGGED the
+    #            same as words (times the mask only with HAS_MASK), the launcher's h0 words in slot 2
     zs_ptr,  # [1]  int64 zoneout seed (read if ZONEOUT == 2)
     zo_h: tl.float64,  # zoneout probabilities of h and c
     zo_c: tl.float64,
-    sync_ptr,  # [D, NB]  int32 barrier counters, zero at launch (SPLIT)
+    sync_ptr,  # [D, NB]  int32 barrier counters, zero at launch (unread if TAGGED)
     err_ptr,  # [1]  int32: set to 1 when a barrier wait times out
     T,
     B,
@@ -165,6 +210,8 @@ def _seq_fwd_split_kernel(
     ZONEOUT: tl.constexpr,  # 0 off, 1 eval (expectation), 2 training (Philox masks); never with HAS_PROJ
     ACC_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    TAGGED: tl.constexpr = False,  # exchange tagged words (tl.int32 or tl.int64 WORD) instead of a barrier
+    WORD: tl.constexpr = tl.int32,
 ):
     i_b, i_d, i_s = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     NS = tl.num_programs(2)
@@ -184,7 +231,10 @@ def _seq_fwd_split_kernel(
     hn_d = hn_ptr + i_d * B * R
     cn_d = cn_ptr + i_d * B * H
     cs_d = cs_ptr + i_d * TC * B * H
-    m_d = m_ptr + i_d * B * H
+    if TAGGED:
+        m_d = m_ptr + i_d * 2 * B * H
+    else:
+        m_d = m_ptr + i_d * B * H
     y_d = y_ptr + i_d * R
     sync = sync_ptr + i_d * tl.num_programs(0) + i_b
     failed = tl.program_id(0) * 0
@@ -203,12 +253,18 @@ def _seq_fwd_split_kernel(
         o_f = tl.arange(0, BLOCK_F)
         m_p, m_f = o_p < P, o_f < H
         b_wr = tl.load(wr_d + o_p[None, :] * H + o_f[:, None], mask=m_f[:, None] & m_p[None, :], other=0.0)
+    # the columns of h_t this program publishes: its units, or its P slice
+    o_x = o_p if HAS_PROJ else o_u
+    m_bx = m_b[:, None] & ((m_p if HAS_PROJ else m_u)[None, :])
+    b_hmx = b_c  # unread without recurrent dropout
     if HAS_MASK:
         # recurrent dropout, applied where h_t is published: each program masks the columns of h_t it writes
-        # (its units, or its P slice) into the exchange slots, so the consumers load h_{t-1} * mask as is
-        o_x = o_p if HAS_PROJ else o_u
-        m_bx = m_b[:, None] & ((m_p if HAS_PROJ else m_u)[None, :])
+        # into the exchange slots, so the consumers load h_{t-1} * mask as is
         b_hmx = tl.load(hm_d + o_b[:, None] * R + o_x[None, :], mask=m_bx, other=0.0).to(ACC_DTYPE)
+    if TAGGED and ZONEOUT > 0:
+        # zoneout reads h_{t-1} of the program's own units: kept from the previous step, h0 before the first
+        b_h0u = tl.load(h0_d + o_b[:, None] * R + o_u[None, :], mask=m_b[:, None] & m_u[None, :], other=0.0)
+        b_own = b_h0u
 
     for n in range(0, T):
         t = n + rev * (T - 1 - 2 * n)
@@ -225,7 +281,11 @@ def _seq_fwd_split_kernel(
             cs_t = cs_d + (n % 2) * (B.to(tl.int64) * H)
         gx_t = gx_d + t.to(tl.int64) * B * G
         y_t = y_d + t.to(tl.int64) * B * ldy
-        if HAS_MASK:  # the previous step's slot of h * mask, or h0 * mask
+        if TAGGED:
+            b_hp, failed = _wait_prev(xh_d, n, o_b, o_r, m_b, m_r, v_prev, B, R, failed, spin_limit, WORD,
+                                      y_ptr.dtype.element_ty)  # fmt: skip
+            poison = tl.where(failed != 0, float("nan"), 0.0)
+        elif HAS_MASK:  # the previous step's slot of h * mask, or h0 * mask
             xh_prev = xh_d + ((n + 1) % 2) * (B.to(tl.int64) * R)
             b_hp = _load_h_prev(xh_prev, xh_d + 2 * (B.to(tl.int64) * R), o_b, o_r, m_b, m_r, v_prev, 0, B, R, R)
         else:
@@ -235,7 +295,10 @@ def _seq_fwd_split_kernel(
         b_pre = b_acc + tl.load(p_gx, mask=m_b[:, None] & m_g[None, :], other=0.0).to(ACC_DTYPE)
         b_hu = b_c  # unread without zoneout
         if ZONEOUT > 0:  # h_{t-1} of the program's own units, unmasked
-            b_hu = _load_h_prev(y_d, h0_d, o_b, o_u, m_b, m_u, v_prev, tp, B, ldy, R)
+            if TAGGED:
+                b_hu = tl.where(v_prev[:, None], b_own, b_h0u)
+            else:
+                b_hu = _load_h_prev(y_d, h0_d, o_b, o_u, m_b, m_u, v_prev, tp, B, ldy, R)
         b_c, b_m = _fwd_epilogue(
             b_pre, b_c, v_t, v_last, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, p_gx, cs_t, cn_d, hn_d,
             y_t, B, H, R, ldy, b_hu, zs_ptr, zo_stream, t, zo_h, zo_c, BLOCK_B, BLOCK_H, STORE_GATES,
@@ -243,18 +306,26 @@ def _seq_fwd_split_kernel(
         )  # fmt: skip
         if HAS_PROJ:
             # phase 2: publish m_t, then each program projects its slice of P from the whole m_t
-            tl.store(
-                m_d + o_b[:, None] * H + o_u[None, :],
-                b_m.to(m_d.dtype.element_ty),
-                mask=m_b[:, None] & m_u[None, :],
-            )
-            failed = barrier(sync, NS * (2 * n + 1), failed, spin_limit)
-            b_mf = tl.load(
-                m_d + o_b[:, None] * H + o_f[None, :],
-                mask=m_b[:, None] & m_f[None, :],
-                other=0.0,
-                cache_modifier=".cg",
-            )
+            if TAGGED:
+                m_n = m_d + (n % 2) * (B.to(tl.int64) * H) + o_b[:, None] * H
+                publish_words(m_n + o_u[None, :], (b_m + poison).to(y_ptr.dtype.element_ty), step_tag(n, WORD),
+                              m_b[:, None] & m_u[None, :], WORD)  # fmt: skip
+                words, failed = wait_words(m_n + o_f[None, :], m_b[:, None] & m_f[None, :], step_tag(n, WORD),
+                                           failed, spin_limit)  # fmt: skip
+                b_mf = word_values(words, y_ptr.dtype.element_ty)
+            else:
+                tl.store(
+                    m_d + o_b[:, None] * H + o_u[None, :],
+                    b_m.to(m_d.dtype.element_ty),
+                    mask=m_b[:, None] & m_u[None, :],
+                )
+                failed = barrier(sync, NS * (2 * n + 1), failed, spin_limit)
+                b_mf = tl.load(
+                    m_d + o_b[:, None] * H + o_f[None, :],
+                    mask=m_b[:, None] & m_f[None, :],
+                    other=0.0,
+                    cache_modifier=".cg",
+                )
             b_hr = tl.dot(b_mf, b_wr, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
             b_hr += tl.where(failed != 0, float("nan"), 0.0)
             if HAS_LENGTHS:
@@ -266,9 +337,18 @@ def _seq_fwd_split_kernel(
                 b_hr.to(hn_ptr.dtype.element_ty),
                 mask=m_bp & v_last[:, None],
             )
-            if HAS_MASK:
-                _publish_masked(xh_d, n, B, R, o_b, o_p, m_bx, b_hr, b_hmx, y_ptr.dtype.element_ty, ACC_DTYPE)
-            failed = barrier(sync, NS * (2 * n + 2), failed, spin_limit)
+            if TAGGED:
+                _publish(xh_d, n, B, R, o_b, o_p, m_bx, b_hr, b_hmx, WORD, y_ptr.dtype.element_ty, HAS_MASK,
+                         ACC_DTYPE)  # fmt: skip
+            else:
+                if HAS_MASK:
+                    _publish_masked(xh_d, n, B, R, o_b, o_p, m_bx, b_hr, b_hmx, y_ptr.dtype.element_ty, ACC_DTYPE)
+                failed = barrier(sync, NS * (2 * n + 2), failed, spin_limit)
+        elif TAGGED:
+            _publish(xh_d, n, B, R, o_b, o_u, m_bx, b_m + poison, b_hmx, WORD, y_ptr.dtype.element_ty, HAS_MASK,
+                     ACC_DTYPE)  # fmt: skip
+            if ZONEOUT > 0:
+                b_own = (b_m + poison).to(y_ptr.dtype.element_ty)
         else:
             if HAS_MASK:
                 _publish_masked(xh_d, n, B, R, o_b, o_u, m_bx, b_m, b_hmx, y_ptr.dtype.element_ty, ACC_DTYPE)
@@ -408,6 +488,17 @@ def _seq_fwd_batch_kernel(
 KERNELS = {"batch": _seq_fwd_batch_kernel, "split": _seq_fwd_split_kernel}
 
 
+def tagged_words(cfg: dict, dtype: torch.dtype) -> dict:
+    """The split kernel's TAGGED/WORD constexprs for a config that asks for the tagged exchange, else none:
+    16-bit values in int32 words, 32-bit ones in int64 words."""
+    if not cfg.get("TAGGED"):
+        return {}
+    bits = torch.finfo(dtype).bits
+    if bits not in (16, 32):
+        raise ValueError(f"the tagged exchange carries 16- and 32-bit values, not {dtype}")
+    return {"TAGGED": True, "WORD": tl.int32 if bits == 16 else tl.int64}
+
+
 def launch_options(x: torch.Tensor, split: bool, num_warps: int) -> dict:
     """Warps, and a cooperative launch for a unit-split grid on a GPU (it fails instead of hanging when the grid
     is not co-resident)."""
@@ -426,7 +517,7 @@ def forward(
     Returns ``(y [T, B, D*R], h_n [D, B, R], c_n [D, B, H], gates [D, T, B, G] | None, cs [D, T, B, H] | None)``:
     ``y`` holds the directions side by side (nn.LSTM's bidirectional layout); ``gates[d]``/``cs[d]`` are exactly
     what the per-step kernels keep for direction d, ``None`` unless ``store``. ``config`` overrides
-    :func:`tritonlstm.kernels.config.sequence_config` (keys ``regime``, ``BLOCK_*``, ``num_warps``,
+    :func:`tritonlstm.kernels.config.sequence_config` (keys ``regime``, ``BLOCK_*``, ``num_warps``, ``TAGGED``,
     ``spin_limit``). The regularisers are the per-step kernels' (direction d's zoneout on Philox streams 2d and
     2d + 1), so the masks are the same. ``err`` (int32 ``[1]``, zero) receives the error flag: 1 when a barrier
     wait timed out.
@@ -474,7 +565,15 @@ def forward(
         lens = lengths.to(dtype=torch.int32).contiguous() if lengths is not None else flags
         hm = h_mask.to(dtype).contiguous() if h_mask is not None else y  # y: unread
         xh = y  # unread unless unit-split with recurrent dropout: then h_t * mask slots and h0 * mask
-        if h_mask is not None and split:
+        tagged = tagged_words(cfg, dtype)
+        if tagged:  # the words' slots, zeroed (no tag is 0 on a slot's first use); h0 (* mask) as words in 2
+            word = torch.int32 if tagged["WORD"] == tl.int32 else torch.int64
+            xh = torch.zeros(D, 3, B, R, device=dev, dtype=word)
+            h0x = h0 if h_mask is None else (h0.to(acc) * hm.to(acc)).to(dtype)
+            bits = h0x.contiguous().view(torch.int16 if word == torch.int32 else torch.int32).to(word)
+            xh[:, 2] = bits & (0xFFFF if word == torch.int32 else 0xFFFFFFFF)
+            m = torch.zeros(D, 2, B, H, device=dev, dtype=word) if P else y
+        elif h_mask is not None and split:
             xh = torch.empty(D, 3, B, R, device=dev, dtype=dtype)
             xh[:, 2] = (h0.to(acc) * hm.to(acc)).to(dtype)
         rev_mask = sum(1 << d for d, r in enumerate(reverse) if r)
@@ -485,7 +584,7 @@ def forward(
                 float(regs.zoneout[0]), float(regs.zoneout[1]), sync, err, T, B, H, R, P, rev_mask,
                 cfg.get("spin_limit", DEFAULT_SPIN_LIMIT),
                 STORE_GATES=store, HAS_LENGTHS=lengths is not None, HAS_PROJ=P > 0, HAS_MASK=h_mask is not None,
-                ZONEOUT=regs.mode, ACC_DTYPE=ACC[acc], INPUT_PRECISION=input_precision(dtype), **k,
+                ZONEOUT=regs.mode, ACC_DTYPE=ACC[acc], INPUT_PRECISION=input_precision(dtype), **k, **tagged,
                 **launch_options(x, split, cfg["num_warps"]),
             )  # fmt: skip
     else:

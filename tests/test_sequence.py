@@ -15,6 +15,7 @@ import warnings
 import pytest
 import torch
 import triton
+import triton.language as tl
 
 from tests.helpers import CPU_DTYPES, INTERPRETER, assert_close, requires_interpreter
 from tritonlstm import dispatch
@@ -55,6 +56,8 @@ def _config(regime: str, H: int) -> dict | None:
         return None
     if regime == "split":
         return _split(H)
+    if regime == "split-tagged":  # the forward's tagged exchange (the backward ignores the key)
+        return {**_split(H), "TAGGED": True}
     chunks, k_split = map(int, regime.removeprefix("split-").split("x"))
     return {**_split(H), "G_CHUNKS": chunks, "K_SPLIT": k_split}
 
@@ -127,6 +130,8 @@ CASES = [
     ("split-2-gate-chunks-lengths", 4, 3, 4, 9, 0, (False, True), [4, 1, 3], True, "split-2x1"),
     ("split-4-chunks-k-split-lengths", 4, 3, 4, 15, 0, (False, True), [4, 1, 3], True, "split-4x4"),
     ("split-3-chunks-k-split-reverse", 3, 2, 3, 12, 0, (True,), None, True, "split-3x2"),
+    ("split-tagged-bidir-lengths-H9", 5, 3, 4, 9, 0, (False, True), [5, 2, 4], True, "split-tagged"),
+    ("split-tagged-proj-reverse-lengths", 4, 3, 4, 6, 3, (True,), [1, 4, 3], True, "split-tagged"),
 ]
 
 
@@ -151,6 +156,45 @@ def test_parity_with_step_kernels(case, dtype):
     want = _step(inp, lengths, reverse, _upstream())
     # batch-owned with the per-step tiles reduces in their order: the forward is theirs bit for bit
     _compare(got, want, dtype, bitwise_forward=regime == "batch")
+
+
+TAGGED = [
+    pytest.param(dtype, P, masked, zoneout, id=f"{str(dtype).split('.')[-1]}-P{P}{'-dropout' * masked}"
+                 f"{'-zoneout' * (zoneout > 0)}")
+    for dtype in (torch.float32, torch.float16)
+    for P in (0, 3)
+    for masked in (False, True)
+    for zoneout in ((0, 1, 2) if not P else (0,))  # off, eval, training; zoneout never with a projection
+]  # fmt: skip
+
+
+@requires_interpreter
+@pytest.mark.parametrize("dtype, P, masked, zoneout", TAGGED)
+def test_tagged_exchange_is_the_barrier_bit_for_bit(dtype, P, masked, zoneout):
+    """The split forward with the tagged exchange against the same kernel meeting at a barrier (tested against
+    the per-step kernels above): every output bit for bit, bidirectional with lengths."""
+    case = ("", 5, 3, 4, 9, P, (False, True), [5, 2, 4], True, "split")
+    inp = _inputs(5, 3, 4, 9, P, 2, dtype)
+    regs = Regularisers(
+        _dropout_mask(case, dtype, 0.6, seed=3) if masked else None,
+        (0.25, 0.4) if zoneout else (0.0, 0.0),
+        torch.tensor([11]) if zoneout == 2 else None,
+    )
+    layer = _layer(inp, torch.tensor([5, 2, 4]), (False, True))
+    err = torch.zeros(1, dtype=torch.int32)
+    want = sequence_fwd.forward(layer, regs, True, _split(9))
+    got = sequence_fwd.forward(layer, regs, True, {**_split(9), "TAGGED": True}, err)
+    assert int(err) == 0
+    for name, a, e in zip(("y", "h_n", "c_n", "gates", "cs"), got, want):
+        assert torch.equal(a, e), f"{name}: the tagged exchange differs from the barrier"
+
+
+def test_tagged_words_carry_16_and_32_bit_values_only():
+    assert sequence_fwd.tagged_words({"TAGGED": True}, torch.bfloat16) == {"TAGGED": True, "WORD": tl.int32}
+    assert sequence_fwd.tagged_words({"TAGGED": True}, torch.float32) == {"TAGGED": True, "WORD": tl.int64}
+    assert sequence_fwd.tagged_words({"regime": "split"}, torch.float32) == {}
+    with pytest.raises(ValueError, match="tagged exchange carries 16- and 32-bit values, not torch.float64"):
+        sequence_fwd.tagged_words({"TAGGED": True}, torch.float64)
 
 
 def _regularised_parity(case, dtype, **regularisers):
@@ -292,12 +336,14 @@ def _stuck(H, spin_limit=3):
 
 
 @requires_interpreter
+@pytest.mark.parametrize("tagged", [False, True], ids=["barrier", "tagged"])
 @pytest.mark.parametrize("P", [0, 4], ids=["plain", "proj"])
-def test_forced_timeout_sets_flag_and_nan(P):
+def test_forced_timeout_sets_flag_and_nan(P, tagged):
     inp = _inputs(3, 2, 4, 16, P, 1, torch.float32)
     layer = _layer(inp, None, (False,))
     err = torch.zeros(1, dtype=torch.int32)
-    y, h_n, c_n, _, _ = sequence_fwd.forward(layer, Regularisers(), True, _stuck(16), err)
+    stuck = {**_stuck(16), "TAGGED": True} if tagged else _stuck(16)
+    y, h_n, c_n, _, _ = sequence_fwd.forward(layer, Regularisers(), True, stuck, err)
     assert int(err.item()) == 1, "the error flag must be set"
     assert torch.isnan(y[-1]).any() and torch.isnan(h_n).any() and torch.isnan(c_n).any()
     # never a silent wrong number: every element is NaN or the right value
@@ -305,6 +351,8 @@ def test_forced_timeout_sets_flag_and_nan(P):
     for name, a, e in zip(("y", "h_n", "c_n"), (y, h_n, c_n), want):
         ok = torch.isnan(a) | torch.isclose(a, e, rtol=1e-4, atol=1e-5)
         assert ok.all(), f"{name}: a value that is neither NaN nor correct"
+    if tagged:
+        return  # the backward has no tagged form
     # the backward times out the same way
     err_b = torch.zeros(1, dtype=torch.int32)
     saved = Saved(want[0], want[3], want[4])
@@ -357,6 +405,28 @@ def health():
     HEALTH.reset()
     HEALTH.validated.update(saved[0])
     HEALTH.uncompilable.update(saved[1])
+
+
+@requires_interpreter
+def test_failed_tagged_self_test_falls_back_to_the_barrier(monkeypatch, health):
+    """The rule's split forward is tagged; if that form fails its self-test the plan runs the same kernel with the
+    barrier (self-tested on its own), not the per-step kernels, and says why."""
+    monkeypatch.delenv("TRITONLSTM_KERNEL", raising=False)
+    monkeypatch.setattr(dispatch.runtime, "sm_count", lambda device: 132)  # as a GPU would: the rule may split
+    real = selftest.self_test
+
+    def self_test(device, dtype, regime):
+        return "broken" if regime == "split-tagged" else real(device, dtype, regime)
+
+    monkeypatch.setattr(selftest, "self_test", self_test)
+    assert C.choose(3, 6, 0, 2, torch.float32, 132).config["TAGGED"], "the rule's forward is tagged"
+    with pytest.warns(RuntimeWarning, match="split-tagged regime failed its self-test.*broken.*barrier exchange"):
+        forward = _plan(3, 6, 0, 2)
+    assert forward.regime == "split" and "TAGGED" not in forward.config, forward
+    assert "barrier" in forward.why and "split-tagged regime failed its self-test" in forward.why
+    assert health.passed(torch.device("cpu"), torch.float32, "split") is True
+    backward = _plan(3, 6, 0, 2, backward=True)  # no tagged form: the split backward as before
+    assert backward.regime == "split" and "TAGGED" not in backward.config
 
 
 @requires_interpreter
@@ -482,7 +552,7 @@ def test_choice_rule_without_gpu_is_batch_owned_with_step_tiles():
     for B, H, P in ((3, 5, 0), (64, 1024, 0), (16, 768, 256)):
         want = {"regime": "batch", **C.step_config(B, H, P or H, torch.float32, P)}
         assert C.sequence_config(B, H, P, 2, torch.float32, None) == want
-        assert C.choose(B, H, P, 2, torch.float32, None) == (
+        assert C.choose(B, H, P, 2, torch.float32, None) == C.Choice(
             "batch", want, "batch-owned: no SM count (the interpreter), the per-step kernels' tiles"
         )
 
@@ -715,9 +785,3 @@ def test_graphed_capture_failure_warns_once_and_falls_back(graphs, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert torch.equal(graphs.forward(layer, regs, True)[0], y), "that shape is not tried again"
-
-
-@requires_interpreter
-def test_graphed_regime_self_test_passes_here():
-    """On a CPU the graphed launchers run the step kernels (nothing to capture): the self-test's own path."""
-    assert selftest.self_test("cpu", torch.float32, "graphed") is None

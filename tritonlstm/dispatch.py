@@ -215,16 +215,21 @@ def _kernel_plan(device, dtype, B: int, H: int, P: int, D: int, backward: bool) 
     choice = config.choose(B, H, P, D, dtype, sm, backward)
     if choice.regime == "step":
         return step._replace(config=choice.config, why=choice.why)
-    variant = config.variant(choice.config)
     device = runtime.current(device)
-    verdict = health.passed(device, dtype, variant)
-    if verdict is None:
-        if runtime.capturing(device):
-            return step._replace(why=f"capturing a CUDA graph before the {variant} regime's self-test ran")
-        verdict = health.validate(device, dtype, variant)
-    if not verdict:
-        return step._replace(why=f"the {variant} regime failed its self-test on {device} in {dtype}")
-    return Plan("triton", config.LAUNCHERS[choice.regime].kernel, choice.regime, choice.config, choice.why, check)
+    failed = None
+    while choice is not None:  # the rule's pick, then its fallbacks, each self-tested at first use
+        variant = config.variant(choice.config)
+        verdict = health.passed(device, dtype, variant)
+        if verdict is None:
+            if runtime.capturing(device):
+                return step._replace(why=f"capturing a CUDA graph before the {variant} regime's self-test ran")
+            verdict = health.validate(device, dtype, variant)
+        if verdict:
+            why = choice.why if failed is None else f"{choice.why}; {failed}"
+            return Plan("triton", config.LAUNCHERS[choice.regime].kernel, choice.regime, choice.config, why, check)
+        failed = failed or f"the {variant} regime failed its self-test on {device} in {dtype}"
+        choice = choice.fallback
+    return step._replace(why=failed)
 
 
 def explain(module, input: torch.Tensor) -> str:
