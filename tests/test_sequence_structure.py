@@ -1,32 +1,32 @@
 """Compile-only structure of the sequence kernels for sm_90 (H100/H200), no GPU needed.
 
-Each case compiles the tiles :func:`tritonlstm.kernels.config.sequence_config` picks for a 132-SM GPU through ``triton.compile`` with
-``GPUTarget("cuda", 90, 32)`` (Triton's bundled ptxas), then asserts on what came out:
+Each case launches a layer through its launcher under the fake sm_90 driver (``tritonlstm.kernels.fake_driver``,
+132 SMs) with the tiles :func:`tritonlstm.kernels.config.sequence_config` picks, so the kernel compiles exactly as
+it would launch on a GPU (the same specialisation: constexprs, alignment and value hints), then asserts on what
+came out:
 
 * unit-split: the time loop loads none of W_hh (or W_hr) from global memory (the loop body's loads, traced in
   the TTGIR back to the kernel's pointer arguments); the batch-owned kernel, which streams W_hh every step, is
   the positive control that the tracer does find such loads;
+* the unit-split forward exchanges tagged words: no atomic, acquire/release access or fence in its PTX, and
+  h_{t-1} is polled from the words with volatile loads, never read from y; its fallback and the backward meet at
+  the counter barrier (the positive control of that check);
 * bf16/fp16 recurrent dots run on tensor cores (``mma.sync``/``wgmma`` in the PTX);
 * no register spills (the cubin's stack frame is 0 bytes), H <= 1024, B <= 64;
 * the unit-split grid is co-resident on 132 SMs: at most one program per SM, and one program's registers and
   shared memory fit an SM (65536 registers, 227 KB of shared memory).
 
-Written against the compile API shared by Triton 3.6 and 3.9 (``ASTSource`` with named constexprs), and
-kept to a few compiles.
+Written against what Triton 3.6 and 3.9 share (the driver interface the fake driver stands in for, and
+``CompiledKernel.asm``/``.src``), and kept to a few compiles.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import tempfile
 from functools import lru_cache
 
 import pytest
 import torch
-import triton
-import triton.language as tl
 
 from tests.helpers import INTERPRETER
 
@@ -37,65 +37,49 @@ pytestmark = pytest.mark.skipif(
 SMS = 132
 REGISTERS_PER_SM = 65536
 SHARED_PER_BLOCK = 227 * 1024
-CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 _STORAGE = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-_ACC_POINTERS = {"cs_ptr", "dc_ptr", "dcarry_ptr"}
-_I32_POINTERS = {"len_ptr", "sync_ptr", "err_ptr"}
 
 
 @lru_cache(maxsize=None)
-def _compiled(
-    B: int, H: int, P: int, D: int, dtype: torch.dtype, backward: bool, regime: str | None = None, config=None,
-    masked: bool = False, zoneout: int = 0,
+def _launched(
+    B: int, H: int, P: int, D: int, dtype: torch.dtype, backward: bool, masked: bool = False, zoneout: int = 0,
+    config=None,
 ):
-    """Compile one kernel as the launcher would launch it; returns (config, grid size, CompiledKernel).
-    ``config``: a tuple of the config dict's items, instead of the one :func:`sequence_config` picks; ``masked``:
-    with a recurrent dropout mask; ``zoneout``: 0 off, 1 eval, 2 training."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    """Launch one layer's forward (or backward) through its launcher under the fake sm_90 driver (132 SMs), so
+    the kernel compiles with the launch's own specialisation (alignment and value hints, constexprs), as on a GPU.
+    ``config``: a tuple of config items instead of the rule's. Returns (config, grid size, asm, Variant, names of
+    the kernel's runtime arguments)."""
     from tritonlstm.kernels import config as C
     from tritonlstm.kernels import sequence_bwd, sequence_fwd
+    from tritonlstm.kernels.common import GradOutputs, Layer, Needs, Regularisers, Saved
+    from tritonlstm.kernels.fake_driver import fake_cuda_driver
 
     cfg = dict(config) if config is not None else C.sequence_config(B, H, P, D, dtype, SMS, backward)
-    assert regime is None or cfg["regime"] == regime, f"the rule picked {cfg} for B={B} H={H} P={P} D={D}"
-    k, ns = C.constexprs(cfg, H, P or H, P, backward)
+    T, I, R = 3, 16, P or H
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    layer = Layer(r(T, B, I), r(D, B, R), r(D, B, H), r(D, 4 * H, I), r(D, 4 * H, R), r(D, 4 * H), r(D, 4 * H),
+                  r(D, P, H) if P else None, torch.full((B,), T), (False, True)[:D])  # fmt: skip
+    h_mask = (torch.rand(D, B, R, generator=g) > 0.5).to(dtype) * 2 if masked else None
+    regs = Regularisers(h_mask, (0.1, 0.2) if zoneout else (0.0, 0.0), torch.tensor([5]) if zoneout == 2 else None)
     kernel = (sequence_bwd if backward else sequence_fwd).KERNELS[cfg["regime"]]
-    flags = dict(HAS_LENGTHS=True, HAS_PROJ=P > 0, HAS_MASK=masked, ZONEOUT=zoneout, ACC_DTYPE=tl.float32,
-                 INPUT_PRECISION="ieee")  # fmt: skip
-    flags.update(dict(HAS_DY=True, HAS_DHN=True, HAS_DCN=True) if backward else dict(STORE_GATES=True))
-    constexprs = {**k, **flags}
-    storage = _STORAGE[dtype]
-    signature = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name in _I32_POINTERS:
-            signature[name] = "*i32"
-        elif name == "zs_ptr":
-            signature[name] = "*i64"
-        elif name in ("zo_h", "zo_c"):
-            signature[name] = "fp64"
-        elif name.endswith("_ptr"):
-            signature[name] = "*fp32" if name in _ACC_POINTERS else f"*{storage}"
-        else:
-            signature[name] = "i32"
-    src = ASTSource(kernel, signature, constexprs=constexprs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": cfg["num_warps"]})
-    grid = triton.cdiv(B, k["BLOCK_B"]) * D * ns
-    return cfg, grid, compiled, [n for n in kernel.arg_names if n not in constexprs]
-
-
-def _resources(compiled) -> tuple[int, int]:
-    """(registers per thread, stack bytes per thread) from the cubin."""
-    assert os.path.exists(CUOBJDUMP), f"Triton's bundled cuobjdump is missing: {CUOBJDUMP}"
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(compiled.asm["cubin"])
-        f.flush()
-        usage = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-    m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
-    assert m, usage
-    return int(m.group(1)), int(m.group(2))
+    with fake_cuda_driver(90, SMS) as drv:
+        y, h_n, c_n, gates, cs = sequence_fwd.forward(layer, regs, True, None if backward else cfg)
+        if backward:
+            drv.launches.clear()
+            sequence_bwd.backward(layer, regs, Saved(y, gates, cs), GradOutputs(y, h_n, c_n), Needs(), cfg)
+    (launch,) = [x for x in drv.launches if x.kernel == kernel.__name__]
+    (variant,) = [v for v in drv.variants() if v.hash == launch.variant]
+    compiled = next(
+        k for caches in kernel.device_caches.values() for k in caches[0].values() if k.hash == variant.hash
+    )
+    grid = launch.grid[0] * launch.grid[1] * launch.grid[2]
+    # the runtime arguments, in order: the specialisation made the others constants
+    names = [n for n, kind in compiled.src.signature.items() if kind != "constexpr"]
+    return cfg, grid, compiled.asm, variant, names
 
 
 _DEF = re.compile(r"^\s*(%[\w.$-]+)(?::\d+)?\s*=\s*(.*)$")
@@ -168,38 +152,61 @@ SPLIT_CASES = [
 ]
 
 
+_SYNC = re.compile(r"\batom\.|\bred\.global|\.(acquire|release)\b|\bfence\.|\bmembar\.")
+"""PTX of cross-program synchronisation: atomics, acquire/release accesses, fences."""
+
+
 @pytest.mark.parametrize("B, H, P, D, dtype, backward, masked, zoneout", SPLIT_CASES)
 def test_unit_split_structure(B, H, P, D, dtype, backward, masked, zoneout):
-    cfg, grid, compiled, args = _compiled(B, H, P, D, dtype, backward, "split", masked=masked, zoneout=zoneout)
+    cfg, grid, asm, variant, args = _launched(B, H, P, D, dtype, backward, masked, zoneout)
+    assert cfg["regime"] == "split" and cfg.get("TAGGED", False) == (not backward), cfg
     # the weights stay on chip: nothing in the time loop reads them from global memory
-    loads = _global_loads_in_time_loop(compiled.asm["ttgir"], args)
+    loads = _global_loads_in_time_loop(asm["ttgir"], args)
     assert "w_ptr" not in loads and "wr_ptr" not in loads, f"time loop loads {sorted(loads)}"
-    exchanged = "dg_ptr" if backward else ("xh_ptr" if masked else "y_ptr")
+    exchanged = "dg_ptr" if backward else "xh_ptr"  # the forward's tagged words, whatever the regularisers
     assert exchanged in loads, "the tracer must see the exchanged rows loaded each step"
     assert "hm_ptr" not in loads, "the recurrent dropout mask is loaded once, before the time loop"
-    ptx = compiled.asm["ptx"]
+    ptx = asm["ptx"]
+    if backward:  # the barrier: a release arrive and acquire polls (the positive control of the check below)
+        assert _SYNC.search(ptx), "the backward's barrier must show in the PTX"
+    else:  # the tagged exchange: volatile loads of the words, no counter, no fence, no atomic
+        assert not _SYNC.search(ptx), f"synchronisation in the tagged forward: {_SYNC.search(ptx).group(0)}"
+        assert "ld.volatile.global" in ptx, "the words are polled with volatile loads"
+        assert "y_ptr" not in loads, "h_{t-1} comes from the words, not from y"
     assert "mma.sync" in ptx or "wgmma" in ptx, "bf16/fp16 dots must use tensor-core MMA"
-    regs, stack = _resources(compiled)
-    assert stack == 0, f"{stack} bytes of register spills per thread ({regs} registers)"
+    assert variant.n_spills == 0, f"{variant.n_spills} bytes of register spills per thread ({variant.n_regs} registers)"
     # co-resident on 132 SMs: one program per SM at most, and one program fits an SM
     assert grid <= SMS, f"grid {grid} > {SMS} SMs"
-    assert regs * 32 * cfg["num_warps"] <= REGISTERS_PER_SM
-    assert compiled.metadata.shared <= SHARED_PER_BLOCK, f"{compiled.metadata.shared} bytes of shared memory"
+    assert variant.n_regs * 32 * cfg["num_warps"] <= REGISTERS_PER_SM
+    assert variant.shared <= SHARED_PER_BLOCK, f"{variant.shared} bytes of shared memory"
+
+
+def test_forward_fallback_meets_at_the_barrier():
+    """The tagged forward's fallback (the same kernel without TAGGED) synchronises through the counter: the PTX
+    check above would see it."""
+    from tritonlstm.kernels import config as C
+
+    choice = C.choose(16, 256, 0, 1, torch.bfloat16, SMS)
+    assert choice.config["TAGGED"] and "TAGGED" not in choice.fallback.config
+    fallback = tuple(choice.fallback.config.items())
+    _, _, asm, variant, args = _launched(16, 256, 0, 1, torch.bfloat16, False, config=fallback)
+    assert _SYNC.search(asm["ptx"]) and "ld.volatile.global" not in asm["ptx"]
+    assert "y_ptr" in _global_loads_in_time_loop(asm["ttgir"], args), "h_{t-1} is read from y after the barrier"
+    assert variant.n_spills == 0
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
 def test_batch_owned_streams_w_hh_each_step_without_spills(backward):
     """Where the rule runs batch-owned (many batch tiles, a small W_hh), and the positive control of the loop
     check: this kernel does read W_hh inside the time loop."""
-    cfg, _, compiled, args = _compiled(4096, 64, 0, 1, torch.bfloat16, backward, "batch")
+    cfg, _, asm, variant, args = _launched(4096, 64, 0, 1, torch.bfloat16, backward)
     from tritonlstm.kernels import config as C
 
-    assert C.choose(4096, 64, 0, 1, torch.bfloat16, SMS, backward).regime == "batch"
-    assert "w_ptr" in _global_loads_in_time_loop(compiled.asm["ttgir"], args)
-    ptx = compiled.asm["ptx"]
+    assert cfg["regime"] == "batch" and C.choose(4096, 64, 0, 1, torch.bfloat16, SMS, backward).regime == "batch"
+    assert "w_ptr" in _global_loads_in_time_loop(asm["ttgir"], args)
+    ptx = asm["ptx"]
     assert "mma.sync" in ptx or "wgmma" in ptx
-    regs, stack = _resources(compiled)
-    assert stack == 0, f"{stack} bytes of register spills per thread ({regs} registers)"
+    assert variant.n_spills == 0, f"{variant.n_spills} bytes of register spills per thread ({variant.n_regs} registers)"
 
 
 # (H, P, dtype, backward, regime): what the GPU first saw fail to compile under Triton 3.6 (a retyped variable in
@@ -208,8 +215,9 @@ COMPILE_CASES = [
     pytest.param(
         H, P, dtype, backward, regime, id=f"{regime}-{'bwd' if backward else 'fwd'}-H{H}-P{P}-{_STORAGE[dtype]}"
     )
-    for regime in ("split", "batch")
+    for regime in ("split", "split-tagged", "batch")
     for backward in (False, True)
+    if not (regime == "split-tagged" and backward)  # the tagged exchange is the forward's
     for dtype in (torch.float16, torch.float32)
     for H, P in ((40, 0), (40, 16))
 ] + [
@@ -230,5 +238,5 @@ def test_every_regime_compiles(H, P, dtype, backward, regime, masked):
     cfg.setdefault("num_warps", 4)
     zoneout = 2 if masked and not P else 0
     config = tuple(sorted(cfg.items()))
-    _, _, compiled, _ = _compiled(3, H, P, 2, dtype, backward, cfg["regime"], config, masked, zoneout)
-    assert compiled.asm["ptx"]
+    _, _, asm, _, _ = _launched(3, H, P, 2, dtype, backward, masked, zoneout, config)
+    assert asm["ptx"]
