@@ -3,16 +3,17 @@
 # limit and writing at most 8 files under $OUT (the most that come back). Run from the repository root:
 #
 #   bash benchmarks/gpu_run.sh plan                 # here: prints the device command strings for this commit
-#   bash benchmarks/gpu_run.sh tests [all|gpu|rest] [K/N]   # call 1: env + install + GPU tests, then the rest
-#   bash benchmarks/gpu_run.sh bench GRID [K/N] [run.py options]   # call 2..: quick, or default 1/2 and 2/2
-#   bash benchmarks/gpu_run.sh plots DIR            # step 3, here (no GPU needed): PNGs of DIR/bench-*.csv
+#   bash benchmarks/gpu_run.sh perf                 # call 1 (<= 5 min): self-tests, exchange latency, the grid
+#   bash benchmarks/gpu_run.sh tests [all|gpu|rest] [K/N]   # call 2: env + install + GPU tests, then the rest
+#   bash benchmarks/gpu_run.sh bench GRID [K/N] [run.py options]   # more: quick, or default 1/2 and 2/2
+#   bash benchmarks/gpu_run.sh plots DIR            # here (no GPU needed): PNGs of DIR/bench-*.csv
 #
 # A GPU session (device `status`: can_start_another true) does, in order:
 #   1. here: `bash benchmarks/gpu_run.sh plan`, and commit or note the commit it names (GIT_COMMIT: the device
 #      copy of the tree may lack .git, so the commit travels in the command string);
 #   2. device run with each command string it prints (each well under 2000 characters), one call at a time:
-#      tests, then bench quick, then bench default 1/2 and 2/2 as device time allows (30 min a session;
-#      a fresh machine takes a minute or two to start, and one left idle 30 s is given back);
+#      perf, then the GPU tests, as device time allows (about 15 min a task, all calls together, start-up
+#      included: a fresh machine takes a minute or two to start, and one left idle 30 s is given back);
 #   3. after each call, here: mkdir -p benchmarks/results/<device-slug> and copy the call's returned files
 #      (files_at) into it; the last line each call prints names <device-slug> (e.g. nvidia-h100-80gb-hbm3);
 #   4. here: bash benchmarks/gpu_run.sh plots benchmarks/results/<device-slug>, then commit that folder.
@@ -26,12 +27,13 @@ HERE=$(dirname "$0")
 step=${1:-}
 [[ $# -gt 0 ]] && shift
 case $step in
+  perf) exec bash "$HERE/gpu/perf.sh" "$@" ;;
   tests) exec bash "$HERE/gpu/tests.sh" "$@" ;;
   bench) exec bash "$HERE/gpu/bench.sh" "$@" ;;
   plots) exec bash "$HERE/gpu/plots.sh" "$@" ;;
   plan)
     commit=$(git rev-parse --short=12 HEAD)$(git status --porcelain --untracked-files=no | grep -q . && echo -dirty || true)
-    for args in "tests" "bench quick" "bench default 1/2" "bench default 2/2"; do
+    for args in "perf" "tests gpu"; do
       echo "export GIT_COMMIT=$commit; bash benchmarks/gpu_run.sh $args"
     done
     ;;

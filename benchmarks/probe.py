@@ -43,6 +43,16 @@ def with_backward_k_split(rule, k_split: int):
     return config
 
 
+def with_barrier(rule):
+    """``rule`` (:func:`sequence_config`) with the unit-split forward meeting at the counter barrier instead of
+    exchanging tagged words (the tagged form's fallback), to time the two side by side."""
+
+    def config(*args, **kwargs):
+        return {k: v for k, v in rule(*args, **kwargs).items() if k != "TAGGED"}
+
+    return config
+
+
 def _kernel_env(kernel: str | None):
     if kernel is None:
         os.environ.pop("TRITONLSTM_KERNEL", None)
@@ -123,6 +133,8 @@ def main(argv=None) -> None:
     ap.add_argument("--zoneout", type=float, default=0.0, help="train-mode zoneout p for h and c (default 0)")
     ap.add_argument("--backward-k-split", type=int, choices=(2, 4, 8),
                     help="split the unit-split backward's dot this many ways at every H (default: the rule's)")
+    ap.add_argument("--barrier", action="store_true",
+                    help="the unit-split forward meets at the counter barrier (default: the tagged exchange)")
     ap.add_argument("--csv")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -132,6 +144,11 @@ def main(argv=None) -> None:
 
         # the rule reads sequence_config through the module, so the override reaches the plan too
         C.sequence_config = with_backward_k_split(C.sequence_config, args.backward_k_split)
+        C.choose.cache_clear()
+    if args.barrier:
+        from tritonlstm.kernels import config as C
+
+        C.sequence_config = with_barrier(C.sequence_config)
         C.choose.cache_clear()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]

@@ -96,6 +96,8 @@ def _grid(name: str) -> list[Shape]:
         shapes.append(Shape(1024, 256, 1024, 1024))  # compute-bound
         shapes.append(Shape(16, 1024, 768, 768, ("bf16",)))  # FlashRNN's headline shape
         return shapes
+    if name == "perf":  # benchmarks/gpu/perf.sh: against cuDNN in 16-bit, B x H at T=1024
+        return [Shape(b, 1024, h, h, ("fp16", "bf16")) for h in (256, 768, 1024) for b in (16, 64, 256)]
     if name == "quick":
         return [Shape(16, 256, 768, 768), Shape(256, 256, 1024, 1024), Shape(1024, 64, 1024, 1024, ("bf16",))]
     if name == "smoke":
@@ -103,7 +105,7 @@ def _grid(name: str) -> list[Shape]:
     raise ValueError(f"unknown grid {name!r}")
 
 
-GRIDS = ("default", "quick", "smoke")
+GRIDS = ("default", "perf", "quick", "smoke")
 
 
 def parse_part(text: str) -> tuple[int, int]:

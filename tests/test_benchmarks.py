@@ -27,6 +27,7 @@ SCRIPTS = {  # script: the invocations the plan uses (the first is the one its h
     "benchmarks/gpu/tests.sh": [[], ["gpu"], ["rest", "1/2"], ["rest", "2/2"]],
     "benchmarks/gpu/bench.sh": [["quick"], ["default", "1/2"], ["default", "2/2"], ["smoke"]],
     "benchmarks/gpu/plots.sh": [["benchmarks"]],
+    "benchmarks/gpu/perf.sh": [[]],
 }
 REQUIRED = (
     "date, commit, device, torch, triton, provider, dtype, mode, batch, seq_len, input_size, hidden_size, num_layers, "
@@ -255,14 +256,53 @@ def test_script_writes_at_most_8_files_and_as_many_as_its_header_says(script):
 def test_plan_prints_short_device_commands_with_the_commit():
     lines = _bash("benchmarks/gpu_run.sh", "plan").stdout.splitlines()
     steps = [line.split("gpu_run.sh ")[1] for line in lines]
-    assert steps == ["tests", "bench quick", "bench default 1/2", "bench default 2/2"]
+    assert steps == ["perf", "tests gpu"], "the one measuring call first: device time is about 15 minutes a task"
     for line in lines:
         assert len(line) < 2000 and re.match(r"export GIT_COMMIT=[0-9a-f]{12}(-dirty)?; bash ", line), line
-    # every part of the default grid is in the plan
-    parts = [line.split()[-1] for line in lines if "default" in line]
-    assert sorted(sum((run.grid_part("default", run.parse_part(p)) for p in parts), []), key=repr) == sorted(
-        run.grid_part("default"), key=repr
-    )
+
+
+def test_perf_grid_is_the_cudnn_comparison_grid():
+    """B in {16, 64, 256} x H in {256, 768, 1024} at T=1024 in fp16 and bf16: the grid the kernels are judged on."""
+    shapes = run.grid_part("perf")
+    grid = sorted((b, h) for b in (16, 64, 256) for h in (256, 768, 1024))
+    assert sorted((s.batch, s.hidden) for s in shapes) == grid
+    assert all(s.seq_len == 1024 and s.input_size == s.hidden and s.dtypes == ("fp16", "bf16") for s in shapes)
+    script = (ROOT / "benchmarks/gpu/perf.sh").read_text()
+    assert "--grid perf --providers tritonlstm cudnn --dtypes fp16 bf16" in script
+    assert "benchmarks.exchange" in script and "benchmarks.plot" in script
+
+
+def test_exchange_kernels_compile_for_sm90_without_and_with_synchronisation():
+    """The latency probe's kernels, built as they launch (fake sm_90 driver): the ping-pong uses the tagged words
+    alone (volatile polls, no atomic, acquire/release or fence), the barrier the counter; neither spills."""
+    from benchmarks import exchange
+    from tritonlstm.kernels.fake_driver import fake_cuda_driver, kernels_compile
+
+    if not kernels_compile():
+        pytest.skip("TRITON_INTERPRET=1: the kernels are interpreted, nothing compiles (the plain leg builds them)")
+    sync = re.compile(r"\batom\.|\bred\.global|\.(acquire|release)\b|\bfence\.|\bmembar\.")
+    words = torch.zeros(2, 16, 64, dtype=torch.int32)
+    err, counter = torch.zeros(1, dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
+    with fake_cuda_driver(90) as drv:
+        exchange._ping_pong_kernel[(2,)](words, err, 10, 100, ROWS=16, COLS=64, num_warps=4)
+        exchange._barrier_kernel[(32,)](counter, err, 10, 100, num_warps=4)
+    assert [launch.grid for launch in drv.launches] == [(2, 1, 1), (32, 1, 1)]
+    asm = {}
+    for kernel in (exchange._ping_pong_kernel, exchange._barrier_kernel):
+        (compiled,) = [k for caches in kernel.device_caches.values() for k in caches[0].values()]
+        asm[kernel.__name__] = compiled.asm["ptx"]
+    assert "ld.volatile.global" in asm["_ping_pong_kernel"] and not sync.search(asm["_ping_pong_kernel"])
+    assert sync.search(asm["_barrier_kernel"])
+    assert all(v.n_spills == 0 for v in drv.variants())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the exchange probe's refusal on a machine without a GPU")
+def test_exchange_probe_refuses_without_a_gpu():
+    from benchmarks import exchange
+
+    with pytest.raises(SystemExit) as e:
+        exchange.main([])
+    assert "needs a CUDA GPU" in str(e.value)
 
 
 def test_bench_script_runs_the_smoke_grid_on_cpu_and_writes_exactly_its_files(tmp_path):
@@ -313,7 +353,8 @@ def test_probe_refuses_without_a_gpu_and_lists_its_options(capsys):
     with pytest.raises(SystemExit):
         probe.main(["--help"])
     out = capsys.readouterr().out
-    options = ("--shapes", "--recurrent-dropout", "--zoneout", "--bidirectional", "--backward-k-split", "--csv")
+    options = ("--shapes", "--recurrent-dropout", "--zoneout", "--bidirectional", "--backward-k-split", "--barrier",
+               "--csv")  # fmt: skip
     assert all(opt in out for opt in options)
 
 
@@ -329,3 +370,16 @@ def test_probe_backward_k_split_overrides_only_the_unit_split_backward():
     assert config(16, 256, 0, 1, torch.float16, 132) == C.sequence_config(16, 256, 0, 1, torch.float16, 132)
     assert "K_SPLIT" not in config(16, 256, 64, 1, torch.float16, 132, True), "not with a projection"
     assert "K_SPLIT" not in config(16, 8, 0, 1, torch.float16, 132, True), "slices of 8 gate rows: too small"
+
+
+def test_probe_barrier_drops_only_the_tagged_exchange():
+    from benchmarks.probe import with_barrier
+    from tritonlstm.kernels import config as C
+
+    tagged = C.sequence_config(16, 256, 0, 1, torch.float16, 132)
+    assert tagged["TAGGED"]
+    config = with_barrier(C.sequence_config)
+    assert config(16, 256, 0, 1, torch.float16, 132) == {k: v for k, v in tagged.items() if k != "TAGGED"}
+    assert C.variant(config(16, 256, 0, 1, torch.float16, 132)) == "split"
+    assert C.sequence_config(16, 256, 0, 1, torch.float16, 132)["TAGGED"], "the rule is untouched"
+    assert config(16, 256, 0, 1, torch.float16, 132, True) == C.sequence_config(16, 256, 0, 1, torch.float16, 132, True)
