@@ -44,11 +44,14 @@ def with_backward_k_split(rule, k_split: int):
 
 
 def with_barrier(rule):
-    """``rule`` (:func:`sequence_config`) with the unit-split forward meeting at the counter barrier instead of
-    exchanging tagged words (the tagged form's fallback), to time the two side by side."""
+    """``rule`` (:func:`sequence_config`) with the unit-split forward in its proven form (the tagged form's
+    fallback, :func:`tritonlstm.kernels.config.barrier_form`: the counter barrier, plain dots), to time the two
+    side by side."""
+    from tritonlstm.kernels.config import barrier_form
 
     def config(*args, **kwargs):
-        return {k: v for k, v in rule(*args, **kwargs).items() if k != "TAGGED"}
+        cfg = rule(*args, **kwargs)
+        return barrier_form(cfg) if cfg.get("TAGGED") else cfg
 
     return config
 
@@ -134,7 +137,8 @@ def main(argv=None) -> None:
     ap.add_argument("--backward-k-split", type=int, choices=(2, 4, 8),
                     help="split the unit-split backward's dot this many ways at every H (default: the rule's)")
     ap.add_argument("--barrier", action="store_true",
-                    help="the unit-split forward meets at the counter barrier (default: the tagged exchange)")
+                    help="the unit-split forward in its proven form: the counter barrier, plain dots "
+                         "(default: the tagged exchange, dots split over R)")
     ap.add_argument("--csv")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():

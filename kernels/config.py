@@ -139,6 +139,25 @@ def operand_bytes(B_tile: int, H: int, P: int, units: int, block_p: int, elt: in
     return n * elt
 
 
+MAX_K_BLOCK = 512
+"""The widest block of h_{t-1} the unit-split forward fetches at once in 16-bit (half as wide in float32, whose
+tagged words are 64-bit): a 16 x 1024 block of 32-bit words holds 64 registers a thread of 8 warps, and Triton
+3.6's build with recurrent dropout and zoneout spills (so does 16 x 512 in float32)."""
+
+
+def k_blocks(R: int, widest: int = MAX_K_BLOCK) -> tuple[int, int]:
+    """The unit-split forward's blocks of the recurrent dot's inner dimension: ``(BLOCK_R, BLOCK_R2)``, powers of
+    two (a tensor's dimensions must be), at least 16 (the MMA granule), covering R. A second block (``BLOCK_R2``,
+    else 0) where it saves work (768 = 512 + 256 instead of 1024, 320 = 256 + 64, 40 = 32 + 16), or where one
+    block would be wider than ``widest`` (1024 = 512 + 512)."""
+    one = max(16, triton.next_power_of_2(R))
+    first = one // 2
+    if first < 16 or one > 2 * widest:
+        return one, 0
+    second = max(16, triton.next_power_of_2(R - first))
+    return (first, second) if first + second < one or one > widest else (one, 0)
+
+
 @functools.lru_cache(maxsize=1024)
 def sequence_config(
     batch: int,
@@ -203,6 +222,12 @@ def sequence_config(
         cfg["BLOCK_P"] = block_p
     if not backward:
         cfg["TAGGED"] = True  # the forward's exchange: tagged words, no barrier (kernels/jit.py, wait_words)
+        # its dots split over R (and H with a projection) one way per warp: the warps then lie along the splits
+        # (Triton 3.6 puts every warp on a batched dot's batch dimension, 3.9 fills it first), where a plain
+        # 16-row dot puts 2-8 of them on the same rows (tests/test_sequence_structure.py counts the MMAs)
+        cfg["K_SPLIT"] = cfg["num_warps"]
+        if elt == 4:
+            cfg["K_BLOCK"] = MAX_K_BLOCK // 2
     return cfg
 
 
@@ -226,11 +251,20 @@ def constexprs(cfg: dict, H: int, R: int, P: int, backward: bool) -> tuple[dict,
             BLOCK_F=max(16, triton.next_power_of_2(P)) if split and P else 16,
         )
     else:
-        k.update(
-            BLOCK_R=max(16, triton.next_power_of_2(R)) if split else 16,
-            BLOCK_F=max(16, triton.next_power_of_2(H)) if split and P else 16,
-        )
+        k.update(BLOCK_R=16, BLOCK_F=max(16, triton.next_power_of_2(H)) if split and P else 16)
+        if split:
+            k["BLOCK_R"], k["BLOCK_R2"] = k_blocks(R, cfg.get("K_BLOCK", MAX_K_BLOCK))
+            # each split of a block at least 16 long: a tl.dot's inner dimension
+            k["K_SPLIT"] = min(cfg.get("K_SPLIT", 1), k["BLOCK_R"] // 16)
+            k["K_SPLIT2"] = max(1, min(cfg.get("K_SPLIT", 1), k["BLOCK_R2"] // 16))
+            k["K_SPLIT_F"] = min(cfg.get("K_SPLIT", 1), k["BLOCK_F"] // 16) if P else 1
     return k, ns
+
+
+def barrier_form(cfg: dict) -> dict:
+    """A unit-split forward config in its proven form, the fallback of the tagged one: the programs meet at the
+    counter barrier and each dot is one plain ``tl.dot`` (no ``TAGGED``, no ``K_SPLIT``)."""
+    return {k: v for k, v in cfg.items() if k not in ("TAGGED", "K_SPLIT", "K_BLOCK")}
 
 
 @functools.lru_cache(maxsize=1024)
@@ -249,8 +283,8 @@ def choose(
     if cfg["regime"] == "split":
         why = f"unit-split: {cfg['BLOCK_H']} units per program, every group co-resident"
         if cfg.get("TAGGED"):
-            untagged = {k: v for k, v in cfg.items() if k != "TAGGED"}
-            return Choice("split", cfg, why + ", tagged exchange", Choice("split", untagged, why + ", barrier"))
+            fallback = Choice("split", barrier_form(cfg), why + ", barrier")
+            return Choice("split", cfg, why + ", tagged exchange, dots split over R", fallback)
         return Choice("split", cfg, why)
     if sm_count is None:
         return Choice("batch", cfg, "batch-owned: no SM count (the interpreter), the per-step kernels' tiles")
@@ -284,6 +318,6 @@ def self_test_config(device: torch.device, dtype: torch.dtype, regime: str, H: i
         # three chunks of gate rows, each dot split 4 ways (on a GPU at H=40: 64 rows a chunk, 16 a slice)
         cfg.update(G_CHUNKS=3, K_SPLIT=4, num_warps=8)
     if regime == "split-tagged" and not backward:
-        cfg["TAGGED"] = True
+        cfg.update(TAGGED=True, K_SPLIT=4)  # one split per warp
     return cfg
 

@@ -112,6 +112,20 @@ def torch_rows(o_g, H):
 
 
 @triton.jit
+def split_k_dot(a, b, K_SPLIT: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """``a [M, K] @ b`` with ``b`` as ``[K_SPLIT, K // K_SPLIT, N]`` (1: ``[K, N]``): the inner dimension split
+    K_SPLIT ways into one batched dot, whose partial products are summed in a fixed order (no atomics). Triton puts
+    the warps along the batch dimension first, so with M = 16 (one MMA row tile) no two warps compute the same
+    rows, as they do in a plain dot with more warps than N has MMA column tiles."""
+    if K_SPLIT == 1:
+        c = tl.dot(a, b, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+    else:
+        a3 = tl.permute(tl.reshape(a, (a.shape[0], K_SPLIT, a.shape[1] // K_SPLIT)), (1, 0, 2))
+        c = tl.sum(tl.dot(a3, b, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION), axis=0)
+    return c
+
+
+@triton.jit
 def and_(m, c):
     """m & c for a scalar condition c (written so the interpreter keeps a boolean mask)."""
     return tl.where(c, m, tl.zeros_like(m))

@@ -15,8 +15,12 @@ weight is re-laid out on the host per call. The grid is (batch tiles, directions
   the whole h_{t-1} row both waits for them and fetches them: no counter, no fence. Without it the programs of a
   group meet at a barrier (:func:`tritonlstm.kernels.jit.barrier`) and then read the other programs' values with
   loads that bypass L1 (``.cg``): the backward's exchange, and the tagged form's fallback. With a projection a
-  second exchange per step gives h_t = m_t W_hr^T split over P. Both kernels take one signature (the split one
-  adds TAGGED and WORD), so the launcher binds one argument pack to either.
+  second exchange per step gives h_t = m_t W_hr^T split over P. The rule's form also splits each dot over its
+  inner dimension, one split per warp (``K_SPLIT``, :func:`tritonlstm.kernels.jit.split_k_dot`): a 16-row dot
+  otherwise puts several warps on the same rows. R is covered by one or two power-of-two blocks (``BLOCK_R``,
+  ``BLOCK_R2``; :func:`tritonlstm.kernels.config.k_blocks`), so H=768 is not padded to 1024. Both kernels take
+  one signature (the split one adds TAGGED, WORD and the splits), so the launcher binds one argument pack to
+  either.
 
 Safety: every spin is bounded (``spin_limit`` polls). A program whose wait times out sets the error flag, stops
 waiting and writes NaN into everything it computes and publishes afterwards (outputs, final states), so a failed
@@ -42,6 +46,7 @@ from tritonlstm.kernels.jit import (
     batch_rows,
     cell_forward,
     publish_words,
+    split_k_dot,
     step_tag,
     torch_rows,
     wait_words,
@@ -92,6 +97,37 @@ def _wait_prev(xw_d, n, o_b, o_k, m_b, m_k, v_prev, B, R, failed, spin_limit, WO
     use_h0 = m & ((n == 0) | ~v_prev[:, None])
     b_h0 = word_values(tl.load(xw_d + 2 * (B.to(tl.int64) * R) + o_w, mask=use_h0, other=0), DTYPE)
     return tl.where(use_h0, b_h0, b_h), failed
+
+
+@triton.jit
+def _h_prev(y_d, h0_d, xh_d, n, o_b, o_k, m_b, v_prev, tp, B, R, ldy, failed, spin_limit, TAGGED: tl.constexpr,
+            HAS_MASK: tl.constexpr, WORD: tl.constexpr, DTYPE: tl.constexpr):  # fmt: skip
+    """The unit-split forward's [BLOCK_B, len(o_k)] tile of h_{t-1} (times the dropout mask with HAS_MASK) at
+    columns o_k, however the programs exchange it; returns (tile, failed)."""
+    m_k = o_k < R
+    if TAGGED:
+        b_hp, failed = _wait_prev(xh_d, n, o_b, o_k, m_b, m_k, v_prev, B, R, failed, spin_limit, WORD, DTYPE)
+    elif HAS_MASK:  # the previous step's slot of h * mask, or h0 * mask
+        xh_prev = xh_d + ((n + 1) % 2) * (B.to(tl.int64) * R)
+        b_hp = _load_h_prev(xh_prev, xh_d + 2 * (B.to(tl.int64) * R), o_b, o_k, m_b, m_k, v_prev, 0, B, R, R)
+    else:
+        b_hp = _load_h_prev(y_d, h0_d, o_b, o_k, m_b, m_k, v_prev, tp, B, ldy, R)
+    return b_hp, failed
+
+
+@triton.jit
+def _w_resident(w_d, k0, o_g, m_g, H, R, BLOCK: tl.constexpr, K_SPLIT: tl.constexpr):
+    """W_hh^T[k0 .. k0 + BLOCK, gate columns o_g] of one direction, loaded once: [BLOCK, columns], or as
+    [K_SPLIT, BLOCK // K_SPLIT, columns] (the operand of :func:`tritonlstm.kernels.jit.split_k_dot`)."""
+    if K_SPLIT == 1:
+        o_k = k0 + tl.arange(0, BLOCK)[:, None]
+        b_w = tl.load(w_d + torch_rows(o_g, H)[None, :] * R + o_k, mask=(o_k < R) & m_g[None, :], other=0.0)
+    else:
+        KS: tl.constexpr = BLOCK // K_SPLIT
+        o_k = k0 + tl.arange(0, K_SPLIT)[:, None, None] * KS + tl.arange(0, KS)[None, :, None]
+        b_w = tl.load(w_d + torch_rows(o_g, H)[None, None, :] * R + o_k, mask=(o_k < R) & m_g[None, None, :],
+                      other=0.0)  # fmt: skip
+    return b_w
 
 
 @triton.jit
@@ -200,7 +236,7 @@ def _seq_fwd_split_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,  # unit tile (batch-owned) / units per program (unit-split)
     BLOCK_K: tl.constexpr,  # inner block of the recurrent product (batch-owned)
-    BLOCK_R: tl.constexpr,  # >= R: the whole recurrent input in one block (unit-split)
+    BLOCK_R: tl.constexpr,  # the recurrent input's first block of columns; with BLOCK_R2 they cover R
     BLOCK_P: tl.constexpr,  # >= P (batch-owned) / the P slice of one program (unit-split)
     BLOCK_F: tl.constexpr,  # >= H: m_t's whole row (unit-split with a projection)
     STORE_GATES: tl.constexpr,
@@ -212,6 +248,10 @@ def _seq_fwd_split_kernel(
     INPUT_PRECISION: tl.constexpr,
     TAGGED: tl.constexpr = False,  # exchange tagged words (tl.int32 or tl.int64 WORD) instead of a barrier
     WORD: tl.constexpr = tl.int32,
+    K_SPLIT: tl.constexpr = 1,  # the recurrent dot over BLOCK_R split that many ways (jit.split_k_dot)
+    BLOCK_R2: tl.constexpr = 0,  # > 0: R's columns past BLOCK_R, a second block of the recurrent dot
+    K_SPLIT2: tl.constexpr = 1,  # that block's split
+    K_SPLIT_F: tl.constexpr = 1,  # the projection's dot over BLOCK_F, split that many ways
 ):
     i_b, i_d, i_s = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     NS = tl.num_programs(2)
@@ -242,17 +282,24 @@ def _seq_fwd_split_kernel(
     # the program's units and its slice of the weights, loaded once and kept on chip for the whole sequence
     o_u = i_s * BLOCK_H + tl.arange(0, BLOCK_H)
     o_g = i_s * (4 * BLOCK_H) + tl.arange(0, 4 * BLOCK_H)
-    o_r = tl.arange(0, BLOCK_R)
-    m_u, m_g, m_r = o_u < H, o_g < G, o_r < R
-    b_w = tl.load(
-        w_d + torch_rows(o_g, H)[None, :] * R + o_r[:, None], mask=m_r[:, None] & m_g[None, :], other=0.0
-    )
+    m_u, m_g = o_u < H, o_g < G
+    # R in one block of BLOCK_R columns, or two (BLOCK_R + BLOCK_R2: 768 as 512 + 256), so that no MMA runs on
+    # more than a granule of padding where two powers of two cover R
+    b_w = _w_resident(w_d, 0, o_g, m_g, H, R, BLOCK_R, K_SPLIT)
+    b_w2 = b_w  # unread with one block
+    if BLOCK_R2 > 0:
+        b_w2 = _w_resident(w_d, BLOCK_R, o_g, m_g, H, R, BLOCK_R2, K_SPLIT2)
     b_c = tl.load(c0_d + o_b[:, None] * H + o_u[None, :], mask=m_b[:, None] & m_u[None, :], other=0.0).to(ACC_DTYPE)
     if HAS_PROJ:
         o_p = i_s * BLOCK_P + tl.arange(0, BLOCK_P)
         o_f = tl.arange(0, BLOCK_F)
         m_p, m_f = o_p < P, o_f < H
-        b_wr = tl.load(wr_d + o_p[None, :] * H + o_f[:, None], mask=m_f[:, None] & m_p[None, :], other=0.0)
+        if K_SPLIT_F == 1:  # W_hr^T[:, its P slice]: [BLOCK_F, BLOCK_P]
+            b_wr = tl.load(wr_d + o_p[None, :] * H + o_f[:, None], mask=m_f[:, None] & m_p[None, :], other=0.0)
+        else:  # as [K_SPLIT_F, BLOCK_F // K_SPLIT_F, BLOCK_P], for split_k_dot
+            KF: tl.constexpr = BLOCK_F // K_SPLIT_F
+            o_f3 = tl.arange(0, K_SPLIT_F)[:, None, None] * KF + tl.arange(0, KF)[None, :, None]
+            b_wr = tl.load(wr_d + o_p[None, None, :] * H + o_f3, mask=(o_f3 < H) & m_p[None, None, :], other=0.0)
     # the columns of h_t this program publishes: its units, or its P slice
     o_x = o_p if HAS_PROJ else o_u
     m_bx = m_b[:, None] & ((m_p if HAS_PROJ else m_u)[None, :])
@@ -281,16 +328,19 @@ def _seq_fwd_split_kernel(
             cs_t = cs_d + (n % 2) * (B.to(tl.int64) * H)
         gx_t = gx_d + t.to(tl.int64) * B * G
         y_t = y_d + t.to(tl.int64) * B * ldy
+        # both blocks of h_{t-1} fetched before either dot: one wait, not a wait after each dot
+        b_hp, failed = _h_prev(y_d, h0_d, xh_d, n, o_b, tl.arange(0, BLOCK_R), m_b, v_prev, tp, B, R, ldy, failed,
+                               spin_limit, TAGGED, HAS_MASK, WORD, y_ptr.dtype.element_ty)  # fmt: skip
+        b_hp2 = b_hp  # unread with one block
+        if BLOCK_R2 > 0:
+            o_k2 = BLOCK_R + tl.arange(0, BLOCK_R2)
+            b_hp2, failed = _h_prev(y_d, h0_d, xh_d, n, o_b, o_k2, m_b, v_prev, tp, B, R, ldy, failed, spin_limit,
+                                    TAGGED, HAS_MASK, WORD, y_ptr.dtype.element_ty)  # fmt: skip
+        b_acc = split_k_dot(b_hp, b_w, K_SPLIT, ACC_DTYPE, INPUT_PRECISION)
+        if BLOCK_R2 > 0:
+            b_acc += split_k_dot(b_hp2, b_w2, K_SPLIT2, ACC_DTYPE, INPUT_PRECISION)
         if TAGGED:
-            b_hp, failed = _wait_prev(xh_d, n, o_b, o_r, m_b, m_r, v_prev, B, R, failed, spin_limit, WORD,
-                                      y_ptr.dtype.element_ty)  # fmt: skip
             poison = tl.where(failed != 0, float("nan"), 0.0)
-        elif HAS_MASK:  # the previous step's slot of h * mask, or h0 * mask
-            xh_prev = xh_d + ((n + 1) % 2) * (B.to(tl.int64) * R)
-            b_hp = _load_h_prev(xh_prev, xh_d + 2 * (B.to(tl.int64) * R), o_b, o_r, m_b, m_r, v_prev, 0, B, R, R)
-        else:
-            b_hp = _load_h_prev(y_d, h0_d, o_b, o_r, m_b, m_r, v_prev, tp, B, ldy, R)
-        b_acc = tl.dot(b_hp, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
         p_gx = gx_t + o_b[:, None] * G + o_g[None, :]
         b_pre = b_acc + tl.load(p_gx, mask=m_b[:, None] & m_g[None, :], other=0.0).to(ACC_DTYPE)
         b_hu = b_c  # unread without zoneout
@@ -326,7 +376,7 @@ def _seq_fwd_split_kernel(
                     other=0.0,
                     cache_modifier=".cg",
                 )
-            b_hr = tl.dot(b_mf, b_wr, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+            b_hr = split_k_dot(b_mf, b_wr, K_SPLIT_F, ACC_DTYPE, INPUT_PRECISION)
             b_hr += tl.where(failed != 0, float("nan"), 0.0)
             if HAS_LENGTHS:
                 b_hr = tl.where(v_t[:, None], b_hr, 0.0)

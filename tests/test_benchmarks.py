@@ -372,14 +372,17 @@ def test_probe_backward_k_split_overrides_only_the_unit_split_backward():
     assert "K_SPLIT" not in config(16, 8, 0, 1, torch.float16, 132, True), "slices of 8 gate rows: too small"
 
 
-def test_probe_barrier_drops_only_the_tagged_exchange():
+def test_probe_barrier_is_the_tagged_forwards_fallback():
     from benchmarks.probe import with_barrier
     from tritonlstm.kernels import config as C
 
     tagged = C.sequence_config(16, 256, 0, 1, torch.float16, 132)
-    assert tagged["TAGGED"]
+    assert tagged["TAGGED"] and tagged["K_SPLIT"] == tagged["num_warps"]
     config = with_barrier(C.sequence_config)
-    assert config(16, 256, 0, 1, torch.float16, 132) == {k: v for k, v in tagged.items() if k != "TAGGED"}
+    assert config(16, 256, 0, 1, torch.float16, 132) == C.choose(16, 256, 0, 1, torch.float16, 132).fallback.config
+    assert config(16, 256, 0, 1, torch.float16, 132) == {
+        k: v for k, v in tagged.items() if k not in ("TAGGED", "K_SPLIT", "K_BLOCK")
+    }
     assert C.variant(config(16, 256, 0, 1, torch.float16, 132)) == "split"
     assert C.sequence_config(16, 256, 0, 1, torch.float16, 132)["TAGGED"], "the rule is untouched"
     assert config(16, 256, 0, 1, torch.float16, 132, True) == C.sequence_config(16, 256, 0, 1, torch.float16, 132, True)

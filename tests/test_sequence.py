@@ -58,6 +58,8 @@ def _config(regime: str, H: int) -> dict | None:
         return _split(H)
     if regime == "split-tagged":  # the forward's tagged exchange (the backward ignores the key)
         return {**_split(H), "TAGGED": True}
+    if regime == "split-tagged-k4":  # the rule's forward at 8 warps: tagged, the recurrent dot split 4 ways
+        return {**_split(H), "TAGGED": True, "K_SPLIT": 4}
     chunks, k_split = map(int, regime.removeprefix("split-").split("x"))
     return {**_split(H), "G_CHUNKS": chunks, "K_SPLIT": k_split}
 
@@ -132,6 +134,8 @@ CASES = [
     ("split-3-chunks-k-split-reverse", 3, 2, 3, 12, 0, (True,), None, True, "split-3x2"),
     ("split-tagged-bidir-lengths-H9", 5, 3, 4, 9, 0, (False, True), [5, 2, 4], True, "split-tagged"),
     ("split-tagged-proj-reverse-lengths", 4, 3, 4, 6, 3, (True,), [1, 4, 3], True, "split-tagged"),
+    # R = 80 in two blocks of the dot's inner dimension (64 split 4 ways, then 16), both directions
+    ("split-tagged-k-split-two-blocks-H80", 3, 2, 3, 80, 0, (False, True), [3, 1], True, "split-tagged-k4"),
 ]
 
 
@@ -225,7 +229,8 @@ MASKED = [
     for case in CASES
     if case[0] in RICH + ("split-4-chunks-k-split-lengths",)
     for dtype in (torch.float64, torch.float32)
-] + [pytest.param(CASES[6], torch.float16, id=f"{CASES[6][0]}-float16")]
+] + [pytest.param(CASES[6], torch.float16, id=f"{CASES[6][0]}-float16"),
+      pytest.param(CASES[-1], torch.float32, id=f"{CASES[-1][0]}-float32")]
 
 
 @requires_interpreter
@@ -244,7 +249,8 @@ ZONED = [
     for dtype in (torch.float64, torch.float32)
     for train in (True, False)
     if dtype == torch.float64 or train
-] + [pytest.param(CASES[6], torch.float16, True, id=f"{CASES[6][0]}-float16-train")]
+] + [pytest.param(CASES[6], torch.float16, True, id=f"{CASES[6][0]}-float16-train"),
+      pytest.param(CASES[-1], torch.float32, True, id=f"{CASES[-1][0]}-float32-train")]
 
 
 @requires_interpreter
@@ -557,6 +563,20 @@ def test_choice_rule_without_gpu_is_batch_owned_with_step_tiles():
         )
 
 
+def test_forward_k_blocks_pad_to_the_mma_granule_only():
+    """The unit-split forward's blocks of R: powers of two, 16 to MAX_K_BLOCK wide, covering R with no more than
+    the granule's padding at the benchmark's sizes and wherever two blocks can (and never more than one block)."""
+    for R in range(1, 1025):
+        first, second = C.k_blocks(R)
+        one = max(16, triton.next_power_of_2(R))
+        assert first & (first - 1) == 0 and second & (second - 1) == 0 and 16 <= first <= C.MAX_K_BLOCK, R
+        assert second == 0 or 16 <= second <= first, R
+        assert R <= first + second <= one, R
+        if R % 16 == 0 and (R // 16).bit_count() <= 2:  # 256, 768, 1024, 320, ...: a sum of two powers of two
+            assert first + second == R, R
+    assert C.k_blocks(768) == (512, 256) and C.k_blocks(1024) == (512, 512) and C.k_blocks(256) == (256, 0)
+
+
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
 def test_choice_rule_grid_is_co_resident(backward):
     """Every unit-split grid the rule picks for a 132-SM GPU fits one program per SM; large B goes batch-owned."""
@@ -581,7 +601,8 @@ def test_choice_rule_grid_is_co_resident(backward):
     for H, chunks in ((512, 1), (768, 3), (1024, 4)):
         cfg = C.sequence_config(16, H, 0, 1, torch.bfloat16, 132, backward)
         assert cfg["regime"] == "split" and cfg.get("G_CHUNKS", 1) == (chunks if backward else 1), (H, cfg)
-        assert cfg.get("K_SPLIT", 1) == (4 if backward and chunks > 1 else 1)
+        # the forward splits its dot one way per warp; the chunked backward 4 ways
+        assert cfg.get("K_SPLIT", 1) == (4 if chunks > 1 else 1) if backward else cfg["K_SPLIT"] == cfg["num_warps"]
     # float32's resident slice would not fit: batch-owned, which prefers the (graphed) per-step kernels at this W_hh
     assert C.sequence_config(16, 768, 0, 1, torch.float32, 132, True)["regime"] == "batch"
     assert C.choose(16, 768, 0, 1, torch.float32, 132, True).regime == "graphed"

@@ -142,6 +142,10 @@ SPLIT_CASES = [
     pytest.param(16, 1024, 0, 1, torch.bfloat16, False, False, 0, id="fwd-B16-H1024-bf16"),
     pytest.param(16, 1024, 0, 1, torch.bfloat16, False, True, 2, id="fwd-B16-H1024-bf16-rdrop-zoneout"),
     pytest.param(64, 256, 0, 1, torch.float16, False, False, 0, id="fwd-B64-H256-fp16"),
+    pytest.param(16, 768, 0, 1, torch.float16, False, False, 0, id="fwd-B16-H768-fp16-two-k-blocks"),
+    # float32 (exact dots on FMA units, no MMA): split over the warps, the forward holds no spills either
+    pytest.param(16, 512, 0, 1, torch.float32, False, False, 0, id="fwd-B16-H512-fp32"),
+    pytest.param(16, 256, 0, 1, torch.float32, False, True, 2, id="fwd-B16-H256-fp32-rdrop-zoneout"),
     pytest.param(16, 512, 0, 1, torch.bfloat16, True, False, 0, id="bwd-B16-H512-bf16"),
     pytest.param(16, 512, 0, 1, torch.bfloat16, True, True, 2, id="bwd-B16-H512-bf16-rdrop-zoneout"),
     # beyond H=512 the backward holds W_hh in chunks of gate rows and splits each chunk's dot over the warps
@@ -150,6 +154,18 @@ SPLIT_CASES = [
     pytest.param(16, 256, 128, 1, torch.bfloat16, False, False, 0, id="fwd-proj-B16-H256-P128-bf16"),
     pytest.param(16, 256, 128, 1, torch.bfloat16, True, False, 0, id="bwd-proj-B16-H256-P128-bf16"),
 ]
+
+
+def _forward_mma_work(cfg: dict, H: int, P: int) -> int:
+    """m16n8k16 MMAs one warp of the unit-split forward must issue per step when no two warps compute the same
+    output and the inner dimensions are padded to the granule (16) only: its program's recurrent dot
+    ([BLOCK_B, R] @ [R, 4 * BLOCK_H]) and projection ([BLOCK_B, H] @ [H, BLOCK_P]), shared by its warps."""
+    rows, granule = cfg["BLOCK_B"] // 16, lambda n: -(-n // 16)
+    tiles = rows * (4 * cfg["BLOCK_H"] // 8) * granule(P or H)
+    if P:
+        tiles += rows * (cfg["BLOCK_P"] // 8) * granule(H)
+    assert tiles % cfg["num_warps"] == 0, (cfg, tiles)
+    return tiles // cfg["num_warps"]
 
 
 _SYNC = re.compile(r"\batom\.|\bred\.global|\.(acquire|release)\b|\bfence\.|\bmembar\.")
@@ -173,7 +189,13 @@ def test_unit_split_structure(B, H, P, D, dtype, backward, masked, zoneout):
         assert not _SYNC.search(ptx), f"synchronisation in the tagged forward: {_SYNC.search(ptx).group(0)}"
         assert "ld.volatile.global" in ptx, "the words are polled with volatile loads"
         assert "y_ptr" not in loads, "h_{t-1} comes from the words, not from y"
-    assert "mma.sync" in ptx or "wgmma" in ptx, "bf16/fp16 dots must use tensor-core MMA"
+    if dtype == torch.float32:
+        assert "mma.sync" not in ptx, "float32 is exact: no TF32 MMA"
+    else:
+        assert "mma.sync" in ptx or "wgmma" in ptx, "bf16/fp16 dots must use tensor-core MMA"
+    if not backward and dtype != torch.float32:
+        mmas, work = len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16\b", ptx)), _forward_mma_work(cfg, H, P)
+        assert mmas == work, f"{mmas} MMAs per warp and step, the unreplicated unpadded work is {work}"
     assert variant.n_spills == 0, f"{variant.n_spills} bytes of register spills per thread ({variant.n_regs} registers)"
     # co-resident on 132 SMs: one program per SM at most, and one program fits an SM
     assert grid <= SMS, f"grid {grid} > {SMS} SMs"
@@ -187,10 +209,14 @@ def test_forward_fallback_meets_at_the_barrier():
     from tritonlstm.kernels import config as C
 
     choice = C.choose(16, 256, 0, 1, torch.bfloat16, SMS)
-    assert choice.config["TAGGED"] and "TAGGED" not in choice.fallback.config
+    assert choice.config["TAGGED"] and choice.fallback.config == C.barrier_form(choice.config)
+    assert "TAGGED" not in choice.fallback.config and "K_SPLIT" not in choice.fallback.config
     fallback = tuple(choice.fallback.config.items())
     _, _, asm, variant, args = _launched(16, 256, 0, 1, torch.bfloat16, False, config=fallback)
     assert _SYNC.search(asm["ptx"]) and "ld.volatile.global" not in asm["ptx"]
+    # the positive control of the MMA count: a plain 16-row dot puts several warps on the same rows
+    mmas = len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16\b", asm["ptx"]))
+    assert mmas > _forward_mma_work(choice.fallback.config, 256, 0), mmas
     assert "y_ptr" in _global_loads_in_time_loop(asm["ttgir"], args), "h_{t-1} is read from y after the barrier"
     assert variant.n_spills == 0
 
