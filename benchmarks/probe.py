@@ -28,7 +28,7 @@ def _time(fn) -> float:
 
 def with_backward_k_split(rule, k_split: int):
     """``rule`` (:func:`sequence_config`) with every unit-split backward's dot split ``k_split`` ways over 8 warps
-    (the rule does so beyond H=512 only), where each slice keeps at least 16 gate rows (a ``tl.dot`` minimum)."""
+    (the rule's split is one per warp), where each slice keeps at least 16 gate rows (a ``tl.dot`` minimum)."""
 
     def config(batch, hidden, proj_size, directions, dtype, sm_count, backward=False):
         from tritonlstm.kernels.config import constexprs

@@ -49,7 +49,8 @@ LAUNCHERS = {
 grad_out, needs, config, err)``, taking the bundles of :mod:`tritonlstm.kernels.common`."""
 
 SELF_TESTED = {
-    "split": "split", "split-tagged": "split", "split-chunked": "split", "batch": "batch", "graphed": "graphed",
+    "split": "split", "split-tagged": "split", "split-k": "split", "split-chunked": "split", "batch": "batch",
+    "graphed": "graphed",
 }
 """What the first-use self-test validates separately (:func:`variant` names a config's entry), and the regime of
 :data:`LAUNCHERS` each one runs. The per-step kernels are the oracle: never self-tested."""
@@ -179,7 +180,8 @@ def sequence_config(
       projection (every dot dimension >= 16), and the resident weight slice plus the exchanged row block within
       ``OPERAND_BUDGET`` (compile-checked spill-free for sm_90 in ``tests/test_sequence_structure.py``). The
       backward beyond it, up to H=1024 in 16-bit with 16 units, holds W_hh in ``CHUNK_ROWS`` chunks of gate rows
-      and splits each step's dot 4 ways over 8 warps (``G_CHUNKS``, ``K_SPLIT``).
+      (``G_CHUNKS``). Each dot is split over its inner dimension one way per warp (``K_SPLIT``; the forward's
+      R in one or two blocks, :func:`k_blocks`), and the forward exchanges tagged words (``TAGGED``).
     * Otherwise batch-owned (32x32 tiles, K-blocks of 32, 8 warps without a projection; the per-step tiles
       with one): a program owns a batch tile and streams W_hh from L2 every
       step. It beats the per-step kernels only where W_hh is small (``SMALL_W_BYTES``: it stays in the SM's
@@ -217,9 +219,13 @@ def sequence_config(
             return batch_owned
         # the backward beyond H=512: W_hh[:, 16 units] resident in chunks of gate rows, each step's dot split over
         # the warps (a spill-free build up to H=1024 for sm_90, tests/test_sequence_structure.py)
-        cfg.update(G_CHUNKS=chunks, K_SPLIT=4, num_warps=8)
+        cfg.update(G_CHUNKS=chunks, num_warps=8)
     if proj_size:
         cfg["BLOCK_P"] = block_p
+    if backward and 4 * hidden // cfg.get("G_CHUNKS", 1) >= 16 * cfg["num_warps"]:
+        # the recurrent dot split over its gate rows, one split per warp (each at least 16 rows): a plain 16-row
+        # dot puts 2-4 warps on the same rows, and Triton 3.6 puts every warp on a batched dot's batch dimension
+        cfg["K_SPLIT"] = cfg["num_warps"]
     if not backward:
         cfg["TAGGED"] = True  # the forward's exchange: tagged words, no barrier (kernels/jit.py, wait_words)
         # its dots split over R (and H with a projection) one way per warp: the warps then lie along the splits
@@ -285,6 +291,9 @@ def choose(
         if cfg.get("TAGGED"):
             fallback = Choice("split", barrier_form(cfg), why + ", barrier")
             return Choice("split", cfg, why + ", tagged exchange, dots split over R", fallback)
+        if cfg.get("K_SPLIT", 1) > 1 and cfg.get("G_CHUNKS", 1) == 1:  # the backward split over its gate rows
+            plain = {k: v for k, v in cfg.items() if k != "K_SPLIT"}
+            return Choice("split", cfg, why + ", dot split over the gate rows", Choice("split", plain, why))
         return Choice("split", cfg, why)
     if sm_count is None:
         return Choice("batch", cfg, "batch-owned: no SM count (the interpreter), the per-step kernels' tiles")
@@ -302,7 +311,9 @@ def variant(cfg: dict) -> str:
     """The :data:`SELF_TESTED` entry a sequence config belongs to."""
     if cfg.get("TAGGED"):
         return "split-tagged"
-    return "split-chunked" if cfg.get("K_SPLIT", 1) > 1 else cfg["regime"]
+    if cfg.get("G_CHUNKS", 1) > 1:
+        return "split-chunked"
+    return "split-k" if cfg.get("K_SPLIT", 1) > 1 else cfg["regime"]
 
 
 def self_test_config(device: torch.device, dtype: torch.dtype, regime: str, H: int, P: int, backward: bool):
@@ -317,6 +328,8 @@ def self_test_config(device: torch.device, dtype: torch.dtype, regime: str, H: i
     if regime == "split-chunked" and backward and not P:
         # three chunks of gate rows, each dot split 4 ways (on a GPU at H=40: 64 rows a chunk, 16 a slice)
         cfg.update(G_CHUNKS=3, K_SPLIT=4, num_warps=8)
+    if regime == "split-k" and backward:  # the dot split over the gate rows (interpreter: 48 rows, 12 a slice)
+        cfg["K_SPLIT"] = 4
     if regime == "split-tagged" and not backward:
         cfg.update(TAGGED=True, K_SPLIT=4)  # one split per warp
     return cfg

@@ -115,8 +115,8 @@ def torch_rows(o_g, H):
 def split_k_dot(a, b, K_SPLIT: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """``a [M, K] @ b`` with ``b`` as ``[K_SPLIT, K // K_SPLIT, N]`` (1: ``[K, N]``): the inner dimension split
     K_SPLIT ways into one batched dot, whose partial products are summed in a fixed order (no atomics). Triton puts
-    the warps along the batch dimension first, so with M = 16 (one MMA row tile) no two warps compute the same
-    rows, as they do in a plain dot with more warps than N has MMA column tiles."""
+    the warps on the batch dimension (3.6 all of them, 3.9 as many as it has), so with K_SPLIT = the number of
+    warps and M = 16 (one MMA row tile) no two warps compute the same rows, as they do in a plain 16-row dot."""
     if K_SPLIT == 1:
         c = tl.dot(a, b, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
     else:

@@ -48,8 +48,9 @@ class KernelHealth:
             if failure is not None:
                 warnings.warn(
                     f"tritonlstm: the {regime} regime failed its self-test on {device} in {dtype}: "
-                    f"{failure}. Falling back to the proven form: the barrier exchange for split-tagged, else the "
-                    "per-step kernels (tritonlstm.explain shows the plan; TRITONLSTM_KERNEL forces a kernel).",
+                    f"{failure}. Falling back to the proven form: the barrier exchange and plain dots for "
+                    "split-tagged, the plain dot for split-k, else the per-step kernels (tritonlstm.explain shows "
+                    "the plan; TRITONLSTM_KERNEL forces a kernel).",
                     RuntimeWarning,
                     stacklevel=4,
                 )

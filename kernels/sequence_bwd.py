@@ -36,6 +36,23 @@ from tritonlstm.kernels.sequence_fwd import launch_options
 
 
 @triton.jit
+def _bwd_cell_inputs(gates_t, cs_t, cs_p, c0_d, first_fwd, o_b, o_u, o_g, m_b, m_u, m_g, H, ZONEOUT: tl.constexpr,
+                     ACC_DTYPE: tl.constexpr):  # fmt: skip
+    """What step t's cell gradient reads of the forward's saved tensors, for one unit tile: the activated gates,
+    c_{t-1} (c0 before the first step) and c_t (unread with zoneout, which recomputes it). Nothing another program
+    writes: the unit-split kernel loads them before it waits."""
+    m_bu = m_b[:, None] & m_u[None, :]
+    o_bu = o_b[:, None] * H + o_u[None, :]
+    b_gates = tl.load(gates_t + o_b[:, None] * (4 * H) + o_g[None, :], mask=m_b[:, None] & m_g[None, :], other=0.0)
+    b_cp = tl.load(cs_p + o_bu, mask=and_(m_bu, ~first_fwd), other=0.0).to(ACC_DTYPE)
+    b_cp += tl.load(c0_d + o_bu, mask=and_(m_bu, first_fwd), other=0.0).to(ACC_DTYPE)
+    b_c = b_cp  # unread with zoneout
+    if ZONEOUT == 0:
+        b_c = tl.load(cs_t + o_bu, mask=m_bu, other=0.0).to(ACC_DTYPE)
+    return b_gates.to(ACC_DTYPE), b_cp, b_c
+
+
+@triton.jit
 def _bwd_cell(
     b_dh,
     b_dc,
@@ -48,11 +65,9 @@ def _bwd_cell(
     m_b,
     m_u,
     m_g,
-    gates_t,
-    cs_t,
-    cs_p,
-    c0_d,
-    first_fwd,
+    b_gates,  # the forward's activated gates, c_{t-1}, c_t of this tile (:func:`_bwd_cell_inputs`)
+    b_cp,
+    b_c,
     dg_t,
     dc0_d,
     H,
@@ -61,16 +76,12 @@ def _bwd_cell(
     BLOCK_H: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
     ZONEOUT: tl.constexpr,
-    ACC_DTYPE: tl.constexpr,
 ):
     """Gate gradients of one unit tile from the gradient of m_t (b_dh; with zoneout, the share that went through
     the cell) and dc_t; stores dG_t; returns dc_{t-1}."""
     m_bu = m_b[:, None] & m_u[None, :]
     m_bg = m_b[:, None] & m_g[None, :]
     o_bu = o_b[:, None] * H + o_u[None, :]
-    b_gates = tl.load(gates_t + o_b[:, None] * (4 * H) + o_g[None, :], mask=m_bg, other=0.0).to(ACC_DTYPE)
-    b_cp = tl.load(cs_p + o_bu, mask=and_(m_bu, ~first_fwd), other=0.0).to(ACC_DTYPE)
-    b_cp += tl.load(c0_d + o_bu, mask=and_(m_bu, first_fwd), other=0.0).to(ACC_DTYPE)
     if ZONEOUT > 0:
         # c_t before zoneout, recomputed from the gates; the kept share of dc_t goes straight to c_{t-1}
         b_i, b_f, b_g, b_o = split_gates(b_gates, BLOCK_B, BLOCK_H)
@@ -78,7 +89,6 @@ def _bwd_cell(
         b_dg, b_dcp = cell_backward(b_dh, b_gates, b_c, b_cp, (1.0 - b_kc) * b_dc, BLOCK_B, BLOCK_H)
         b_dcp += b_kc * b_dc
     else:
-        b_c = tl.load(cs_t + o_bu, mask=m_bu, other=0.0).to(ACC_DTYPE)
         b_dg, b_dcp = cell_backward(b_dh, b_gates, b_c, b_cp, b_dc, BLOCK_B, BLOCK_H)
     if HAS_LENGTHS:
         b_dg = tl.where(v_t[:, None], b_dg, 0.0)
@@ -88,6 +98,35 @@ def _bwd_cell(
     tl.store(dg_t + o_b[:, None] * (4 * H) + o_g[None, :], b_dg.to(dg_t.dtype.element_ty), mask=m_bg)
     tl.store(dc0_d + o_bu, b_dcp.to(dc0_d.dtype.element_ty), mask=and_(m_bu, last_step))
     return b_dcp
+
+
+@triton.jit
+def _bwd_time(n, T, rev, b_len):
+    """Step n of the backward's loop: (t, the step after t and the one before it in the forward's order, each row's
+    validity at t). n == T is the extra pass that forms dh0; no row is valid there."""
+    t = (T - 1 - n) + rev * (2 * n - T + 1)
+    t_next = t + 1 - 2 * rev  # processed just before t here
+    tf_prev = t - 1 + 2 * rev
+    v_t = and_(and_(t < b_len, t >= 0), n < T)
+    return t, t_next, tf_prev, v_t
+
+
+@triton.jit
+def _split_step_inputs(n, T, rev, b_len, gates_d, cs_d, c0_d, dy_d, o_b, o_u, o_g, o_c, m_b, m_u, m_g, m_bc, B, H,
+                       ldy, HAS_DY: tl.constexpr, ZONEOUT: tl.constexpr, ACC_DTYPE: tl.constexpr):  # fmt: skip
+    """The unit-split backward's inputs of step n that no other program writes: the forward's gates, c_{t-1} and c_t
+    (:func:`_bwd_cell_inputs`), and dy_t[:, o_c] (zero unless HAS_DY). Step T's (the dh0 pass) are unread."""
+    t, _, tf_prev, v_t = _bwd_time(n, T, rev, b_len)
+    tc = tl.minimum(tl.maximum(t, 0), T - 1).to(tl.int64)
+    first_fwd = (tf_prev < 0) | (tf_prev >= T)
+    cs_p = cs_d + tl.minimum(tl.maximum(tf_prev, 0), T - 1).to(tl.int64) * B * H
+    b_gates, b_cp, b_c = _bwd_cell_inputs(gates_d + tc * B * (4 * H), cs_d + tc * B * H, cs_p, c0_d, first_fwd, o_b,
+                                          o_u, o_g, m_b, m_u, m_g, H, ZONEOUT, ACC_DTYPE)  # fmt: skip
+    b_dy = tl.zeros((o_b.shape[0], o_c.shape[0]), dtype=ACC_DTYPE)
+    if HAS_DY:
+        p_dy = dy_d + tc * B * ldy + o_b[:, None] * ldy + o_c[None, :]
+        b_dy = tl.load(p_dy, mask=m_bc & v_t[:, None], other=0.0).to(ACC_DTYPE)
+    return b_gates, b_cp, b_c, b_dy
 
 
 @triton.jit
@@ -331,23 +370,20 @@ def _seq_bwd_split_kernel(
     if HAS_DHN:
         b_carry += tl.load(dhn_d + o_b[:, None] * R + o_c[None, :], mask=m_bc, other=0.0).to(ACC_DTYPE)
 
+    # each step's own inputs (the forward's gates and cells, dy) are loaded before the previous step's wait
+    b_gates, b_cp, b_c, b_dy = _split_step_inputs(
+        0, T, rev, b_len, gates_d, cs_d, c0_d, dy_d, o_b, o_u, o_g, o_c, m_b, m_u, m_g, m_bc, B, H, ldy, HAS_DY,
+        ZONEOUT, ACC_DTYPE,
+    )  # fmt: skip
     # steps in the reverse of the forward's order, then one more pass (n == T) that forms dh0 from dG_first
     for n in range(0, T + 1):
-        t = (T - 1 - n) + rev * (2 * n - T + 1)
-        t_next = t + 1 - 2 * rev  # the step after t in the forward's order: processed just before it here
-        tf_prev = t - 1 + 2 * rev  # the step before t in the forward's order
-        first_fwd = (tf_prev < 0) | (tf_prev >= T)
-        v_t = and_(and_(t < b_len, t >= 0), n < T)
+        t, t_next, tf_prev, v_t = _bwd_time(n, T, rev, b_len)
         last_step = n == T - 1
         poison = tl.where(failed != 0, float("nan"), 0.0)
         tn = tl.minimum(tl.maximum(t_next, 0), T - 1).to(tl.int64)
         tc = tl.minimum(tl.maximum(t, 0), T - 1).to(tl.int64)
         dgn_t = dg_d + tn * B * G
         dg_t = dg_d + tc * B * G
-        gates_t = gates_d + tc * B * G
-        cs_t = cs_d + tc * B * H
-        cs_p = cs_d + tl.minimum(tl.maximum(tf_prev, 0), T - 1).to(tl.int64) * B * H
-        dy_t = dy_d + tc * B * ldy
         # gradient reaching h_t[:, o_c] through the state: dG_{next} @ W_hh[:, o_c] plus the carried part
         b_rec = _dg_chunk_dot(dgn_t, o_b, m_b, 0, b_w, G, n, BLOCK_G, K_SPLIT, ACC_DTYPE, INPUT_PRECISION)
         if G_CHUNKS >= 2:
@@ -372,9 +408,7 @@ def _seq_bwd_split_kernel(
         else:
             b_dh = b_rec
             if HAS_DY:
-                b_dh += tl.load(dy_t + o_b[:, None] * ldy + o_c[None, :], mask=m_bc & v_t[:, None], other=0.0).to(
-                    ACC_DTYPE
-                )
+                b_dh += b_dy
             b_kc = b_dc  # unread without zoneout
             if ZONEOUT > 0:
                 # the kept share of dh_t goes straight to h_{t-1} (carried), the rest through the cell
@@ -406,14 +440,22 @@ def _seq_bwd_split_kernel(
                 )
                 b_dm = tl.dot(b_dhf, b_wr, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
                 b_dc = _bwd_cell(
-                    b_dm, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, gates_t, cs_t, cs_p,
-                    c0_d, first_fwd, dg_t, dc0_d, H, b_kc, BLOCK_B, BLOCK_H, HAS_LENGTHS, 0, ACC_DTYPE,
+                    b_dm, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, b_gates, b_cp, b_c, dg_t,
+                    dc0_d, H, b_kc, BLOCK_B, BLOCK_H, HAS_LENGTHS, 0,
+                )  # fmt: skip
+                b_gates, b_cp, b_c, b_dy = _split_step_inputs(
+                    n + 1, T, rev, b_len, gates_d, cs_d, c0_d, dy_d, o_b, o_u, o_g, o_c, m_b, m_u, m_g, m_bc, B, H,
+                    ldy, HAS_DY, 0, ACC_DTYPE,
                 )  # fmt: skip
                 failed = barrier(sync, NS * (2 * n + 2), failed, spin_limit)
             else:
                 b_dc = _bwd_cell(
-                    b_dh, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, gates_t, cs_t, cs_p,
-                    c0_d, first_fwd, dg_t, dc0_d, H, b_kc, BLOCK_B, BLOCK_H, HAS_LENGTHS, ZONEOUT, ACC_DTYPE,
+                    b_dh, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, b_gates, b_cp, b_c, dg_t,
+                    dc0_d, H, b_kc, BLOCK_B, BLOCK_H, HAS_LENGTHS, ZONEOUT,
+                )  # fmt: skip
+                b_gates, b_cp, b_c, b_dy = _split_step_inputs(
+                    n + 1, T, rev, b_len, gates_d, cs_d, c0_d, dy_d, o_b, o_u, o_g, o_c, m_b, m_u, m_g, m_bc, B, H,
+                    ldy, HAS_DY, ZONEOUT, ACC_DTYPE,
                 )  # fmt: skip
                 failed = barrier(sync, NS * (n + 1), failed, spin_limit)
     tl.store(err_ptr, failed, mask=failed != 0)
@@ -492,11 +534,8 @@ def _seq_bwd_batch_kernel(
 
     # steps in the reverse of the forward's order, then one more pass (n == T) that forms dh0 from dG_first
     for n in range(0, T + 1):
-        t = (T - 1 - n) + rev * (2 * n - T + 1)
-        t_next = t + 1 - 2 * rev  # the step after t in the forward's order: processed just before it here
-        tf_prev = t - 1 + 2 * rev  # the step before t in the forward's order
+        t, t_next, tf_prev, v_t = _bwd_time(n, T, rev, b_len)
         first_fwd = (tf_prev < 0) | (tf_prev >= T)
-        v_t = and_(and_(t < b_len, t >= 0), n < T)
         last_step = n == T - 1
         poison = tl.where(failed != 0, float("nan"), 0.0)
         tn = tl.minimum(tl.maximum(t_next, 0), T - 1).to(tl.int64)
@@ -529,9 +568,11 @@ def _seq_bwd_batch_kernel(
                     )
                     b_dm = tl.dot(b_dhq, b_wr, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
                     b_dc = _load_dc(dc_d, dcn_d, o_b, o_u, m_b, m_u, n, H, HAS_DCN, ACC_DTYPE)
+                    b_gates, b_cp, b_c = _bwd_cell_inputs(gates_t, cs_t, cs_p, c0_d, first_fwd, o_b, o_u, o_g, m_b,
+                                                          m_u, m_g, H, 0, ACC_DTYPE)  # fmt: skip
                     b_dc = _bwd_cell(
-                        b_dm, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, gates_t, cs_t,
-                        cs_p, c0_d, first_fwd, dg_t, dc0_d, H, b_dc, BLOCK_B, BLOCK_H, HAS_LENGTHS, 0, ACC_DTYPE,
+                        b_dm, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, b_gates, b_cp, b_c, dg_t,
+                        dc0_d, H, b_dc, BLOCK_B, BLOCK_H, HAS_LENGTHS, 0,
                     )  # fmt: skip
                     tl.store(
                         dc_d + o_b[:, None] * H + o_u[None, :],
@@ -553,10 +594,11 @@ def _seq_bwd_batch_kernel(
                     b_kc = b_dc  # unread without zoneout
                     if ZONEOUT > 0:
                         b_kc = zoneout_rates(zs_ptr, zo_stream + 1, t, o_b, o_u, B, H, zo_c, ZONEOUT, ACC_DTYPE)
+                    b_gates, b_cp, b_c = _bwd_cell_inputs(gates_t, cs_t, cs_p, c0_d, first_fwd, o_b, o_u, o_g, m_b,
+                                                          m_u, m_g, H, ZONEOUT, ACC_DTYPE)  # fmt: skip
                     b_dc = _bwd_cell(
-                        b_dh, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, gates_t, cs_t,
-                        cs_p, c0_d, first_fwd, dg_t, dc0_d, H, b_kc, BLOCK_B, BLOCK_H, HAS_LENGTHS, ZONEOUT,
-                        ACC_DTYPE,
+                        b_dh, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, b_gates, b_cp, b_c, dg_t,
+                        dc0_d, H, b_kc, BLOCK_B, BLOCK_H, HAS_LENGTHS, ZONEOUT,
                     )  # fmt: skip
                     tl.store(
                         dc_d + o_b[:, None] * H + o_u[None, :],

@@ -328,7 +328,10 @@ def _seq_fwd_split_kernel(
             cs_t = cs_d + (n % 2) * (B.to(tl.int64) * H)
         gx_t = gx_d + t.to(tl.int64) * B * G
         y_t = y_d + t.to(tl.int64) * B * ldy
-        # both blocks of h_{t-1} fetched before either dot: one wait, not a wait after each dot
+        # the step's gate projections (the host's GEMM, written before the launch) are loaded before the wait, so
+        # their latency hides behind it; then both blocks of h_{t-1}, before either dot: one wait, not one per dot
+        p_gx = gx_t + o_b[:, None] * G + o_g[None, :]
+        b_gx = tl.load(p_gx, mask=m_b[:, None] & m_g[None, :], other=0.0)
         b_hp, failed = _h_prev(y_d, h0_d, xh_d, n, o_b, tl.arange(0, BLOCK_R), m_b, v_prev, tp, B, R, ldy, failed,
                                spin_limit, TAGGED, HAS_MASK, WORD, y_ptr.dtype.element_ty)  # fmt: skip
         b_hp2 = b_hp  # unread with one block
@@ -341,8 +344,7 @@ def _seq_fwd_split_kernel(
             b_acc += split_k_dot(b_hp2, b_w2, K_SPLIT2, ACC_DTYPE, INPUT_PRECISION)
         if TAGGED:
             poison = tl.where(failed != 0, float("nan"), 0.0)
-        p_gx = gx_t + o_b[:, None] * G + o_g[None, :]
-        b_pre = b_acc + tl.load(p_gx, mask=m_b[:, None] & m_g[None, :], other=0.0).to(ACC_DTYPE)
+        b_pre = b_acc + b_gx.to(ACC_DTYPE)
         b_hu = b_c  # unread without zoneout
         if ZONEOUT > 0:  # h_{t-1} of the program's own units, unmasked
             if TAGGED:

@@ -365,10 +365,11 @@ def test_probe_backward_k_split_overrides_only_the_unit_split_backward():
     config = with_backward_k_split(C.sequence_config, 4)
     cfg = config(16, 256, 0, 1, torch.float16, 132, True)
     assert cfg["regime"] == "split" and (cfg["K_SPLIT"], cfg["num_warps"]) == (4, 8)
-    assert C.variant(cfg) == "split-chunked", "the split form is self-tested as its own regime"
-    assert "K_SPLIT" not in C.sequence_config(16, 256, 0, 1, torch.float16, 132, True), "the rule is untouched"
+    assert C.variant(cfg) == "split-k", "the split form is self-tested as its own regime"
+    assert C.sequence_config(16, 256, 0, 1, torch.float16, 132, True)["K_SPLIT"] == 8, "the rule is untouched"
     assert config(16, 256, 0, 1, torch.float16, 132) == C.sequence_config(16, 256, 0, 1, torch.float16, 132)
-    assert "K_SPLIT" not in config(16, 256, 64, 1, torch.float16, 132, True), "not with a projection"
+    proj = C.sequence_config(16, 256, 64, 1, torch.float16, 132, True)
+    assert config(16, 256, 64, 1, torch.float16, 132, True) == proj, "not with a projection"
     assert "K_SPLIT" not in config(16, 8, 0, 1, torch.float16, 132, True), "slices of 8 gate rows: too small"
 
 

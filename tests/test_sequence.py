@@ -436,6 +436,22 @@ def test_failed_tagged_self_test_falls_back_to_the_barrier(monkeypatch, health):
 
 
 @requires_interpreter
+def test_failed_split_k_self_test_falls_back_to_the_plain_dot(monkeypatch, health):
+    """The rule's split backward splits its dot over the gate rows; if that form fails its self-test the plan runs
+    the kernel with one plain dot (self-tested on its own) and says why."""
+    monkeypatch.delenv("TRITONLSTM_KERNEL", raising=False)
+    monkeypatch.setattr(dispatch.runtime, "sm_count", lambda device: 132)
+    real = selftest.self_test
+    monkeypatch.setattr(selftest, "self_test", lambda d, t, r: "broken" if r == "split-k" else real(d, t, r))
+    assert C.choose(3, 16, 0, 2, torch.float32, 132, True).config["K_SPLIT"] == 4, "the rule's backward splits"
+    with pytest.warns(RuntimeWarning, match="split-k regime failed its self-test.*broken.*plain dot for split-k"):
+        backward = _plan(3, 16, 0, 2, backward=True)
+    assert backward.regime == "split" and "K_SPLIT" not in backward.config, backward
+    assert "split-k regime failed its self-test" in backward.why
+    assert health.passed(torch.device("cpu"), torch.float32, "split") is True
+
+
+@requires_interpreter
 def test_failed_self_test_warns_once_and_falls_back(monkeypatch, health):
     """A self-test whose barrier really times out: one warning naming the failure, then the per-step kernels."""
     monkeypatch.delenv("TRITONLSTM_KERNEL", raising=False)
@@ -601,8 +617,7 @@ def test_choice_rule_grid_is_co_resident(backward):
     for H, chunks in ((512, 1), (768, 3), (1024, 4)):
         cfg = C.sequence_config(16, H, 0, 1, torch.bfloat16, 132, backward)
         assert cfg["regime"] == "split" and cfg.get("G_CHUNKS", 1) == (chunks if backward else 1), (H, cfg)
-        # the forward splits its dot one way per warp; the chunked backward 4 ways
-        assert cfg.get("K_SPLIT", 1) == (4 if chunks > 1 else 1) if backward else cfg["K_SPLIT"] == cfg["num_warps"]
+        assert cfg["K_SPLIT"] == cfg["num_warps"], "the dots split one way per warp"
     # float32's resident slice would not fit: batch-owned, which prefers the (graphed) per-step kernels at this W_hh
     assert C.sequence_config(16, 768, 0, 1, torch.float32, 132, True)["regime"] == "batch"
     assert C.choose(16, 768, 0, 1, torch.float32, 132, True).regime == "graphed"

@@ -87,8 +87,9 @@ _USE = re.compile(r"%[\w.$-]+")
 _LOADS = ("tt.load ", "ttg.async_copy_global_to_local ", "tt.descriptor_load ", "ttng.async_tma_copy_global_to_local ")
 
 
-def _global_loads_in_time_loop(ttgir: str, arg_names: list[str]) -> set[str]:
-    """Kernel pointer arguments that loads inside the time loop (the outermost scf.for) read from."""
+def _global_loads_in_time_loop(ttgir: str, arg_names: list[str], before: bool = False) -> list[str]:
+    """Kernel pointer arguments that loads inside the time loop (the outermost scf.for) read from, in the order of
+    their first load; ``before``: the loads ahead of the loop instead."""
     lines = ttgir.splitlines()
     func = next(i for i, line in enumerate(lines) if "tt.func public" in line)
     params = re.findall(r"(%[\w.$-]+): !tt\.ptr|(%[\w.$-]+): (?:i|f)\d+", lines[func])
@@ -127,12 +128,12 @@ def _global_loads_in_time_loop(ttgir: str, arg_names: list[str]) -> set[str]:
             return {arg_of[name]}
         return set().union(*(roots(u, seen) for u in defs.get(name, [])))
 
-    found = set()
-    for line in body[1:]:
+    found: list[str] = []
+    for line in lines[func + 1 : start] if before else body[1:]:
         for op in _LOADS:
             if op in line:
                 ptr = _USE.findall(line.split(op, 1)[1])[0].split("#")[0]
-                found |= roots(ptr, set())
+                found += sorted(roots(ptr, set()) - set(found))
     return found
 
 
@@ -168,6 +169,14 @@ def _forward_mma_work(cfg: dict, H: int, P: int) -> int:
     return tiles // cfg["num_warps"]
 
 
+def _backward_mma_work(cfg: dict, H: int) -> int:
+    """As :func:`_forward_mma_work` for the unit-split backward without a projection: its recurrent dot
+    ([BLOCK_B, 4H] @ [4H, BLOCK_H], in chunks of gate rows)."""
+    tiles = cfg["BLOCK_B"] // 16 * (cfg["BLOCK_H"] // 8) * -(-4 * H // 16)
+    assert tiles % cfg["num_warps"] == 0, (cfg, tiles)
+    return tiles // cfg["num_warps"]
+
+
 _SYNC = re.compile(r"\batom\.|\bred\.global|\.(acquire|release)\b|\bfence\.|\bmembar\.")
 """PTX of cross-program synchronisation: atomics, acquire/release accesses, fences."""
 
@@ -185,16 +194,21 @@ def test_unit_split_structure(B, H, P, D, dtype, backward, masked, zoneout):
     ptx = asm["ptx"]
     if backward:  # the barrier: a release arrive and acquire polls (the positive control of the check below)
         assert _SYNC.search(ptx), "the backward's barrier must show in the PTX"
+        # a step's own inputs are loaded before the previous step's wait: the first step's ahead of the loop
+        ahead = _global_loads_in_time_loop(asm["ttgir"], args, before=True)
+        assert {"gates_ptr", "cs_ptr"} <= set(ahead) and "dg_ptr" not in ahead, ahead
     else:  # the tagged exchange: volatile loads of the words, no counter, no fence, no atomic
         assert not _SYNC.search(ptx), f"synchronisation in the tagged forward: {_SYNC.search(ptx).group(0)}"
         assert "ld.volatile.global" in ptx, "the words are polled with volatile loads"
         assert "y_ptr" not in loads, "h_{t-1} comes from the words, not from y"
+        assert loads.index("gx_ptr") < loads.index("xh_ptr"), f"the gate projections are loaded after the wait: {loads}"
     if dtype == torch.float32:
         assert "mma.sync" not in ptx, "float32 is exact: no TF32 MMA"
     else:
         assert "mma.sync" in ptx or "wgmma" in ptx, "bf16/fp16 dots must use tensor-core MMA"
-    if not backward and dtype != torch.float32:
-        mmas, work = len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16\b", ptx)), _forward_mma_work(cfg, H, P)
+    if dtype != torch.float32 and not (backward and P):  # (the backward's projection dot is not split)
+        work = _backward_mma_work(cfg, H) if backward else _forward_mma_work(cfg, H, P)
+        mmas = len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16\b", ptx))
         assert mmas == work, f"{mmas} MMAs per warp and step, the unreplicated unpadded work is {work}"
     assert variant.n_spills == 0, f"{variant.n_spills} bytes of register spills per thread ({variant.n_regs} registers)"
     # co-resident on 132 SMs: one program per SM at most, and one program fits an SM
