@@ -44,7 +44,7 @@ def with_backward_k_split(rule, k_split: int):
 
 
 def with_barrier(rule):
-    """``rule`` (:func:`sequence_config`) with the unit-split forward in its proven form (the tagged form's
+    """``rule`` (:func:`sequence_config`) with the unit-split kernels in their proven form (the tagged forms'
     fallback, :func:`tritonlstm.kernels.config.barrier_form`: the counter barrier, plain dots), to time the two
     side by side."""
     from tritonlstm.kernels.config import barrier_form
@@ -137,8 +137,8 @@ def main(argv=None) -> None:
     ap.add_argument("--backward-k-split", type=int, choices=(2, 4, 8),
                     help="split the unit-split backward's dot this many ways at every H (default: the rule's)")
     ap.add_argument("--barrier", action="store_true",
-                    help="the unit-split forward in its proven form: the counter barrier, plain dots "
-                         "(default: the tagged exchange, dots split over R)")
+                    help="the unit-split kernels in their proven form: the counter barrier, plain dots "
+                         "(default: the tagged exchange, dots split over the warps)")
     ap.add_argument("--csv")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():

@@ -11,12 +11,12 @@ Regimes (each one a kernel in its own file, registered in :data:`LAUNCHERS`):
   shape as a CUDA graph and replayed (GPU only); the rule's choice wherever it would pick the per-step kernels on
   a GPU.
 * ``"split"``: one launch; the programs of a (batch tile, direction) group split the hidden units, keep their slice
-  of the weights and their cell state on chip and exchange h_t every step (the latency regime, small B). The
-  forward exchanges tagged words (``TAGGED``, self-tested as ``"split-tagged"``: one store publishes a value with
-  its step, one load waits for it and fetches it); the backward, and the forward if the tagged form fails its
-  self-test, meet at a barrier on a counter instead.
-  ``"split-chunked"`` is its backward beyond H=512 (W_hh in chunks of gate rows, each step's dot split over the
-  warps), self-tested as a regime of its own.
+  of the weights and their cell state on chip and exchange h_t (backward: dG_t) every step (the latency regime,
+  small B). They exchange tagged words (``TAGGED``, self-tested as ``"split-tagged"``: one store publishes a value
+  with its step, one load waits for it and fetches it), each dot split over the warps (``K_SPLIT``); the
+  backward's chunked and projected forms, and any form whose self-test fails, meet at a barrier on a counter
+  instead. ``"split-chunked"`` is the backward beyond H=512 (W_hh in chunks of gate rows), ``"split-k"`` the
+  barrier backward with its dot split (with a projection), each self-tested as a regime of its own.
 
 :func:`choose` is the rule for a shape; the plan (:mod:`tritonlstm.dispatch`) adds what a rule cannot know (the
 environment, the self-test, compile failures). T plays no part anywhere.
@@ -181,7 +181,8 @@ def sequence_config(
       ``OPERAND_BUDGET`` (compile-checked spill-free for sm_90 in ``tests/test_sequence_structure.py``). The
       backward beyond it, up to H=1024 in 16-bit with 16 units, holds W_hh in ``CHUNK_ROWS`` chunks of gate rows
       (``G_CHUNKS``). Each dot is split over its inner dimension one way per warp (``K_SPLIT``; the forward's
-      R in one or two blocks, :func:`k_blocks`), and the forward exchanges tagged words (``TAGGED``).
+      R in one or two blocks, :func:`k_blocks`), and the exchange is tagged words (``TAGGED``) but in the
+      backward's chunked and projected forms.
     * Otherwise batch-owned (32x32 tiles, K-blocks of 32, 8 warps without a projection; the per-step tiles
       with one): a program owns a batch tile and streams W_hh from L2 every
       step. It beats the per-step kernels only where W_hh is small (``SMALL_W_BYTES``: it stays in the SM's
@@ -226,6 +227,10 @@ def sequence_config(
         # the recurrent dot split over its gate rows, one split per warp (each at least 16 rows): a plain 16-row
         # dot puts 2-4 warps on the same rows, and Triton 3.6 puts every warp on a batched dot's batch dimension
         cfg["K_SPLIT"] = cfg["num_warps"]
+    if backward and not proj_size and cfg.get("G_CHUNKS", 1) == 1 and elt == 2:
+        # dG_t exchanged as tagged words; the chunked and projected forms meet at the barrier, and so does float32,
+        # whose 64-bit words of a [16, 4H] row block spill in Triton 3.6's build with the regularisers
+        cfg["TAGGED"] = True
     if not backward:
         cfg["TAGGED"] = True  # the forward's exchange: tagged words, no barrier (kernels/jit.py, wait_words)
         # its dots split over R (and H with a projection) one way per warp: the warps then lie along the splits
@@ -268,8 +273,8 @@ def constexprs(cfg: dict, H: int, R: int, P: int, backward: bool) -> tuple[dict,
 
 
 def barrier_form(cfg: dict) -> dict:
-    """A unit-split forward config in its proven form, the fallback of the tagged one: the programs meet at the
-    counter barrier and each dot is one plain ``tl.dot`` (no ``TAGGED``, no ``K_SPLIT``)."""
+    """A unit-split config in its proven form, the fallback of the tagged one: the programs meet at the counter
+    barrier and each dot is one plain ``tl.dot`` (no ``TAGGED``, no ``K_SPLIT``)."""
     return {k: v for k, v in cfg.items() if k not in ("TAGGED", "K_SPLIT", "K_BLOCK")}
 
 
@@ -290,7 +295,7 @@ def choose(
         why = f"unit-split: {cfg['BLOCK_H']} units per program, every group co-resident"
         if cfg.get("TAGGED"):
             fallback = Choice("split", barrier_form(cfg), why + ", barrier")
-            return Choice("split", cfg, why + ", tagged exchange, dots split over R", fallback)
+            return Choice("split", cfg, why + ", tagged exchange, dots split over the warps", fallback)
         if cfg.get("K_SPLIT", 1) > 1 and cfg.get("G_CHUNKS", 1) == 1:  # the backward split over its gate rows
             plain = {k: v for k, v in cfg.items() if k != "K_SPLIT"}
             return Choice("split", cfg, why + ", dot split over the gate rows", Choice("split", plain, why))
@@ -330,7 +335,7 @@ def self_test_config(device: torch.device, dtype: torch.dtype, regime: str, H: i
         cfg.update(G_CHUNKS=3, K_SPLIT=4, num_warps=8)
     if regime == "split-k" and backward:  # the dot split over the gate rows (interpreter: 48 rows, 12 a slice)
         cfg["K_SPLIT"] = 4
-    if regime == "split-tagged" and not backward:
+    if regime == "split-tagged" and not (backward and (P or dtype == torch.float32)):  # the rule's tagged forms
         cfg.update(TAGGED=True, K_SPLIT=4)  # one split per warp
     return cfg
 

@@ -30,9 +30,23 @@ from tritonlstm.kernels.common import (
     interleave_gates,
 )
 from tritonlstm.kernels.config import DEFAULT_SPIN_LIMIT, constexprs, sequence_config
-from tritonlstm.kernels.jit import ACC, and_, barrier, batch_rows, cell_backward, split_gates, torch_rows, zoneout_rates
+from tritonlstm.kernels.jit import (
+    ACC,
+    and_,
+    barrier,
+    batch_rows,
+    cell_backward,
+    publish_words,
+    split_gates,
+    split_k_dot,
+    step_tag,
+    torch_rows,
+    wait_words,
+    word_values,
+    zoneout_rates,
+)
 from tritonlstm.kernels.runtime import acc_dtype, input_precision, launch_guard, sm_count
-from tritonlstm.kernels.sequence_fwd import launch_options
+from tritonlstm.kernels.sequence_fwd import launch_options, tagged_words
 
 
 @triton.jit
@@ -78,7 +92,7 @@ def _bwd_cell(
     ZONEOUT: tl.constexpr,
 ):
     """Gate gradients of one unit tile from the gradient of m_t (b_dh; with zoneout, the share that went through
-    the cell) and dc_t; stores dG_t; returns dc_{t-1}."""
+    the cell) and dc_t; stores dG_t; returns (dc_{t-1}, dG_t)."""
     m_bu = m_b[:, None] & m_u[None, :]
     m_bg = m_b[:, None] & m_g[None, :]
     o_bu = o_b[:, None] * H + o_u[None, :]
@@ -97,7 +111,7 @@ def _bwd_cell(
     b_dcp += poison
     tl.store(dg_t + o_b[:, None] * (4 * H) + o_g[None, :], b_dg.to(dg_t.dtype.element_ty), mask=m_bg)
     tl.store(dc0_d + o_bu, b_dcp.to(dc0_d.dtype.element_ty), mask=and_(m_bu, last_step))
-    return b_dcp
+    return b_dcp, b_dg
 
 
 @triton.jit
@@ -150,25 +164,25 @@ def _dg_chunk_dot(
     INPUT_PRECISION: tl.constexpr,
 ):
     """dG_{t+1}[rows, gate rows k0 .. k0 + BLOCK_G] @ W_hh[those rows, columns]: one chunk of the unit-split
-    backward's recurrent dot (dG_{t+1} is zero at the first step, n == 0). The gate rows are split K_SPLIT ways
-    into a batched dot, one slice per warp, whose partial products are summed in a fixed order (no atomics)."""
-    if K_SPLIT == 1:
-        o_k = k0 + tl.arange(0, BLOCK_G)[None, :]
-        b_dgn = tl.load(
-            dgn_t + o_b[:, None] * G + o_k, mask=and_(m_b[:, None] & (o_k < G), n > 0), other=0.0, cache_modifier=".cg"
-        )
-        b_rec = tl.dot(b_dgn, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
-    else:
-        o_s = tl.arange(0, K_SPLIT)[:, None, None] * (BLOCK_G // K_SPLIT)
-        o_k = k0 + o_s + tl.arange(0, BLOCK_G // K_SPLIT)[None, None, :]
-        b_dgn = tl.load(
-            dgn_t + o_b[None, :, None] * G + o_k,
-            mask=and_(m_b[None, :, None] & (o_k < G), n > 0),
-            other=0.0,
-            cache_modifier=".cg",
-        )
-        b_rec = tl.sum(tl.dot(b_dgn, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION), axis=0)
-    return b_rec
+    backward's recurrent dot (dG_{t+1} is zero at the first step, n == 0), split K_SPLIT ways over the warps
+    (:func:`tritonlstm.kernels.jit.split_k_dot`)."""
+    o_k = k0 + tl.arange(0, BLOCK_G)[None, :]
+    b_dgn = tl.load(
+        dgn_t + o_b[:, None] * G + o_k, mask=and_(m_b[:, None] & (o_k < G), n > 0), other=0.0, cache_modifier=".cg"
+    )
+    return split_k_dot(b_dgn, b_w, K_SPLIT, ACC_DTYPE, INPUT_PRECISION)
+
+
+@triton.jit
+def _dg_wait(dgw_d, n, o_b, m_b, B, G, failed, spin_limit, BLOCK_G: tl.constexpr, WORD: tl.constexpr,
+             DTYPE: tl.constexpr):  # fmt: skip
+    """Tagged mode: dG_{t+1}'s [BLOCK_B, BLOCK_G] row block from step n - 1's words in slot (n - 1) % 2, zero at
+    the first step (masked-off words carry no value bits); returns (tile, failed). Every row in range is waited
+    for, as in the forward, which keeps the programs in lockstep (two slots are enough: kernels/jit.py)."""
+    o_k = tl.arange(0, BLOCK_G)[None, :]
+    p_w = dgw_d + ((n + 1) % 2) * (B.to(tl.int64) * G) + o_b[:, None] * G + o_k
+    words, failed = wait_words(p_w, m_b[:, None] & (o_k < G) & (n > 0), step_tag(n - 1, WORD), failed, spin_limit)
+    return word_values(words, DTYPE), failed
 
 
 @triton.jit
@@ -279,6 +293,7 @@ def _seq_bwd_split_kernel(
     cs_ptr,  # [D, T, B, H]  every c_t, accumulator dtype
     c0_ptr,  # [D, B, H]
     dg_ptr,  # [D, T, B, G]  out: gate pre-activation gradients
+    dgw_ptr,  # [D, 2, B, G]  dG_t as tagged words, two slots by step (unit-split with TAGGED; else unread)
     dhall_ptr,  # [D, T, B, P]  out: the whole gradient of h_t (HAS_PROJ), for dW_hr
     dc_ptr,  # [D, B, H]  scratch: dc_t between steps (batch-owned), accumulator dtype
     dcarry_ptr,  # [D, B, R]  scratch/out: gradient reaching the state not through the gates, accumulator dtype
@@ -315,6 +330,8 @@ def _seq_bwd_split_kernel(
     ZONEOUT: tl.constexpr,  # as in the forward; never with HAS_PROJ
     ACC_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    TAGGED: tl.constexpr = False,  # exchange dG_t as tagged words (WORD) instead of meeting at the barrier
+    WORD: tl.constexpr = tl.int32,
 ):
     i_b, i_d, i_s = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     NS = tl.num_programs(2)
@@ -337,7 +354,10 @@ def _seq_bwd_split_kernel(
     dh0_d = dh0_ptr + i_d * B * R
     dy_d = dy_ptr + i_d * R
     sync = sync_ptr + i_d * tl.num_programs(0) + i_b
+    dgw_d = dgw_ptr + i_d * 2 * B * G
     failed = tl.program_id(0) * 0
+    if TAGGED:
+        tl.static_assert(G_CHUNKS == 1 and not HAS_PROJ, "the tagged exchange takes one chunk, no projection")
 
     o_u = i_s * BLOCK_H + tl.arange(0, BLOCK_H)
     o_g = i_s * (4 * BLOCK_H) + tl.arange(0, 4 * BLOCK_H)
@@ -385,7 +405,13 @@ def _seq_bwd_split_kernel(
         dgn_t = dg_d + tn * B * G
         dg_t = dg_d + tc * B * G
         # gradient reaching h_t[:, o_c] through the state: dG_{next} @ W_hh[:, o_c] plus the carried part
-        b_rec = _dg_chunk_dot(dgn_t, o_b, m_b, 0, b_w, G, n, BLOCK_G, K_SPLIT, ACC_DTYPE, INPUT_PRECISION)
+        if TAGGED:  # one load of the words both waits for the other programs' dG_{next} and fetches it
+            b_dgn, failed = _dg_wait(dgw_d, n, o_b, m_b, B, G, failed, spin_limit, BLOCK_G, WORD,
+                                     dg_ptr.dtype.element_ty)  # fmt: skip
+            poison = tl.where(failed != 0, float("nan"), 0.0)
+            b_rec = split_k_dot(b_dgn, b_w, K_SPLIT, ACC_DTYPE, INPUT_PRECISION)
+        else:
+            b_rec = _dg_chunk_dot(dgn_t, o_b, m_b, 0, b_w, G, n, BLOCK_G, K_SPLIT, ACC_DTYPE, INPUT_PRECISION)
         if G_CHUNKS >= 2:
             b_rec += _dg_chunk_dot(
                 dgn_t, o_b, m_b, 1 * BLOCK_G, b_w1, G, n, BLOCK_G, K_SPLIT, ACC_DTYPE, INPUT_PRECISION
@@ -439,7 +465,7 @@ def _seq_bwd_split_kernel(
                     cache_modifier=".cg",
                 )
                 b_dm = tl.dot(b_dhf, b_wr, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
-                b_dc = _bwd_cell(
+                b_dc, b_dg = _bwd_cell(
                     b_dm, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, b_gates, b_cp, b_c, dg_t,
                     dc0_d, H, b_kc, BLOCK_B, BLOCK_H, HAS_LENGTHS, 0,
                 )  # fmt: skip
@@ -449,7 +475,7 @@ def _seq_bwd_split_kernel(
                 )  # fmt: skip
                 failed = barrier(sync, NS * (2 * n + 2), failed, spin_limit)
             else:
-                b_dc = _bwd_cell(
+                b_dc, b_dg = _bwd_cell(
                     b_dh, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, b_gates, b_cp, b_c, dg_t,
                     dc0_d, H, b_kc, BLOCK_B, BLOCK_H, HAS_LENGTHS, ZONEOUT,
                 )  # fmt: skip
@@ -457,7 +483,12 @@ def _seq_bwd_split_kernel(
                     n + 1, T, rev, b_len, gates_d, cs_d, c0_d, dy_d, o_b, o_u, o_g, o_c, m_b, m_u, m_g, m_bc, B, H,
                     ldy, HAS_DY, ZONEOUT, ACC_DTYPE,
                 )  # fmt: skip
-                failed = barrier(sync, NS * (n + 1), failed, spin_limit)
+                if TAGGED:  # dG_t as step n's words in slot n % 2 (rounded as dg stores it)
+                    p_w = dgw_d + (n % 2) * (B.to(tl.int64) * G) + o_b[:, None] * G + o_g[None, :]
+                    publish_words(p_w, b_dg.to(dg_ptr.dtype.element_ty), step_tag(n, WORD),
+                                  m_b[:, None] & m_g[None, :], WORD)  # fmt: skip
+                else:
+                    failed = barrier(sync, NS * (n + 1), failed, spin_limit)
     tl.store(err_ptr, failed, mask=failed != 0)
 
 
@@ -472,6 +503,7 @@ def _seq_bwd_batch_kernel(
     cs_ptr,  # [D, T, B, H]  every c_t, accumulator dtype
     c0_ptr,  # [D, B, H]
     dg_ptr,  # [D, T, B, G]  out: gate pre-activation gradients
+    dgw_ptr,  # [D, 2, B, G]  dG_t as tagged words, two slots by step (unit-split with TAGGED; else unread)
     dhall_ptr,  # [D, T, B, P]  out: the whole gradient of h_t (HAS_PROJ), for dW_hr
     dc_ptr,  # [D, B, H]  scratch: dc_t between steps (batch-owned), accumulator dtype
     dcarry_ptr,  # [D, B, R]  scratch/out: gradient reaching the state not through the gates, accumulator dtype
@@ -570,7 +602,7 @@ def _seq_bwd_batch_kernel(
                     b_dc = _load_dc(dc_d, dcn_d, o_b, o_u, m_b, m_u, n, H, HAS_DCN, ACC_DTYPE)
                     b_gates, b_cp, b_c = _bwd_cell_inputs(gates_t, cs_t, cs_p, c0_d, first_fwd, o_b, o_u, o_g, m_b,
                                                           m_u, m_g, H, 0, ACC_DTYPE)  # fmt: skip
-                    b_dc = _bwd_cell(
+                    b_dc, b_dg = _bwd_cell(
                         b_dm, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, b_gates, b_cp, b_c, dg_t,
                         dc0_d, H, b_dc, BLOCK_B, BLOCK_H, HAS_LENGTHS, 0,
                     )  # fmt: skip
@@ -596,7 +628,7 @@ def _seq_bwd_batch_kernel(
                         b_kc = zoneout_rates(zs_ptr, zo_stream + 1, t, o_b, o_u, B, H, zo_c, ZONEOUT, ACC_DTYPE)
                     b_gates, b_cp, b_c = _bwd_cell_inputs(gates_t, cs_t, cs_p, c0_d, first_fwd, o_b, o_u, o_g, m_b,
                                                           m_u, m_g, H, ZONEOUT, ACC_DTYPE)  # fmt: skip
-                    b_dc = _bwd_cell(
+                    b_dc, b_dg = _bwd_cell(
                         b_dh, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, b_gates, b_cp, b_c, dg_t,
                         dc0_d, H, b_kc, BLOCK_B, BLOCK_H, HAS_LENGTHS, ZONEOUT,
                     )  # fmt: skip
@@ -649,17 +681,22 @@ def backward(
         dcarry = torch.empty(D, B, R, device=dev, dtype=acc) if carried and not split else dh0
         lens = lengths.to(dtype=torch.int32).contiguous() if lengths is not None else flags
         rev_mask = sum(1 << d for d, r in enumerate(reverse) if r)
+        # a config shared with the forward may ask for tagged words: the backward has them with one chunk, no P
+        tagged = tagged_words(cfg, dtype) if not P and k["G_CHUNKS"] == 1 else {}
+        dgw = dg  # unread unless tagged: then dG_t's words, zeroed (no tag is 0 on a slot's first use)
+        if tagged:
+            dgw = torch.zeros(D, 2, B, G, device=dev, dtype=torch.int32 if tagged["WORD"] == tl.int32 else torch.int64)
         with launch_guard(x.device):
             KERNELS[cfg["regime"]][(nb, D, ns)](
                 dy.contiguous() if dy is not None else y, dh_n.contiguous() if dh_n is not None else dh0,
                 dc_n.contiguous() if dc_n is not None else dc0, w_hh.contiguous(),
-                w_hr.contiguous() if w_hr is not None else w_hh, gates, cs, c0.contiguous(), dg,
+                w_hr.contiguous() if w_hr is not None else w_hh, gates, cs, c0.contiguous(), dg, dgw,
                 dh_all if dh_all is not None else dg, dc, dcarry, dh0, dc0, lens, hm if hm is not None else dg,
                 regs.seed if regs.seed is not None else dg, float(regs.zoneout[0]), float(regs.zoneout[1]), sync, err,
                 T, B, H, R, P, rev_mask, cfg.get("spin_limit", DEFAULT_SPIN_LIMIT), HAS_DY=dy is not None,
                 HAS_DHN=dh_n is not None, HAS_DCN=dc_n is not None, HAS_LENGTHS=lengths is not None, HAS_PROJ=P > 0,
                 HAS_MASK=hm is not None, ZONEOUT=regs.mode, ACC_DTYPE=ACC[acc],
-                INPUT_PRECISION=input_precision(dtype), **k, **launch_options(x, split, cfg["num_warps"]),
+                INPUT_PRECISION=input_precision(dtype), **k, **tagged, **launch_options(x, split, cfg["num_warps"]),
             )  # fmt: skip
     else:
         dh0.zero_()

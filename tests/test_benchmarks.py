@@ -365,7 +365,7 @@ def test_probe_backward_k_split_overrides_only_the_unit_split_backward():
     config = with_backward_k_split(C.sequence_config, 4)
     cfg = config(16, 256, 0, 1, torch.float16, 132, True)
     assert cfg["regime"] == "split" and (cfg["K_SPLIT"], cfg["num_warps"]) == (4, 8)
-    assert C.variant(cfg) == "split-k", "the split form is self-tested as its own regime"
+    assert C.variant(cfg) == "split-tagged", "the rule's tagged backward, split 4 ways instead of 8"
     assert C.sequence_config(16, 256, 0, 1, torch.float16, 132, True)["K_SPLIT"] == 8, "the rule is untouched"
     assert config(16, 256, 0, 1, torch.float16, 132) == C.sequence_config(16, 256, 0, 1, torch.float16, 132)
     proj = C.sequence_config(16, 256, 64, 1, torch.float16, 132, True)
@@ -373,17 +373,18 @@ def test_probe_backward_k_split_overrides_only_the_unit_split_backward():
     assert "K_SPLIT" not in config(16, 8, 0, 1, torch.float16, 132, True), "slices of 8 gate rows: too small"
 
 
-def test_probe_barrier_is_the_tagged_forwards_fallback():
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
+def test_probe_barrier_is_the_tagged_kernels_fallback(backward):
     from benchmarks.probe import with_barrier
     from tritonlstm.kernels import config as C
 
-    tagged = C.sequence_config(16, 256, 0, 1, torch.float16, 132)
+    shape = (16, 256, 0, 1, torch.float16, 132, backward)
+    tagged = C.sequence_config(*shape)
     assert tagged["TAGGED"] and tagged["K_SPLIT"] == tagged["num_warps"]
     config = with_barrier(C.sequence_config)
-    assert config(16, 256, 0, 1, torch.float16, 132) == C.choose(16, 256, 0, 1, torch.float16, 132).fallback.config
-    assert config(16, 256, 0, 1, torch.float16, 132) == {
-        k: v for k, v in tagged.items() if k not in ("TAGGED", "K_SPLIT", "K_BLOCK")
-    }
-    assert C.variant(config(16, 256, 0, 1, torch.float16, 132)) == "split"
-    assert C.sequence_config(16, 256, 0, 1, torch.float16, 132)["TAGGED"], "the rule is untouched"
-    assert config(16, 256, 0, 1, torch.float16, 132, True) == C.sequence_config(16, 256, 0, 1, torch.float16, 132, True)
+    assert config(*shape) == C.choose(*shape).fallback.config
+    assert config(*shape) == {k: v for k, v in tagged.items() if k not in ("TAGGED", "K_SPLIT", "K_BLOCK")}
+    assert C.variant(config(*shape)) == "split"
+    assert C.sequence_config(*shape)["TAGGED"], "the rule is untouched"
+    chunked = (16, 1024, 0, 1, torch.float16, 132, True)  # no tagged form: as the rule has it
+    assert config(*chunked) == C.sequence_config(*chunked)

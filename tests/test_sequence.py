@@ -56,7 +56,7 @@ def _config(regime: str, H: int) -> dict | None:
         return None
     if regime == "split":
         return _split(H)
-    if regime == "split-tagged":  # the forward's tagged exchange (the backward ignores the key)
+    if regime == "split-tagged":  # tagged words (the backward takes them without a projection or chunks)
         return {**_split(H), "TAGGED": True}
     if regime == "split-tagged-k4":  # the rule's forward at 8 warps: tagged, the recurrent dot split 4 ways
         return {**_split(H), "TAGGED": True, "K_SPLIT": 4}
@@ -175,8 +175,8 @@ TAGGED = [
 @requires_interpreter
 @pytest.mark.parametrize("dtype, P, masked, zoneout", TAGGED)
 def test_tagged_exchange_is_the_barrier_bit_for_bit(dtype, P, masked, zoneout):
-    """The split forward with the tagged exchange against the same kernel meeting at a barrier (tested against
-    the per-step kernels above): every output bit for bit, bidirectional with lengths."""
+    """The split kernels with the tagged exchange against the same kernels meeting at a barrier (tested against
+    the per-step kernels above): every output and gradient bit for bit, bidirectional with lengths."""
     case = ("", 5, 3, 4, 9, P, (False, True), [5, 2, 4], True, "split")
     inp = _inputs(5, 3, 4, 9, P, 2, dtype)
     regs = Regularisers(
@@ -191,6 +191,14 @@ def test_tagged_exchange_is_the_barrier_bit_for_bit(dtype, P, masked, zoneout):
     assert int(err) == 0
     for name, a, e in zip(("y", "h_n", "c_n", "gates", "cs"), got, want):
         assert torch.equal(a, e), f"{name}: the tagged exchange differs from the barrier"
+    # the backward (tagged without a projection) on the same saved tensors: every gradient bit for bit
+    saved, upstream = Saved(want[0], want[3], want[4]), GradOutputs(*_upstream()(*want[:3]))
+    err_b = torch.zeros(1, dtype=torch.int32)
+    plain = sequence_bwd.backward(layer, regs, saved, upstream, Needs(), _split(9))
+    tagged = sequence_bwd.backward(layer, regs, saved, upstream, Needs(), {**_split(9), "TAGGED": True}, err_b)
+    assert int(err_b) == 0
+    for name, a, e in zip(GRADS, tagged, plain):
+        assert (a is None and e is None) or torch.equal(a, e), f"{name}: the tagged backward differs from the barrier"
 
 
 def test_tagged_words_carry_16_and_32_bit_values_only():
@@ -357,16 +365,18 @@ def test_forced_timeout_sets_flag_and_nan(P, tagged):
     for name, a, e in zip(("y", "h_n", "c_n"), (y, h_n, c_n), want):
         ok = torch.isnan(a) | torch.isclose(a, e, rtol=1e-4, atol=1e-5)
         assert ok.all(), f"{name}: a value that is neither NaN nor correct"
-    if tagged:
-        return  # the backward has no tagged form
-    # the backward times out the same way
+    # the backward times out the same way (tagged without a projection, at the barrier with one)
     err_b = torch.zeros(1, dtype=torch.int32)
     saved = Saved(want[0], want[3], want[4])
     grads = sequence_bwd.backward(
-        layer, Regularisers(), saved, GradOutputs(*_upstream()(*want[:3])), Needs(), _stuck(16), err_b
+        layer, Regularisers(), saved, GradOutputs(*_upstream()(*want[:3])), Needs(), stuck, err_b
     )
     assert int(err_b.item()) == 1
     assert torch.isnan(grads[1]).any() and torch.isnan(grads[4]).any(), "dh0 and dW_hh must show the failure"
+    want_grads = _step(inp, None, (False,), _upstream())[1]
+    for name, a, e in zip(GRADS, grads, want_grads):
+        if a is not None:
+            assert (torch.isnan(a) | torch.isclose(a, e, rtol=1e-4, atol=1e-5)).all(), f"{name}: neither NaN nor right"
 
 
 def _plan(B, H, P, D, dtype=torch.float32, backward=False, backend="auto"):
@@ -431,21 +441,22 @@ def test_failed_tagged_self_test_falls_back_to_the_barrier(monkeypatch, health):
     assert forward.regime == "split" and "TAGGED" not in forward.config, forward
     assert "barrier" in forward.why and "split-tagged regime failed its self-test" in forward.why
     assert health.passed(torch.device("cpu"), torch.float32, "split") is True
-    backward = _plan(3, 6, 0, 2, backward=True)  # no tagged form: the split backward as before
+    backward = _plan(3, 6, 0, 2, backward=True)  # its tagged form failed too (one self-test for both passes)
     assert backward.regime == "split" and "TAGGED" not in backward.config
 
 
 @requires_interpreter
 def test_failed_split_k_self_test_falls_back_to_the_plain_dot(monkeypatch, health):
-    """The rule's split backward splits its dot over the gate rows; if that form fails its self-test the plan runs
-    the kernel with one plain dot (self-tested on its own) and says why."""
+    """The rule's split backward with a projection (which meets at the barrier) splits its dot over the gate rows;
+    if that form fails its self-test the plan runs the kernel with one plain dot (self-tested on its own)."""
     monkeypatch.delenv("TRITONLSTM_KERNEL", raising=False)
     monkeypatch.setattr(dispatch.runtime, "sm_count", lambda device: 132)
     real = selftest.self_test
     monkeypatch.setattr(selftest, "self_test", lambda d, t, r: "broken" if r == "split-k" else real(d, t, r))
-    assert C.choose(3, 16, 0, 2, torch.float32, 132, True).config["K_SPLIT"] == 4, "the rule's backward splits"
+    rule = C.choose(3, 16, 8, 2, torch.float32, 132, True).config
+    assert rule["K_SPLIT"] == 4 and "TAGGED" not in rule, "the rule's projected backward splits, at the barrier"
     with pytest.warns(RuntimeWarning, match="split-k regime failed its self-test.*broken.*plain dot for split-k"):
-        backward = _plan(3, 16, 0, 2, backward=True)
+        backward = _plan(3, 16, 8, 2, backward=True)
     assert backward.regime == "split" and "K_SPLIT" not in backward.config, backward
     assert "split-k regime failed its self-test" in backward.why
     assert health.passed(torch.device("cpu"), torch.float32, "split") is True

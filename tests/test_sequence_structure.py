@@ -147,6 +147,7 @@ SPLIT_CASES = [
     # float32 (exact dots on FMA units, no MMA): split over the warps, the forward holds no spills either
     pytest.param(16, 512, 0, 1, torch.float32, False, False, 0, id="fwd-B16-H512-fp32"),
     pytest.param(16, 256, 0, 1, torch.float32, False, True, 2, id="fwd-B16-H256-fp32-rdrop-zoneout"),
+    pytest.param(16, 256, 0, 1, torch.float32, True, True, 2, id="bwd-B16-H256-fp32-rdrop-zoneout"),
     pytest.param(16, 512, 0, 1, torch.bfloat16, True, False, 0, id="bwd-B16-H512-bf16"),
     pytest.param(16, 512, 0, 1, torch.bfloat16, True, True, 2, id="bwd-B16-H512-bf16-rdrop-zoneout"),
     # beyond H=512 the backward holds W_hh in chunks of gate rows and splits each chunk's dot over the warps
@@ -184,22 +185,27 @@ _SYNC = re.compile(r"\batom\.|\bred\.global|\.(acquire|release)\b|\bfence\.|\bme
 @pytest.mark.parametrize("B, H, P, D, dtype, backward, masked, zoneout", SPLIT_CASES)
 def test_unit_split_structure(B, H, P, D, dtype, backward, masked, zoneout):
     cfg, grid, asm, variant, args = _launched(B, H, P, D, dtype, backward, masked, zoneout)
-    assert cfg["regime"] == "split" and cfg.get("TAGGED", False) == (not backward), cfg
+    # tagged words but in the backward's chunked, projected and float32 forms, which meet at the barrier
+    tagged = not backward or (not P and cfg.get("G_CHUNKS", 1) == 1 and dtype != torch.float32)
+    assert cfg["regime"] == "split" and cfg.get("TAGGED", False) == tagged, cfg
     # the weights stay on chip: nothing in the time loop reads them from global memory
     loads = _global_loads_in_time_loop(asm["ttgir"], args)
     assert "w_ptr" not in loads and "wr_ptr" not in loads, f"time loop loads {sorted(loads)}"
-    exchanged = "dg_ptr" if backward else "xh_ptr"  # the forward's tagged words, whatever the regularisers
+    exchanged = ("dgw_ptr" if tagged else "dg_ptr") if backward else "xh_ptr"  # whatever the regularisers
     assert exchanged in loads, "the tracer must see the exchanged rows loaded each step"
     assert "hm_ptr" not in loads, "the recurrent dropout mask is loaded once, before the time loop"
     ptx = asm["ptx"]
-    if backward:  # the barrier: a release arrive and acquire polls (the positive control of the check below)
-        assert _SYNC.search(ptx), "the backward's barrier must show in the PTX"
+    if tagged:  # volatile loads of the words, no counter, no fence, no atomic
+        assert not _SYNC.search(ptx), f"synchronisation in a tagged kernel: {_SYNC.search(ptx).group(0)}"
+        assert "ld.volatile.global" in ptx, "the words are polled with volatile loads"
+    else:  # the barrier: a release arrive and acquire polls (the positive control of the check above)
+        assert _SYNC.search(ptx), "the barrier must show in the PTX"
+    if backward:
         # a step's own inputs are loaded before the previous step's wait: the first step's ahead of the loop
         ahead = _global_loads_in_time_loop(asm["ttgir"], args, before=True)
         assert {"gates_ptr", "cs_ptr"} <= set(ahead) and "dg_ptr" not in ahead, ahead
-    else:  # the tagged exchange: volatile loads of the words, no counter, no fence, no atomic
-        assert not _SYNC.search(ptx), f"synchronisation in the tagged forward: {_SYNC.search(ptx).group(0)}"
-        assert "ld.volatile.global" in ptx, "the words are polled with volatile loads"
+        assert not tagged or "dg_ptr" not in loads, "dG_{t+1} comes from the words, not from dg"
+    else:
         assert "y_ptr" not in loads, "h_{t-1} comes from the words, not from y"
         assert loads.index("gx_ptr") < loads.index("xh_ptr"), f"the gate projections are loaded after the wait: {loads}"
     if dtype == torch.float32:
@@ -217,21 +223,25 @@ def test_unit_split_structure(B, H, P, D, dtype, backward, masked, zoneout):
     assert variant.shared <= SHARED_PER_BLOCK, f"{variant.shared} bytes of shared memory"
 
 
-def test_forward_fallback_meets_at_the_barrier():
-    """The tagged forward's fallback (the same kernel without TAGGED) synchronises through the counter: the PTX
-    check above would see it."""
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
+def test_fallback_meets_at_the_barrier(backward):
+    """The tagged kernels' fallback (the same kernel without TAGGED or K_SPLIT) synchronises through the counter and
+    runs plain dots: the positive control of the PTX and MMA checks above, which would see both."""
     from tritonlstm.kernels import config as C
 
-    choice = C.choose(16, 256, 0, 1, torch.bfloat16, SMS)
+    choice = C.choose(16, 256, 0, 1, torch.bfloat16, SMS, backward)
     assert choice.config["TAGGED"] and choice.fallback.config == C.barrier_form(choice.config)
     assert "TAGGED" not in choice.fallback.config and "K_SPLIT" not in choice.fallback.config
     fallback = tuple(choice.fallback.config.items())
-    _, _, asm, variant, args = _launched(16, 256, 0, 1, torch.bfloat16, False, config=fallback)
+    _, _, asm, variant, args = _launched(16, 256, 0, 1, torch.bfloat16, backward, config=fallback)
     assert _SYNC.search(asm["ptx"]) and "ld.volatile.global" not in asm["ptx"]
-    # the positive control of the MMA count: a plain 16-row dot puts several warps on the same rows
+    # a plain 16-row dot puts several warps on the same rows
     mmas = len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16\b", asm["ptx"]))
-    assert mmas > _forward_mma_work(choice.fallback.config, 256, 0), mmas
-    assert "y_ptr" in _global_loads_in_time_loop(asm["ttgir"], args), "h_{t-1} is read from y after the barrier"
+    plain = choice.fallback.config
+    work = _backward_mma_work(plain, 256) if backward else _forward_mma_work(plain, 256, 0)
+    assert mmas > work, (mmas, work)
+    exchanged = "dg_ptr" if backward else "y_ptr"  # read after the barrier
+    assert exchanged in _global_loads_in_time_loop(asm["ttgir"], args)
     assert variant.n_spills == 0
 
 
