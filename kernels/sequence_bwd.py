@@ -5,7 +5,9 @@ one kernel each, with the forward's (:mod:`tritonlstm.kernels.sequence_fwd`) lay
   reaching h_t from dG_{t+1} W_hh, streamed from L2, then the cell's gradient, unit tile by unit tile.
 * ``_seq_bwd_split_kernel`` (``"split"``): a program keeps W_hh[:, its units] (all 4H rows) on chip, in up to
   ``G_CHUNKS`` chunks of gate rows whose dots may be split ``K_SPLIT`` ways over the warps (the partial products
-  summed in a fixed order), and exchanges dG_t through the barrier.
+  summed in a fixed order). It exchanges dG_t as tagged words (``TAGGED``, one chunk and no projection: the
+  forward's helpers, :func:`tritonlstm.kernels.jit.wait_words`) or through the barrier. Each step's own inputs
+  (the forward's gates and cells, dy_t) are loaded before the previous step's wait and carried over.
 
 Both write NaN into everything computed after a timed-out wait. No atomics in any reduction (the barrier counter
 is synchronisation only): weight, input and bias gradients are GEMMs after the loop, here in :func:`backward`.
