@@ -237,8 +237,7 @@ MASKED = [
     for case in CASES
     if case[0] in RICH + ("split-4-chunks-k-split-lengths",)
     for dtype in (torch.float64, torch.float32)
-] + [pytest.param(CASES[6], torch.float16, id=f"{CASES[6][0]}-float16"),
-      pytest.param(CASES[-1], torch.float32, id=f"{CASES[-1][0]}-float32")]
+] + [pytest.param(CASES[6], torch.float16, id=f"{CASES[6][0]}-float16")]
 
 
 @requires_interpreter
@@ -790,7 +789,8 @@ def test_graphed_replays_are_the_step_kernels_bit_for_bit(graphs, masked):
 
 
 @requires_interpreter
-def test_graphed_cache_key_is_the_shape_and_options(graphs):
+def test_graphed_cache_key_is_the_shape_and_options(graphs, monkeypatch):
+    monkeypatch.setattr(graphs, "MAX_GRAPHS", 7)  # the eviction below in fewer interpreted captures
     layer, regs = _graph_inputs(4, 0)
     graphs.forward(layer, regs, True)
     graphs.forward(_graph_inputs(4, 1)[0], regs, True)
