@@ -258,7 +258,7 @@ def constexprs(cfg: dict, H: int, R: int, P: int, backward: bool) -> tuple[dict,
             # at least 16: a tl.dot dimension (H < 4 would give a smaller one; the rows past 4H are masked)
             BLOCK_G=max(16, triton.next_power_of_2(triton.cdiv(4 * H, cfg.get("G_CHUNKS", 1)))) if split else 16,
             G_CHUNKS=cfg.get("G_CHUNKS", 1) if split else 1,
-            K_SPLIT=cfg.get("K_SPLIT", 1) if split else 1,
+            K_SPLIT=cfg.get("K_SPLIT", 1) if split else 1,  # the rule keeps 16 gate rows a split (the GPU's minimum)
             BLOCK_F=max(16, triton.next_power_of_2(P)) if split and P else 16,
         )
     else:
@@ -333,7 +333,7 @@ def self_test_config(device: torch.device, dtype: torch.dtype, regime: str, H: i
     if regime == "split-chunked" and backward and not P:
         # three chunks of gate rows, each dot split 4 ways (on a GPU at H=40: 64 rows a chunk, 16 a slice)
         cfg.update(G_CHUNKS=3, K_SPLIT=4, num_warps=8)
-    if regime == "split-k" and backward:  # the dot split over the gate rows (interpreter: 48 rows, 12 a slice)
+    if regime == "split-k" and backward:  # the dot split over the gate rows (interpreter: 64 rows, 16 a slice)
         cfg["K_SPLIT"] = 4
     if regime == "split-tagged" and not (backward and (P or dtype == torch.float32)):  # the rule's tagged forms
         cfg.update(TAGGED=True, K_SPLIT=4)  # one split per warp
