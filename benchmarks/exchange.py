@@ -65,14 +65,15 @@ def _options() -> dict:
     return {"launch_cooperative_grid": True} if cooperative_supported() else {}
 
 
-def ping_pong(rows: int = 16, cols: int = 64, rounds: int = ROUNDS) -> dict:
-    """One-way latency of a [rows, cols] tile of int32 words between two programs, in microseconds."""
+def ping_pong(rows: int = 16, cols: int = 64, rounds: int = ROUNDS, num_warps: int = 4) -> dict:
+    """One-way latency of a [rows, cols] tile of int32 words between two programs of ``num_warps`` warps, in
+    microseconds."""
     words = torch.zeros(2, rows, cols, device="cuda", dtype=torch.int32)
     err = torch.zeros(1, device="cuda", dtype=torch.int32)
 
     def run():
         words.zero_()  # a fresh exchange each run: tags start again at step 0
-        _ping_pong_kernel[(2,)](words, err, rounds, DEFAULT_SPIN_LIMIT, ROWS=rows, COLS=cols, num_warps=4,
+        _ping_pong_kernel[(2,)](words, err, rounds, DEFAULT_SPIN_LIMIT, ROWS=rows, COLS=cols, num_warps=num_warps,
                                 **_options())  # fmt: skip
 
     ms = triton.testing.do_bench(run, warmup=20, rep=200, return_mode="median")

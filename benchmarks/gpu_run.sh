@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu_run.sh plan                 # here: prints the device command strings for this commit
 #   bash benchmarks/gpu_run.sh perf                 # call 1 (<= 5 min): self-tests, exchange latency, the grid
+#   bash benchmarks/gpu_run.sh variants             # (<= 5 min): the split kernels' config variants side by side
 #   bash benchmarks/gpu_run.sh tests [all|gpu|rest] [K/N]   # call 2: env + install + GPU tests, then the rest
 #   bash benchmarks/gpu_run.sh bench GRID [K/N] [run.py options]   # more: quick, or default 1/2 and 2/2
 #   bash benchmarks/gpu_run.sh plots DIR            # here (no GPU needed): PNGs of DIR/bench-*.csv
@@ -28,6 +29,7 @@ step=${1:-}
 [[ $# -gt 0 ]] && shift
 case $step in
   perf) exec bash "$HERE/gpu/perf.sh" "$@" ;;
+  variants) exec bash "$HERE/gpu/variants.sh" "$@" ;;
   tests) exec bash "$HERE/gpu/tests.sh" "$@" ;;
   bench) exec bash "$HERE/gpu/bench.sh" "$@" ;;
   plots) exec bash "$HERE/gpu/plots.sh" "$@" ;;

@@ -28,6 +28,7 @@ SCRIPTS = {  # script: the invocations the plan uses (the first is the one its h
     "benchmarks/gpu/bench.sh": [["quick"], ["default", "1/2"], ["default", "2/2"], ["smoke"]],
     "benchmarks/gpu/plots.sh": [["benchmarks"]],
     "benchmarks/gpu/perf.sh": [[]],
+    "benchmarks/gpu/variants.sh": [[]],
 }
 REQUIRED = (
     "date, commit, device, torch, triton, provider, dtype, mode, batch, seq_len, input_size, hidden_size, num_layers, "

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# A GPU call that times the unit-split kernels under config variants (python -m benchmarks.variants): the tagged
+# exchange against the counter barrier, split dots against plain ones, twice the units per program, with cuDNN in
+# the same run, and the tagged words' one-way latency by tile width.
+#
+#   bash benchmarks/gpu/variants.sh
+#
+# Writes 3 files under $OUT: env-variants.txt (device, driver, versions, commit, install log), variants.log
+# (everything printed, the table last) and variants.csv (one row per measurement, written as they come).
+# Expected duration (estimate; not yet run on a GPU): install ~15 s, ping-pong ~10 s, then about 5-10 s a row
+# (compiles dominate); new rows stop after BUDGET seconds (270), so the call ends inside 5 minutes.
+# Fails loudly (set -euo pipefail): a failed install, no GPU, or a cut-off run exit nonzero (after writing what
+# it has); a variant that fails is a row with its error, and the run goes on.
+# How a GPU session runs it: device run, command: export GIT_COMMIT=<commit>; bash benchmarks/gpu_run.sh variants
+# then copy the returned files into benchmarks/results/<device-slug>/ (the last line printed names it).
+# Environment: PYTHON (python3), OUT, GIT_COMMIT, SKIP_INSTALL=1, BUDGET.
+source "$(dirname "$0")/common.sh"
+
+SCRIPT_LINE="benchmarks/gpu/variants.sh $*"
+declare_files env-variants.txt variants.log variants.csv
+
+write_env "$(out env-variants.txt)"
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible: variants needs one')"
+budget=$(( ${BUDGET:-270} - $(elapsed) ))
+set +e
+timeout -s INT -k 20 $(( budget + 60 )) "$PY" -m benchmarks.variants --budget "$budget" --csv "$(out variants.csv)" \
+  2>&1 | tee "$(out variants.log)"
+rc=${PIPESTATUS[0]}
+set -e
+check_outputs
+echo "== done in $(elapsed)s (exit status $rc); copy the returned files into benchmarks/results/$(device_slug)/"
+exit "$rc"

@@ -1,0 +1,212 @@
+"""The unit-split sequence kernels under config variants, side by side in one process, against cuDNN.
+
+    python -m benchmarks.variants [--T 256] [--shapes B,H ...] [--budget S] [--csv FILE]
+    python -m benchmarks.variants --dry       # here, no GPU: the config each variant gives each shape
+
+What a variant changes is the split regime's config (:func:`tritonlstm.kernels.config.sequence_config`'s dict),
+for the forward and backward alike:
+
+* ``rule``: as the rule gives it (the tagged exchange, each dot split one way per warp);
+* ``barrier``: its proven fallback (:func:`tritonlstm.kernels.config.barrier_form`: counter barrier, plain dots);
+* ``barrier-ksplit``: the counter barrier with the rule's split dots (no ``TAGGED``);
+* ``tagged-plain``: the tagged exchange with plain dots (no ``K_SPLIT``);
+* ``*-wide``: twice the units per program, so half the programs poll the exchange.
+
+First come the tagged words' one-way latency between two programs by tile width and warps (``ping-pong`` rows,
+:func:`benchmarks.exchange.ping_pong`; ``H`` is the tile's columns, 16 rows). Each row is a
+``triton.testing.do_bench`` median after warm-up, fp16, through the public module with the plan in
+auto mode (the variant replaces the rule the plan reads), so the backward runs wherever the plan sends it (the
+per-step kernels where the split backward does not apply). Forward rows carry the error against nn.LSTM in
+float64; a variant that fails records its error instead of a time. The rows go out one by one (``--csv`` is
+rewritten after each), most important first, and the run stops starting new rows after ``--budget`` seconds, so
+a device call that is cut short keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+
+import torch
+
+from benchmarks.probe import _check, _time
+
+FIELDS = ["what", "variant", "B", "H", "T", "fwd_plan", "bwd_plan", "us_per_step", "err", "note"]
+
+
+def _drop(*keys):
+    return lambda cfg, backward: {k: v for k, v in cfg.items() if k not in keys}
+
+
+def _wide(transform):
+    """``transform`` with twice the units per forward program where the rule gives at most 16 (else not
+    applicable); the backward as ``transform`` gives it."""
+
+    def wide(cfg, backward):
+        if backward:
+            return transform(cfg, backward)
+        return {**transform(cfg, backward), "BLOCK_H": 2 * cfg["BLOCK_H"]} if cfg["BLOCK_H"] <= 16 else None
+
+    return wide
+
+
+def _identity(cfg, backward):
+    return cfg
+
+
+VARIANTS = {
+    "rule": _identity,
+    "barrier": _drop("TAGGED", "K_SPLIT", "K_BLOCK"),
+    "barrier-ksplit": _drop("TAGGED"),
+    "tagged-plain": _drop("K_SPLIT", "K_BLOCK"),
+    "rule-wide": _wide(_identity),
+    "barrier-ksplit-wide": _wide(_drop("TAGGED")),
+}
+CORE = ("rule", "barrier", "barrier-ksplit")
+SHAPES = ["16,1024", "16,256", "16,768", "64,256"]
+
+
+_RULE = []  # the rule's own sequence_config, kept at the first patch
+
+
+def _rule():
+    from tritonlstm.kernels import config as C
+
+    if not _RULE:
+        _RULE.append(C.sequence_config)
+    return _RULE[0]
+
+
+def patched(name: str):
+    """``sequence_config`` with variant ``name`` applied to its split configs (the others as the rule gives; a
+    split config the variant does not apply to as well, see :func:`applies`)."""
+    rule, transform = _rule(), VARIANTS[name]
+
+    def config(*args, **kwargs):
+        cfg = rule(*args, **kwargs)
+        backward = args[6] if len(args) > 6 else kwargs.get("backward", False)
+        new = transform(cfg, backward) if cfg["regime"] == "split" else None
+        return cfg if new is None else new
+
+    return config
+
+
+def applies(name: str, B: int, H: int, backward: bool) -> bool:
+    cfg = _rule()(B, H, 0, 1, torch.float16, 132, backward)
+    return cfg["regime"] == "split" and VARIANTS[name](cfg, backward) is not None
+
+
+def use(name: str) -> None:
+    """Make variant ``name`` the rule the plan reads (``choose`` reads ``sequence_config`` through the module)."""
+    from tritonlstm.kernels import config as C
+
+    C.sequence_config = patched(name)
+    C.choose.cache_clear()
+
+
+def describe(B: int, H: int, backward: bool) -> str:
+    from tritonlstm import dispatch
+
+    p = dispatch._kernel_plan(torch.device("cuda"), torch.float16, B, H, 0, 1, backward)
+    cfg = {k: v for k, v in (p.config or {}).items() if k != "regime"}
+    return f"{p.regime} {cfg}".replace(",", ";")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--T", type=int, default=256)
+    ap.add_argument("--shapes", nargs="+", default=SHAPES, help="B,H pairs, most important first")
+    ap.add_argument("--budget", type=float, default=1e9, help="start no new row after this many seconds")
+    ap.add_argument("--csv")
+    ap.add_argument("--dry", action="store_true", help="print each variant's config per shape (132 SMs) and exit")
+    args = ap.parse_args(argv)
+    shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
+    if args.dry:
+        for B, H in shapes:
+            for name in VARIANTS:
+                cfgs = [patched(name)(B, H, 0, 1, torch.float16, 132, bw) for bw in (False, True)]
+                print(f"B={B} H={H} {name}: forward {cfgs[0]} backward {cfgs[1]}")
+        return
+    if not torch.cuda.is_available():
+        sys.exit("the variants probe needs a CUDA GPU")
+    import tritonlstm
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    dev, dtype, T, t0 = torch.device("cuda"), torch.float16, args.T, time.time()
+    rows: list[dict] = []
+
+    def emit(row):
+        rows.append(row)
+        print(", ".join(f"{k}={row.get(k, '')}" for k in FIELDS), flush=True)
+        if args.csv:
+            with open(args.csv, "w", newline="") as f:
+                w = csv.DictWriter(f, FIELDS)
+                w.writeheader()
+                w.writerows(rows)
+
+    # the tagged words' one-way latency by tile size and warps (benchmarks/exchange.py's ping-pong)
+    from benchmarks.exchange import ping_pong
+
+    for cols in (64, 256, 512, 1024):
+        for warps in (4, 8):
+            r = ping_pong(16, cols, num_warps=warps)
+            emit(dict(what="ping-pong", variant=f"{warps} warps", B=16, H=cols, us_per_step=r["us_per_hop"],
+                      note=f"error {r['error']}"))  # fmt: skip
+    setup = {}
+    for B, H in shapes:
+        torch.manual_seed(0)
+        model = tritonlstm.LSTM(H, H).to(dev, dtype)
+        ref = torch.nn.LSTM(H, H).to(dev, torch.float64)
+        ref.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+        cud = torch.nn.LSTM(H, H).to(dev, dtype)
+        cud.load_state_dict(model.state_dict())
+        x = torch.randn(T, B, H, device=dev, dtype=dtype)
+        xg = x.clone().requires_grad_()
+        g = torch.randn(T, B, H, device=dev, dtype=dtype)
+        setup[B, H] = model, ref, x, xg, g
+        with torch.no_grad():
+            emit(dict(what="fwd", variant="cudnn", B=B, H=H, T=T, us_per_step=_time(lambda: cud(x)) * 1e3 / T))
+        emit(dict(what="fwd+bwd", variant="cudnn", B=B, H=H, T=T,
+                  us_per_step=_time(lambda: torch.autograd.backward(cud(xg)[0], g)) * 1e3 / T))  # fmt: skip
+    # forward and forward+backward of the core variants at every shape, then the rest
+    order = [(what, name) for what in ("fwd", "fwd+bwd") for name in CORE]
+    order += [(what, name) for what in ("fwd", "fwd+bwd") for name in VARIANTS if name not in CORE]
+    for what, name in order:
+        for B, H in shapes:
+            if time.time() - t0 > args.budget:
+                emit(dict(what=what, variant=name, B=B, H=H, T=T, note=f"not run: past the {args.budget:.0f} s budget"))
+                continue
+            model, ref, x, xg, g = setup[B, H]
+            row = dict(what=what, variant=name, B=B, H=H, T=T)
+            if not applies(name, B, H, False):
+                emit({**row, "note": "not applicable: the rule's forward is not split, or has 32 units or more"})
+                continue
+            use(name)
+            try:
+                if what == "fwd":
+                    row["err"] = f"{_check(model, ref, x, dtype):.2e}"
+                    with torch.no_grad():
+                        row["us_per_step"] = _time(lambda: model(x)) * 1e3 / T
+                else:
+                    row["us_per_step"] = _time(lambda: torch.autograd.backward(model(xg)[0], g)) * 1e3 / T
+                # the plans after the run: a kernel that failed to compile has sent its shape to the per-step ones
+                row.update(fwd_plan=describe(B, H, False), bwd_plan=describe(B, H, True))
+            except Exception as e:  # recorded in the row and printed: a probe reports, the tests assert
+                row["note"] = f"{type(e).__name__}: {str(e)[:160]}".replace(",", ";")
+            emit(row)
+    use("rule")
+    print(f"{'what':8} {'variant':20} " + " ".join(f"{f'{B},{H}':>9}" for B, H in shapes) + "  (us/step)")
+    for what in ("fwd", "fwd+bwd"):
+        for name in ("cudnn", *VARIANTS):
+            cells = []
+            for B, H in shapes:
+                r = [r for r in rows if (r["what"], r["variant"], r["B"], r["H"]) == (what, name, B, H)]
+                v = r[0].get("us_per_step") if r else None
+                cells.append(f"{v:9.2f}" if isinstance(v, float) else f"{'-':>9}")
+            print(f"{what:8} {name:20} " + " ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
