@@ -227,18 +227,14 @@ def sequence_config(
         # the recurrent dot split over its gate rows, one split per warp (each at least 16 rows): a plain 16-row
         # dot puts 2-4 warps on the same rows, and Triton 3.6 puts every warp on a batched dot's batch dimension
         cfg["K_SPLIT"] = cfg["num_warps"]
-    if backward and not proj_size and cfg.get("G_CHUNKS", 1) == 1 and elt == 2:
-        # dG_t exchanged as tagged words; the chunked and projected forms meet at the barrier, and so does float32,
-        # whose 64-bit words of a [16, 4H] row block spill in Triton 3.6's build with the regularisers
-        cfg["TAGGED"] = True
-    if not backward:
-        cfg["TAGGED"] = True  # the forward's exchange: tagged words, no barrier (kernels/jit.py, wait_words)
-        # its dots split over R (and H with a projection) one way per warp: the warps then lie along the splits
-        # (Triton 3.6 puts every warp on a batched dot's batch dimension, 3.9 fills it first), where a plain
-        # 16-row dot puts 2-8 of them on the same rows (tests/test_sequence_structure.py counts the MMAs)
+    if not backward and elt == 4:
+        # float32's forward dots split over R (and H with a projection) one way per warp: its plain FMA dot spills
+        # 1.9-2.5 KB a thread at H=256-512 (sm_90), split it builds with none (tests/test_sequence_structure.py)
         cfg["K_SPLIT"] = cfg["num_warps"]
-        if elt == 4:
-            cfg["K_BLOCK"] = MAX_K_BLOCK // 2
+        cfg["K_BLOCK"] = MAX_K_BLOCK // 2
+    # Every form meets at the counter barrier, and the 16-bit forward's dot is one plain tl.dot: on an H200 (fp16,
+    # B=16-64, H=256-1024, benchmarks/NOTES.md) the tagged exchange (TAGGED) and the forward's split dot were each
+    # slower than these, and the backward's split dot faster. The tagged form stays a tested config, not the rule.
     return cfg
 
 
