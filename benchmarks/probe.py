@@ -43,15 +43,15 @@ def with_backward_k_split(rule, k_split: int):
     return config
 
 
-def with_barrier(rule):
-    """``rule`` (:func:`sequence_config`) with the unit-split kernels in their proven form (the tagged forms'
-    fallback, :func:`tritonlstm.kernels.config.barrier_form`: the counter barrier, plain dots), to time the two
-    side by side."""
-    from tritonlstm.kernels.config import barrier_form
+def with_tagged(rule):
+    """``rule`` (:func:`sequence_config`) with the unit-split kernels in their tagged form
+    (:func:`tritonlstm.kernels.config.tagged_form`: the tagged exchange, the forward's dots split over the warps),
+    to time it beside the rule's counter barrier."""
+    from tritonlstm.kernels.config import tagged_form
 
-    def config(*args, **kwargs):
-        cfg = rule(*args, **kwargs)
-        return barrier_form(cfg) if cfg.get("TAGGED") else cfg
+    def config(batch, hidden, proj_size, directions, dtype, sm_count, backward=False):
+        return tagged_form(rule(batch, hidden, proj_size, directions, dtype, sm_count, backward), proj_size, dtype,
+                           backward)  # fmt: skip
 
     return config
 
@@ -136,9 +136,9 @@ def main(argv=None) -> None:
     ap.add_argument("--zoneout", type=float, default=0.0, help="train-mode zoneout p for h and c (default 0)")
     ap.add_argument("--backward-k-split", type=int, choices=(2, 4, 8),
                     help="split the unit-split backward's dot this many ways at every H (default: the rule's)")
-    ap.add_argument("--barrier", action="store_true",
-                    help="the unit-split kernels in their proven form: the counter barrier, plain dots "
-                         "(default: the tagged exchange, dots split over the warps)")
+    ap.add_argument("--tagged", action="store_true",
+                    help="the unit-split kernels in their tagged form: tagged exchange, the forward's dots split "
+                         "(default: the rule's, the counter barrier)")
     ap.add_argument("--csv")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -149,10 +149,10 @@ def main(argv=None) -> None:
         # the rule reads sequence_config through the module, so the override reaches the plan too
         C.sequence_config = with_backward_k_split(C.sequence_config, args.backward_k_split)
         C.choose.cache_clear()
-    if args.barrier:
+    if args.tagged:
         from tritonlstm.kernels import config as C
 
-        C.sequence_config = with_barrier(C.sequence_config)
+        C.sequence_config = with_tagged(C.sequence_config)
         C.choose.cache_clear()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]

@@ -6,11 +6,16 @@
 What a variant changes is the split regime's config (:func:`tritonlstm.kernels.config.sequence_config`'s dict),
 for the forward and backward alike:
 
-* ``rule``: as the rule gives it (the tagged exchange, each dot split one way per warp);
-* ``barrier``: its proven fallback (:func:`tritonlstm.kernels.config.barrier_form`: counter barrier, plain dots);
-* ``barrier-ksplit``: the counter barrier with the rule's split dots (no ``TAGGED``);
-* ``tagged-plain``: the tagged exchange with plain dots (no ``K_SPLIT``);
-* ``*-wide``: twice the units per program, so half the programs poll the exchange.
+* ``rule``: as the rule gives it (the counter barrier; the backward's dot split one way per warp);
+* ``plain``: every dot one plain ``tl.dot`` (:func:`tritonlstm.kernels.config.barrier_form`);
+* ``ksplit``: the forward's dot split one way per warp too;
+* ``tagged``: the tagged exchange (:func:`tritonlstm.kernels.config.tagged_form`: the forward's dots split);
+* ``tagged-plain``: the tagged exchange with plain dots;
+* ``*-wide``: twice the units per forward program, so half the programs poll the exchange.
+
+(Until commit b020640 the rule was the tagged form; its first run, ``benchmarks/results/nvidia-h200/variants.csv``,
+names the variants as they were then: ``rule`` the tagged form, ``barrier`` today's ``plain``, ``barrier-ksplit``
+today's ``ksplit``.)
 
 First come the tagged words' one-way latency between two programs by tile width and warps (``ping-pong`` rows,
 :func:`benchmarks.exchange.ping_pong`; ``H`` is the tile's columns, 16 rows). Each row is a
@@ -56,15 +61,30 @@ def _identity(cfg, backward):
     return cfg
 
 
+def _tagged(cfg, backward):
+    from tritonlstm.kernels.config import tagged_form
+
+    return tagged_form(cfg, 0, torch.float16, backward)
+
+
+def _ksplit(cfg, backward):
+    return cfg if backward else {**cfg, "K_SPLIT": cfg["num_warps"]}
+
+
+def _tagged_plain(cfg, backward):
+    return _drop("K_SPLIT", "K_BLOCK")(_tagged(cfg, backward), backward)
+
+
 VARIANTS = {
     "rule": _identity,
-    "barrier": _drop("TAGGED", "K_SPLIT", "K_BLOCK"),
-    "barrier-ksplit": _drop("TAGGED"),
-    "tagged-plain": _drop("K_SPLIT", "K_BLOCK"),
+    "plain": _drop("TAGGED", "K_SPLIT", "K_BLOCK"),
+    "ksplit": _ksplit,
+    "tagged": _tagged,
+    "tagged-plain": _tagged_plain,
     "rule-wide": _wide(_identity),
-    "barrier-ksplit-wide": _wide(_drop("TAGGED")),
+    "tagged-wide": _wide(_tagged),
 }
-CORE = ("rule", "barrier", "barrier-ksplit")
+CORE = ("rule", "plain", "tagged")
 SHAPES = ["16,1024", "16,256", "16,768", "64,256"]
 
 

@@ -12,11 +12,12 @@ Regimes (each one a kernel in its own file, registered in :data:`LAUNCHERS`):
   a GPU.
 * ``"split"``: one launch; the programs of a (batch tile, direction) group split the hidden units, keep their slice
   of the weights and their cell state on chip and exchange h_t (backward: dG_t) every step (the latency regime,
-  small B). They exchange tagged words (``TAGGED``, self-tested as ``"split-tagged"``: one store publishes a value
-  with its step, one load waits for it and fetches it), each dot split over the warps (``K_SPLIT``); the
-  backward's chunked and projected forms, and any form whose self-test fails, meet at a barrier on a counter
-  instead. ``"split-chunked"`` is the backward beyond H=512 (W_hh in chunks of gate rows), ``"split-k"`` the
-  barrier backward with its dot split (with a projection), each self-tested as a regime of its own.
+  small B). They meet at a barrier on a counter each step; the backward's dot (and float32's forward's) is split
+  over the warps (``K_SPLIT``, self-tested as ``"split-k"``), the 16-bit forward's is one plain ``tl.dot``.
+  ``"split-chunked"`` is the backward beyond H=512 (W_hh in chunks of gate rows). The tagged exchange
+  (``TAGGED``, ``"split-tagged"``: one store publishes a value with its step, one load waits for it and fetches
+  it) is a built and tested form the rule does not pick (:data:`TAGGED_EXCHANGE`: it measured slower). Each
+  variant is self-tested at first use, and a failed one falls back to its plain form.
 
 :func:`choose` is the rule for a shape; the plan (:mod:`tritonlstm.dispatch`) adds what a rule cannot know (the
 environment, the self-test, compile failures). T plays no part anywhere.
@@ -180,9 +181,9 @@ def sequence_config(
       projection (every dot dimension >= 16), and the resident weight slice plus the exchanged row block within
       ``OPERAND_BUDGET`` (compile-checked spill-free for sm_90 in ``tests/test_sequence_structure.py``). The
       backward beyond it, up to H=1024 in 16-bit with 16 units, holds W_hh in ``CHUNK_ROWS`` chunks of gate rows
-      (``G_CHUNKS``). Each dot is split over its inner dimension one way per warp (``K_SPLIT``; the forward's
-      R in one or two blocks, :func:`k_blocks`), and the exchange is tagged words (``TAGGED``) but in the
-      backward's chunked and projected forms.
+      (``G_CHUNKS``). The backward's dot is split over its gate rows one way per warp (``K_SPLIT``), and so is
+      float32's forward dot over R; the forward fetches R in one or two blocks (:func:`k_blocks`). The
+      programs meet at the counter barrier (:data:`TAGGED_EXCHANGE`).
     * Otherwise batch-owned (32x32 tiles, K-blocks of 32, 8 warps without a projection; the per-step tiles
       with one): a program owns a batch tile and streams W_hh from L2 every
       step. It beats the per-step kernels only where W_hh is small (``SMALL_W_BYTES``: it stays in the SM's
@@ -232,9 +233,33 @@ def sequence_config(
         # 1.9-2.5 KB a thread at H=256-512 (sm_90), split it builds with none (tests/test_sequence_structure.py)
         cfg["K_SPLIT"] = cfg["num_warps"]
         cfg["K_BLOCK"] = MAX_K_BLOCK // 2
-    # Every form meets at the counter barrier, and the 16-bit forward's dot is one plain tl.dot: on an H200 (fp16,
-    # B=16-64, H=256-1024, benchmarks/NOTES.md) the tagged exchange (TAGGED) and the forward's split dot were each
-    # slower than these, and the backward's split dot faster. The tagged form stays a tested config, not the rule.
+    # the 16-bit forward keeps one plain tl.dot and every form meets at the counter barrier (TAGGED_EXCHANGE)
+    return tagged_form(cfg, proj_size, dtype, backward) if TAGGED_EXCHANGE else cfg
+
+
+TAGGED_EXCHANGE = False
+"""Whether :func:`sequence_config` gives the unit-split kernels the tagged exchange (:func:`tagged_form`). Off: on
+an H200 (fp16, B=16-256, H=256-1024; benchmarks/NOTES.md, ``python -m benchmarks.variants``) the tagged exchange
+and the forward's dot split over the warps were each slower than the counter barrier and one plain dot, at every
+shape timed. The tagged form stays a built, tested and self-tested config (``"split-tagged"``), for the probes; a
+change here takes ``sequence_config.cache_clear()`` and ``choose.cache_clear()``."""
+
+
+def tagged_form(cfg: dict, proj_size: int, dtype: torch.dtype, backward: bool) -> dict:
+    """A unit-split config of :func:`sequence_config` with the tagged exchange (``TAGGED``) where the kernel has
+    one: the forward (its dots split one way per warp, ``K_SPLIT``), and the backward that holds W_hh in one chunk,
+    without a projection, in 16-bit (the chunked and projected forms exchange twice a step or a 16 x 4H block of
+    words too wide for registers; float32's 64-bit words of that block spilled in Triton 3.6's build with the
+    regularisers). Other configs come back as they are."""
+    if cfg.get("regime") != "split":
+        return cfg
+    if not backward:
+        cfg = {**cfg, "TAGGED": True, "K_SPLIT": cfg["num_warps"]}
+        if dtype == torch.float32:
+            cfg["K_BLOCK"] = MAX_K_BLOCK // 2
+        return cfg
+    if not proj_size and cfg.get("G_CHUNKS", 1) == 1 and torch.finfo(dtype).bits == 16:
+        return {**cfg, "TAGGED": True}
     return cfg
 
 
@@ -292,9 +317,9 @@ def choose(
         if cfg.get("TAGGED"):
             fallback = Choice("split", barrier_form(cfg), why + ", barrier")
             return Choice("split", cfg, why + ", tagged exchange, dots split over the warps", fallback)
-        if cfg.get("K_SPLIT", 1) > 1 and cfg.get("G_CHUNKS", 1) == 1:  # the backward split over its gate rows
-            plain = {k: v for k, v in cfg.items() if k != "K_SPLIT"}
-            return Choice("split", cfg, why + ", dot split over the gate rows", Choice("split", plain, why))
+        if cfg.get("K_SPLIT", 1) > 1 and cfg.get("G_CHUNKS", 1) == 1:  # split over the backward's gate rows or R
+            plain = {k: v for k, v in cfg.items() if k not in ("K_SPLIT", "K_BLOCK")}
+            return Choice("split", cfg, why + ", dot split over the warps", Choice("split", plain, why))
         return Choice("split", cfg, why)
     if sm_count is None:
         return Choice("batch", cfg, "batch-owned: no SM count (the interpreter), the per-step kernels' tiles")
@@ -329,7 +354,7 @@ def self_test_config(device: torch.device, dtype: torch.dtype, regime: str, H: i
     if regime == "split-chunked" and backward and not P:
         # three chunks of gate rows, each dot split 4 ways (on a GPU at H=40: 64 rows a chunk, 16 a slice)
         cfg.update(G_CHUNKS=3, K_SPLIT=4, num_warps=8)
-    if regime == "split-k" and backward:  # the dot split over the gate rows (interpreter: 64 rows, 16 a slice)
+    if regime == "split-k":  # the dot split over the gate rows, or R (interpreter: 64 rows or R=40, 16 a slice)
         cfg["K_SPLIT"] = 4
     if regime == "split-tagged" and not (backward and (P or dtype == torch.float32)):  # the rule's tagged forms
         cfg.update(TAGGED=True, K_SPLIT=4)  # one split per warp

@@ -10,14 +10,15 @@ weight is re-laid out on the host per call. The grid is (batch tiles, directions
   per-step kernels' tiles its reductions are theirs, so it reproduces them bitwise.
 * ``_seq_fwd_split_kernel`` (regime ``"split"``): the programs of one (batch tile, direction) group split the
   hidden units. Each loads its slice of the weights once, before the time loop, keeps it on chip and keeps its
-  cell state in registers. Each step it computes its units and publishes them. With ``TAGGED`` (the rule's
-  choice) they go out as tagged words (:func:`tritonlstm.kernels.jit.wait_words`), and the next step's load of
-  the whole h_{t-1} row both waits for them and fetches them: no counter, no fence. Without it the programs of a
-  group meet at a barrier (:func:`tritonlstm.kernels.jit.barrier`) and then read the other programs' values with
-  loads that bypass L1 (``.cg``): the backward's exchange, and the tagged form's fallback. With a projection a
-  second exchange per step gives h_t = m_t W_hr^T split over P. The rule's form also splits each dot over its
-  inner dimension, one split per warp (``K_SPLIT``, :func:`tritonlstm.kernels.jit.split_k_dot`): a 16-row dot
-  otherwise puts several warps on the same rows. R is covered by one or two power-of-two blocks (``BLOCK_R``,
+  cell state in registers. Each step it computes its units and publishes them, and the programs of a group meet
+  at a barrier (:func:`tritonlstm.kernels.jit.barrier`), then read the other programs' values with loads that
+  bypass L1 (``.cg``): the rule's form. With ``TAGGED`` (built and tested, not the rule's:
+  :data:`tritonlstm.kernels.config.TAGGED_EXCHANGE`) they go out as tagged words instead
+  (:func:`tritonlstm.kernels.jit.wait_words`), and the next step's load of the whole h_{t-1} row both waits for
+  them and fetches them: no counter, no fence. With a projection a second exchange per step gives
+  h_t = m_t W_hr^T split over P. ``K_SPLIT`` splits each dot over its inner dimension, one split per warp
+  (:func:`tritonlstm.kernels.jit.split_k_dot`), where a 16-row dot puts several warps on the same rows: the rule
+  gives it float32 (whose plain dot spills) and the tagged form. R is covered by one or two power-of-two blocks (``BLOCK_R``,
   ``BLOCK_R2``; :func:`tritonlstm.kernels.config.k_blocks`), so H=768 is not padded to 1024. Both kernels take
   one signature (the split one adds TAGGED, WORD and the splits), so the launcher binds one argument pack to
   either.

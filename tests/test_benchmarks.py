@@ -354,7 +354,7 @@ def test_probe_refuses_without_a_gpu_and_lists_its_options(capsys):
     with pytest.raises(SystemExit):
         probe.main(["--help"])
     out = capsys.readouterr().out
-    options = ("--shapes", "--recurrent-dropout", "--zoneout", "--bidirectional", "--backward-k-split", "--barrier",
+    options = ("--shapes", "--recurrent-dropout", "--zoneout", "--bidirectional", "--backward-k-split", "--tagged",
                "--csv")  # fmt: skip
     assert all(opt in out for opt in options)
 
@@ -366,7 +366,7 @@ def test_probe_backward_k_split_overrides_only_the_unit_split_backward():
     config = with_backward_k_split(C.sequence_config, 4)
     cfg = config(16, 256, 0, 1, torch.float16, 132, True)
     assert cfg["regime"] == "split" and (cfg["K_SPLIT"], cfg["num_warps"]) == (4, 8)
-    assert C.variant(cfg) == "split-tagged", "the rule's tagged backward, split 4 ways instead of 8"
+    assert C.variant(cfg) == "split-k", "the rule's backward, split 4 ways instead of 8"
     assert C.sequence_config(16, 256, 0, 1, torch.float16, 132, True)["K_SPLIT"] == 8, "the rule is untouched"
     assert config(16, 256, 0, 1, torch.float16, 132) == C.sequence_config(16, 256, 0, 1, torch.float16, 132)
     proj = C.sequence_config(16, 256, 64, 1, torch.float16, 132, True)
@@ -375,17 +375,37 @@ def test_probe_backward_k_split_overrides_only_the_unit_split_backward():
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
-def test_probe_barrier_is_the_tagged_kernels_fallback(backward):
-    from benchmarks.probe import with_barrier
+def test_probe_tagged_is_the_tagged_form_and_the_rule_is_untouched(backward):
+    from benchmarks.probe import with_tagged
     from tritonlstm.kernels import config as C
 
     shape = (16, 256, 0, 1, torch.float16, 132, backward)
-    tagged = C.sequence_config(*shape)
-    assert tagged["TAGGED"] and tagged["K_SPLIT"] == tagged["num_warps"]
-    config = with_barrier(C.sequence_config)
-    assert config(*shape) == C.choose(*shape).fallback.config
-    assert config(*shape) == {k: v for k, v in tagged.items() if k not in ("TAGGED", "K_SPLIT", "K_BLOCK")}
-    assert C.variant(config(*shape)) == "split"
-    assert C.sequence_config(*shape)["TAGGED"], "the rule is untouched"
+    rule = C.sequence_config(*shape)
+    assert "TAGGED" not in rule and rule.get("K_SPLIT", 1) == (8 if backward else 1), rule
+    config = with_tagged(C.sequence_config)
+    assert config(*shape) == C.tagged_form(rule, 0, torch.float16, backward)
+    assert config(*shape)["TAGGED"] and C.variant(config(*shape)) == "split-tagged"
+    assert C.choose(*shape).config == rule, "the rule is untouched"
     chunked = (16, 1024, 0, 1, torch.float16, 132, True)  # no tagged form: as the rule has it
     assert config(*chunked) == C.sequence_config(*chunked)
+
+
+def test_variants_dry_run_gives_each_variant_its_config_and_leaves_the_rule(capsys):
+    """``python -m benchmarks.variants --dry`` (the README's line): each variant's forward and backward config for a
+    132-SM GPU, as the variant says; the rule itself is untouched afterwards."""
+    from benchmarks import variants
+    from tritonlstm.kernels import config as C
+
+    before = C.sequence_config(16, 256, 0, 1, torch.float16, 132)
+    variants.main(["--dry", "--shapes", "16,256", "16,1024"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 * len(variants.VARIANTS)
+    got = {line.split(":")[0]: line for line in lines}
+    assert "'TAGGED'" not in got["B=16 H=256 rule"] and "'TAGGED': True" in got["B=16 H=256 tagged"]
+    assert got["B=16 H=256 plain"].count("'K_SPLIT'") == 0 and got["B=16 H=256 ksplit"].count("'K_SPLIT'") == 2
+    assert "'BLOCK_H': 16" in got["B=16 H=1024 rule-wide"].split("backward")[0]
+    assert C.sequence_config is variants._rule() and C.sequence_config(16, 256, 0, 1, torch.float16, 132) == before
+    assert variants.applies("tagged", 16, 256, False) and not variants.applies("rule", 4096, 64, False)
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+            variants.main([])

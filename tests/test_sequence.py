@@ -422,10 +422,21 @@ def health():
     HEALTH.uncompilable.update(saved[1])
 
 
+@pytest.fixture
+def tagged_rule(monkeypatch):
+    """The rule with the tagged exchange switched on (``config.TAGGED_EXCHANGE``), its caches cleared around."""
+    monkeypatch.setattr(C, "TAGGED_EXCHANGE", True)
+    C.sequence_config.cache_clear(), C.choose.cache_clear()
+    yield
+    monkeypatch.undo()
+    C.sequence_config.cache_clear(), C.choose.cache_clear()
+
+
 @requires_interpreter
-def test_failed_tagged_self_test_falls_back_to_the_barrier(monkeypatch, health):
-    """The rule's split forward is tagged; if that form fails its self-test the plan runs the same kernel with the
-    barrier (self-tested on its own), not the per-step kernels, and says why."""
+def test_failed_tagged_self_test_falls_back_to_the_barrier(monkeypatch, health, tagged_rule):
+    """With the tagged exchange switched on the rule's split forward is tagged; if that form fails its self-test
+    the plan runs the same kernel with the barrier (self-tested on its own), not the per-step kernels, and says
+    why."""
     monkeypatch.delenv("TRITONLSTM_KERNEL", raising=False)
     monkeypatch.setattr(dispatch.runtime, "sm_count", lambda device: 132)  # as a GPU would: the rule may split
     real = selftest.self_test
@@ -627,7 +638,9 @@ def test_choice_rule_grid_is_co_resident(backward):
     for H, chunks in ((512, 1), (768, 3), (1024, 4)):
         cfg = C.sequence_config(16, H, 0, 1, torch.bfloat16, 132, backward)
         assert cfg["regime"] == "split" and cfg.get("G_CHUNKS", 1) == (chunks if backward else 1), (H, cfg)
-        assert cfg["K_SPLIT"] == cfg["num_warps"], "the dots split one way per warp"
+        assert "TAGGED" not in cfg, "the rule meets at the counter barrier"
+        split = cfg["num_warps"] if backward else 1
+        assert cfg.get("K_SPLIT", 1) == split, "the backward's dot splits one way per warp, the 16-bit forward's is plain"
     # float32's resident slice would not fit: batch-owned, which prefers the (graphed) per-step kernels at this W_hh
     assert C.sequence_config(16, 768, 0, 1, torch.float32, 132, True)["regime"] == "batch"
     assert C.choose(16, 768, 0, 1, torch.float32, 132, True).regime == "graphed"

