@@ -11,7 +11,8 @@ for the forward and backward alike:
 * ``ksplit``: the forward's dot split one way per warp too;
 * ``tagged``: the tagged exchange (:func:`tritonlstm.kernels.config.tagged_form`: the forward's dots split);
 * ``tagged-plain``: the tagged exchange with plain dots;
-* ``*-wide``: twice the units per forward program, so half the programs poll the exchange.
+* ``*-wide``: twice the units per forward program, so half the programs poll the exchange;
+* ``w4``, ``wide-w4``: 4 warps a forward program (8 with the rule), plain dots.
 
 (Until commit b020640 the rule was the tagged form; its first run, ``benchmarks/results/nvidia-h200/variants.csv``,
 names the variants as they were then: ``rule`` the tagged form, ``barrier`` today's ``plain``, ``barrier-ksplit``
@@ -61,6 +62,17 @@ def _identity(cfg, backward):
     return cfg
 
 
+def _warps4(transform):
+    """``transform`` with 4 warps a forward program (a plain 16-row dot of 8 units is then one MMA column tile a
+    warp: no two warps on the same outputs)."""
+
+    def w4(cfg, backward):
+        cfg = transform(cfg, backward)
+        return cfg if backward or cfg is None or "K_SPLIT" in cfg else {**cfg, "num_warps": 4}
+
+    return w4
+
+
 def _tagged(cfg, backward):
     from tritonlstm.kernels.config import tagged_form
 
@@ -83,6 +95,8 @@ VARIANTS = {
     "tagged-plain": _tagged_plain,
     "rule-wide": _wide(_identity),
     "tagged-wide": _wide(_tagged),
+    "w4": _warps4(_identity),
+    "wide-w4": _warps4(_wide(_identity)),
 }
 CORE = ("rule", "plain", "tagged")
 SHAPES = ["16,1024", "16,256", "16,768", "64,256"]
@@ -139,13 +153,17 @@ def main(argv=None) -> None:
     ap.add_argument("--T", type=int, default=256)
     ap.add_argument("--shapes", nargs="+", default=SHAPES, help="B,H pairs, most important first")
     ap.add_argument("--budget", type=float, default=1e9, help="start no new row after this many seconds")
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                    help="the variants to time (default: all)")
+    ap.add_argument("--what", choices=("fwd", "fwd+bwd", "both"), default="both")
+    ap.add_argument("--no-ping-pong", action="store_true", help="skip the tagged words' latency rows")
     ap.add_argument("--csv")
     ap.add_argument("--dry", action="store_true", help="print each variant's config per shape (132 SMs) and exit")
     args = ap.parse_args(argv)
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
     if args.dry:
         for B, H in shapes:
-            for name in VARIANTS:
+            for name in args.variants:
                 cfgs = [patched(name)(B, H, 0, 1, torch.float16, 132, bw) for bw in (False, True)]
                 print(f"B={B} H={H} {name}: forward {cfgs[0]} backward {cfgs[1]}")
         return
@@ -169,7 +187,7 @@ def main(argv=None) -> None:
     # the tagged words' one-way latency by tile size and warps (benchmarks/exchange.py's ping-pong)
     from benchmarks.exchange import ping_pong
 
-    for cols in (64, 256, 512, 1024):
+    for cols in () if args.no_ping_pong else (64, 256, 512, 1024):
         for warps in (4, 8):
             r = ping_pong(16, cols, num_warps=warps)
             emit(dict(what="ping-pong", variant=f"{warps} warps", B=16, H=cols, us_per_step=r["us_per_hop"],
@@ -188,11 +206,15 @@ def main(argv=None) -> None:
         setup[B, H] = model, ref, x, xg, g
         with torch.no_grad():
             emit(dict(what="fwd", variant="cudnn", B=B, H=H, T=T, us_per_step=_time(lambda: cud(x)) * 1e3 / T))
-        emit(dict(what="fwd+bwd", variant="cudnn", B=B, H=H, T=T,
-                  us_per_step=_time(lambda: torch.autograd.backward(cud(xg)[0], g)) * 1e3 / T))  # fmt: skip
+        if args.what != "fwd":
+            emit(dict(what="fwd+bwd", variant="cudnn", B=B, H=H, T=T,
+                      us_per_step=_time(lambda: torch.autograd.backward(cud(xg)[0], g)) * 1e3 / T))  # fmt: skip
     # forward and forward+backward of the core variants at every shape, then the rest
-    order = [(what, name) for what in ("fwd", "fwd+bwd") for name in CORE]
-    order += [(what, name) for what in ("fwd", "fwd+bwd") for name in VARIANTS if name not in CORE]
+    modes = ("fwd", "fwd+bwd") if args.what == "both" else (args.what,)
+    names = [name for name in CORE if name in args.variants]
+    names += [name for name in args.variants if name not in CORE]
+    order = [(what, name) for what in modes for name in names if name in CORE]
+    order += [(what, name) for what in modes for name in names if name not in CORE]
     for what, name in order:
         for B, H in shapes:
             if time.time() - t0 > args.budget:
@@ -218,8 +240,8 @@ def main(argv=None) -> None:
             emit(row)
     use("rule")
     print(f"{'what':8} {'variant':20} " + " ".join(f"{f'{B},{H}':>9}" for B, H in shapes) + "  (us/step)")
-    for what in ("fwd", "fwd+bwd"):
-        for name in ("cudnn", *VARIANTS):
+    for what in modes:
+        for name in ("cudnn", *names):
             cells = []
             for B, H in shapes:
                 r = [r for r in rows if (r["what"], r["variant"], r["B"], r["H"]) == (what, name, B, H)]
