@@ -13,10 +13,12 @@
 #   1. here: `bash benchmarks/gpu_run.sh plan`, and commit or note the commit it names (GIT_COMMIT: the device
 #      copy of the tree may lack .git, so the commit travels in the command string);
 #   2. device run with each command string it prints (each well under 2000 characters), one call at a time:
-#      perf, then the GPU tests, as device time allows (about 15 min a task, all calls together, start-up
-#      included: a fresh machine takes a minute or two to start, and one left idle 30 s is given back);
+#      perf, then the GPU tests, then the variants, as device time allows (about 15 min a task, all calls
+#      together, start-up included: on an H200 they took 217, 66 and 109 s, a fresh machine 30-60 s to start,
+#      and one left idle 30 s is given back);
 #   3. after each call, here: mkdir -p benchmarks/results/<device-slug> and copy the call's returned files
-#      (files_at) into it; the last line each call prints names <device-slug> (e.g. nvidia-h100-80gb-hbm3);
+#      (files_at) into it, the commit in each name (perf.log -> perf-<commit>.log); the last line each call
+#      prints names <device-slug> (e.g. nvidia-h200);
 #   4. here: bash benchmarks/gpu_run.sh plots benchmarks/results/<device-slug>, then commit that folder.
 # A call that fails or is cut off still returns its logs; each script's header says what to run next.
 # More rows when time allows, each a call of its own whose files go to the same folder (TAG keeps names apart):
@@ -35,7 +37,7 @@ case $step in
   plots) exec bash "$HERE/gpu/plots.sh" "$@" ;;
   plan)
     commit=$(git rev-parse --short=12 HEAD)$(git status --porcelain --untracked-files=no | grep -q . && echo -dirty || true)
-    for args in "perf" "tests gpu"; do
+    for args in "perf" "tests gpu" "variants"; do
       echo "export GIT_COMMIT=$commit; bash benchmarks/gpu_run.sh $args"
     done
     ;;

@@ -257,7 +257,7 @@ def test_script_writes_at_most_8_files_and_as_many_as_its_header_says(script):
 def test_plan_prints_short_device_commands_with_the_commit():
     lines = _bash("benchmarks/gpu_run.sh", "plan").stdout.splitlines()
     steps = [line.split("gpu_run.sh ")[1] for line in lines]
-    assert steps == ["perf", "tests gpu"], "the one measuring call first: device time is about 15 minutes a task"
+    assert steps == ["perf", "tests gpu", "variants"], "the measuring call first: device time is about 15 minutes a task"
     for line in lines:
         assert len(line) < 2000 and re.match(r"export GIT_COMMIT=[0-9a-f]{12}(-dirty)?; bash ", line), line
 
