@@ -233,13 +233,32 @@ def test_unit_split_structure(B, H, P, D, dtype, backward, masked, zoneout, tagg
         mmas = len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16\b", ptx))
         if cfg.get("K_SPLIT", 1) > 1:  # split one way per warp: no two warps on the same outputs
             assert mmas == work, f"{mmas} MMAs per warp and step, the unreplicated unpadded work is {work}"
-        else:  # a plain 16-row dot: warps share rows, but K is padded to the granule only (768 = 512 + 256)
+        elif not P:  # a plain dot: the warps beyond its MMA tiles repeat them; K padded to the granule only
+            tiles = cfg["BLOCK_B"] // 16 * (4 * cfg["BLOCK_H"] // 8)
+            assert mmas == work * max(1, cfg["num_warps"] // tiles), f"{mmas} MMAs per warp and step, share {work}"
+        else:  # the projection's second dot has tiles of its own
             assert work <= mmas <= cfg["num_warps"] * work, (mmas, work)
     assert variant.n_spills == 0, f"{variant.n_spills} bytes of register spills per thread ({variant.n_regs} registers)"
     # co-resident on 132 SMs: one program per SM at most, and one program fits an SM
     assert grid <= SMS, f"grid {grid} > {SMS} SMs"
     assert variant.n_regs * 32 * cfg["num_warps"] <= REGISTERS_PER_SM
     assert variant.shared <= SHARED_PER_BLOCK, f"{variant.shared} bytes of shared memory"
+
+
+@pytest.mark.parametrize("change", [{"num_warps": 4}, {"BLOCK_H": 16}], ids=["4-warps", "16-units"])
+def test_plain_forward_variants_without_replicated_mmas(change):
+    """The two plain forward configs the next GPU session times (benchmarks/NOTES.md; ``benchmarks.variants`` w4 and
+    rule-wide): one MMA column tile a warp, so the MMAs per warp are the unreplicated share with no split, and the
+    build fits an SM without spills (the rule's own 8-unit, 8-warp dot puts two warps on each tile: SPLIT_CASES)."""
+    from tritonlstm.kernels import config as C
+
+    rule = C.sequence_config(16, 1024, 0, 1, torch.float16, SMS, False)
+    cfg = {**rule, **change}
+    _, grid, asm, variant, _ = _launched(16, 1024, 0, 1, torch.float16, False, config=tuple(cfg.items()))
+    mmas = len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16\b", asm["ptx"]))
+    assert "K_SPLIT" not in cfg and mmas == _forward_mma_work(cfg, 1024, 0), (mmas, cfg)
+    assert variant.n_spills == 0 and variant.shared <= SHARED_PER_BLOCK and grid <= SMS
+    assert variant.n_regs * 32 * cfg["num_warps"] <= REGISTERS_PER_SM
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
