@@ -12,7 +12,9 @@ for the forward and backward alike:
 * ``tagged``: the tagged exchange (:func:`tritonlstm.kernels.config.tagged_form`: the forward's dots split);
 * ``tagged-plain``: the tagged exchange with plain dots;
 * ``*-wide``: twice the units per forward program, so half the programs poll the exchange;
-* ``w4``, ``wide-w4``: 4 warps a forward program (8 with the rule), plain dots.
+* ``w4``, ``wide-w4``: 4 warps a forward program (8 with the rule), plain dots;
+* ``split32``: where the rule leaves the split regime (B=64 with H >= 768), the split kernels with 32-row batch
+  tiles and 16 units a program (:func:`tritonlstm.kernels.config.split32_form`), forward and backward.
 
 (Until commit b020640 the rule was the tagged form; its first run, ``benchmarks/results/nvidia-h200/variants.csv``,
 names the variants as they were then: ``rule`` the tagged form, ``barrier`` today's ``plain``, ``barrier-ksplit``
@@ -98,8 +100,13 @@ VARIANTS = {
     "w4": _warps4(_identity),
     "wide-w4": _warps4(_wide(_identity)),
 }
+FORMS = {"split32": "split32_form"}
+"""Variants that give a config where the rule's is not unit-split: name -> the form's function in
+:mod:`tritonlstm.kernels.config` (``(batch, hidden, proj_size, directions, dtype, sm_count, backward)`` -> config or
+None)."""
+NAMES = [*VARIANTS, *FORMS]
 CORE = ("rule", "plain", "tagged")
-SHAPES = ["16,1024", "16,256", "16,768", "64,256"]
+SHAPES = ["16,1024", "16,256", "16,768", "64,256", "64,1024"]
 
 
 _RULE = []  # the rule's own sequence_config, kept at the first patch
@@ -114,22 +121,31 @@ def _rule():
 
 
 def patched(name: str):
-    """``sequence_config`` with variant ``name`` applied to its split configs (the others as the rule gives; a
-    split config the variant does not apply to as well, see :func:`applies`)."""
-    rule, transform = _rule(), VARIANTS[name]
+    """``sequence_config`` with variant ``name`` applied: a :data:`VARIANTS` entry to the rule's split configs, a
+    :data:`FORMS` entry where the rule's config is not split (elsewhere, and where the variant does not apply, the
+    rule's config; see :func:`applies`)."""
+    from tritonlstm.kernels import config as C
 
-    def config(*args, **kwargs):
-        cfg = rule(*args, **kwargs)
-        backward = args[6] if len(args) > 6 else kwargs.get("backward", False)
-        new = transform(cfg, backward) if cfg["regime"] == "split" else None
+    rule = _rule()
+    form = getattr(C, FORMS[name]) if name in FORMS else None
+    transform = VARIANTS.get(name)
+
+    def config(batch, hidden, proj_size, directions, dtype, sm_count, backward=False):
+        shape = (batch, hidden, proj_size, directions, dtype, sm_count, backward)
+        cfg = rule(*shape)
+        if form is not None:
+            new = form(*shape) if cfg["regime"] != "split" else None
+        else:
+            new = transform(cfg, backward) if cfg["regime"] == "split" else None
         return cfg if new is None else new
 
     return config
 
 
 def applies(name: str, B: int, H: int, backward: bool) -> bool:
+    """Whether variant ``name`` changes the rule's config at fp16 B, H on 132 SMs (``rule``: always timed)."""
     cfg = _rule()(B, H, 0, 1, torch.float16, 132, backward)
-    return cfg["regime"] == "split" and VARIANTS[name](cfg, backward) is not None
+    return name == "rule" or patched(name)(B, H, 0, 1, torch.float16, 132, backward) != cfg
 
 
 def use(name: str) -> None:
@@ -153,7 +169,7 @@ def main(argv=None) -> None:
     ap.add_argument("--T", type=int, default=256)
     ap.add_argument("--shapes", nargs="+", default=SHAPES, help="B,H pairs, most important first")
     ap.add_argument("--budget", type=float, default=1e9, help="start no new row after this many seconds")
-    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+    ap.add_argument("--variants", nargs="+", choices=NAMES, default=NAMES,
                     help="the variants to time (default: all)")
     ap.add_argument("--what", choices=("fwd", "fwd+bwd", "both"), default="both")
     ap.add_argument("--no-ping-pong", action="store_true", help="skip the tagged words' latency rows")
@@ -223,7 +239,7 @@ def main(argv=None) -> None:
             model, ref, x, xg, g = setup[B, H]
             row = dict(what=what, variant=name, B=B, H=H, T=T)
             if not applies(name, B, H, False):
-                emit({**row, "note": "not applicable: the rule's forward is not split, or has 32 units or more"})
+                emit({**row, "note": "not applicable: the variant leaves the rule's forward config as it is"})
                 continue
             use(name)
             try:

@@ -263,6 +263,31 @@ def tagged_form(cfg: dict, proj_size: int, dtype: torch.dtype, backward: bool) -
     return cfg
 
 
+def split32_form(
+    batch: int, hidden: int, proj_size: int, directions: int, dtype: torch.dtype, sm_count: int | None,
+    backward: bool = False,
+) -> dict | None:
+    """A candidate the rule does not pick yet (not timed on a GPU; benchmarks/NOTES.md): where the rule leaves the
+    unit-split regime at 16 rows (B=64 with H >= 768 on 132 SMs), the same kernels with 32-row batch tiles and 16
+    units per program, so every group still has an SM per program: ``ceil(B/32) * D * ceil(H/16) <= sm_count``.
+    Each dot is then 2 MMA row tiles by 8 column tiles, one tile per warp of 8 (no replication); the backward holds
+    W_hh in chunks of ``CHUNK_ROWS`` gate rows with its dot split over the warps. 16-bit, no projection, H <= 1024
+    (spill-free for sm_90, tests/test_sequence_structure.py); None where it does not apply."""
+    if sm_count is None or proj_size or torch.finfo(dtype).bits != 16 or not 16 < batch or hidden > 1024:
+        return None
+    groups, programs = triton.cdiv(batch, 32) * directions, triton.cdiv(hidden, 16)
+    if groups * programs > sm_count:
+        return None
+    cfg = {"regime": "split", "BLOCK_B": 32, "BLOCK_H": 16, "num_warps": 8}
+    if backward:
+        chunks = triton.cdiv(4 * hidden, CHUNK_ROWS)
+        if chunks > 1:
+            cfg["G_CHUNKS"] = chunks
+        if 4 * hidden // chunks >= 16 * cfg["num_warps"]:  # at least 16 gate rows a split
+            cfg["K_SPLIT"] = cfg["num_warps"]
+    return cfg
+
+
 def constexprs(cfg: dict, H: int, R: int, P: int, backward: bool) -> tuple[dict, int]:
     """Kernel constexprs for a config, and the number of unit programs per (batch tile, direction) group."""
     split = cfg.get("regime", "batch") == "split"

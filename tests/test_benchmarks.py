@@ -399,13 +399,17 @@ def test_variants_dry_run_gives_each_variant_its_config_and_leaves_the_rule(caps
     before = C.sequence_config(16, 256, 0, 1, torch.float16, 132)
     variants.main(["--dry", "--shapes", "16,256", "16,1024"])
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 * len(variants.VARIANTS)
+    assert len(lines) == 2 * len(variants.NAMES)
     got = {line.split(":")[0]: line for line in lines}
     assert "'TAGGED'" not in got["B=16 H=256 rule"] and "'TAGGED': True" in got["B=16 H=256 tagged"]
     assert got["B=16 H=256 plain"].count("'K_SPLIT'") == 0 and got["B=16 H=256 ksplit"].count("'K_SPLIT'") == 2
     assert "'BLOCK_H': 16" in got["B=16 H=1024 rule-wide"].split("backward")[0]
     assert C.sequence_config is variants._rule() and C.sequence_config(16, 256, 0, 1, torch.float16, 132) == before
-    assert variants.applies("tagged", 16, 256, False) and not variants.applies("rule", 4096, 64, False)
+    assert variants.applies("tagged", 16, 256, False) and not variants.applies("tagged", 4096, 64, False)
+    assert variants.applies("rule", 4096, 64, False), "the rule is timed whatever its regime"
+    assert variants.applies("split32", 64, 1024, True) and not variants.applies("split32", 16, 1024, False)
+    assert variants.patched("split32")(64, 1024, 0, 1, torch.float16, 132, True) == C.split32_form(
+        64, 1024, 0, 1, torch.float16, 132, True)
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="needs a CUDA GPU"):
             variants.main([])

@@ -51,9 +51,12 @@ def _split(H: int) -> dict:
 
 def _config(regime: str, H: int) -> dict | None:
     """A CASES regime's config: ``batch`` (the rule's, None), ``split``, or ``split-GxK``: the backward holds W_hh
-    in G chunks of gate rows and splits each chunk's dot K ways (the rule's form beyond H=512)."""
+    in G chunks of gate rows and splits each chunk's dot K ways (the rule's form beyond H=512); ``...-b32``: with
+    32-row batch tiles (config.split32_form's)."""
     if regime == "batch":
         return None
+    if regime.endswith("-b32"):
+        return {**_config(regime.removesuffix("-b32"), H), "BLOCK_B": 32}
     if regime == "split":
         return _split(H)
     if regime == "split-tagged":  # tagged words (the backward takes them without a projection or chunks)
@@ -136,6 +139,9 @@ CASES = [
     ("split-tagged-proj-reverse-lengths", 4, 3, 4, 6, 3, (True,), [1, 4, 3], True, "split-tagged"),
     # R = 80 in two blocks of the dot's inner dimension (64 split 4 ways, then 16), both directions
     ("split-tagged-k-split-two-blocks-H80", 3, 2, 3, 80, 0, (False, True), [3, 1], True, "split-tagged-k4"),
+    # 32-row batch tiles: one full tile and one of 3 rows, lengths across both; chunked W_hh with a split dot
+    ("split-b32-bidir-lengths-B35", 4, 35, 3, 9, 0, (False, True), [1 + i % 4 for i in range(35)], True, "split-b32"),
+    ("split-b32-3-chunks-k-split-reverse-B33", 3, 33, 3, 12, 0, (True,), None, True, "split-3x2-b32"),
 ]
 
 

@@ -262,6 +262,26 @@ def test_plain_forward_variants_without_replicated_mmas(change):
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
+def test_split32_form_builds_unreplicated_and_spill_free(backward):
+    """The candidate for B=64 with H >= 768 (config.split32_form, timed by benchmarks.variants): 32-row batch tiles of
+    16 units, where the rule runs the (graphed) per-step kernels. W_hh stays on chip, one MMA tile a warp, no
+    spills, an SM per program."""
+    from tritonlstm.kernels import config as C
+
+    assert C.choose(64, 1024, 0, 1, torch.float16, SMS, backward).regime == "graphed", "not the rule's (yet)"
+    cfg = C.split32_form(64, 1024, 0, 1, torch.float16, SMS, backward)
+    _, grid, asm, variant, args = _launched(64, 1024, 0, 1, torch.float16, backward, config=tuple(cfg.items()))
+    loads = _global_loads_in_time_loop(asm["ttgir"], args)
+    assert "w_ptr" not in loads and ("dg_ptr" if backward else "y_ptr") in loads, loads
+    mmas = len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16\b", asm["ptx"]))
+    work = _backward_mma_work(cfg, 1024) if backward else _forward_mma_work(cfg, 1024, 0)
+    assert mmas == work, f"{mmas} MMAs per warp and step, share {work}"
+    assert variant.n_spills == 0, f"{variant.n_spills} bytes of spills ({variant.n_regs} registers)"
+    assert grid <= SMS and variant.shared <= SHARED_PER_BLOCK
+    assert variant.n_regs * 32 * cfg["num_warps"] <= REGISTERS_PER_SM
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
 def test_tagged_form_falls_back_to_the_barrier(backward, monkeypatch):
     """With the tagged exchange switched on, the rule's tagged kernels fall back to the same kernel without TAGGED or
     K_SPLIT, which synchronises through the counter and runs plain dots: the positive control of the PTX and MMA
