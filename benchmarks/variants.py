@@ -152,14 +152,14 @@ def use(name: str) -> None:
     """Make variant ``name`` the rule the plan reads (``choose`` reads ``sequence_config`` through the module)."""
     from tritonlstm.kernels import config as C
 
-    C.sequence_config = patched(name)
+    C.sequence_config = _rule() if name == "rule" else patched(name)  # the rule itself, its cache and all
     C.choose.cache_clear()
 
 
-def describe(B: int, H: int, backward: bool) -> str:
+def describe(device: torch.device, B: int, H: int, backward: bool) -> str:
     from tritonlstm import dispatch
 
-    p = dispatch._kernel_plan(torch.device("cuda"), torch.float16, B, H, 0, 1, backward)
+    p = dispatch._kernel_plan(device, torch.float16, B, H, 0, 1, backward)
     cfg = {k: v for k, v in (p.config or {}).items() if k != "regime"}
     return f"{p.regime} {cfg}".replace(",", ";")
 
@@ -175,6 +175,7 @@ def main(argv=None) -> None:
     ap.add_argument("--no-ping-pong", action="store_true", help="skip the tagged words' latency rows")
     ap.add_argument("--csv")
     ap.add_argument("--dry", action="store_true", help="print each variant's config per shape (132 SMs) and exit")
+    ap.add_argument("--device", default="cuda", help="cuda (a CPU runs the loop for its test, with no kernel)")
     args = ap.parse_args(argv)
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
     if args.dry:
@@ -183,12 +184,13 @@ def main(argv=None) -> None:
                 cfgs = [patched(name)(B, H, 0, 1, torch.float16, 132, bw) for bw in (False, True)]
                 print(f"B={B} H={H} {name}: forward {cfgs[0]} backward {cfgs[1]}")
         return
-    if not torch.cuda.is_available():
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
         sys.exit("the variants probe needs a CUDA GPU")
     import tritonlstm
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    dev, dtype, T, t0 = torch.device("cuda"), torch.float16, args.T, time.time()
+    dtype, T, t0 = torch.float16, args.T, time.time()
     rows: list[dict] = []
 
     def emit(row):
@@ -227,11 +229,10 @@ def main(argv=None) -> None:
                       us_per_step=_time(lambda: torch.autograd.backward(cud(xg)[0], g)) * 1e3 / T))  # fmt: skip
     # forward and forward+backward of the core variants at every shape, then the rest
     modes = ("fwd", "fwd+bwd") if args.what == "both" else (args.what,)
-    names = [name for name in CORE if name in args.variants]
-    names += [name for name in args.variants if name not in CORE]
-    order = [(what, name) for what in modes for name in names if name in CORE]
-    order += [(what, name) for what in modes for name in names if name not in CORE]
-    for what, name in order:
+    core = [name for name in CORE if name in args.variants]
+    rest = [name for name in args.variants if name not in CORE]
+    names = core + rest
+    for what, name in [(what, name) for group in (core, rest) for what in modes for name in group]:
         for B, H in shapes:
             if time.time() - t0 > args.budget:
                 emit(dict(what=what, variant=name, B=B, H=H, T=T, note=f"not run: past the {args.budget:.0f} s budget"))
@@ -250,7 +251,7 @@ def main(argv=None) -> None:
                 else:
                     row["us_per_step"] = _time(lambda: torch.autograd.backward(model(xg)[0], g)) * 1e3 / T
                 # the plans after the run: a kernel that failed to compile has sent its shape to the per-step ones
-                row.update(fwd_plan=describe(B, H, False), bwd_plan=describe(B, H, True))
+                row.update(fwd_plan=describe(dev, B, H, False), bwd_plan=describe(dev, B, H, True))
             except Exception as e:  # recorded in the row and printed: a probe reports, the tests assert
                 row["note"] = f"{type(e).__name__}: {str(e)[:160]}".replace(",", ";")
             emit(row)

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from benchmarks import run
-from tests.helpers import TOLERANCES, TRITON_DEVICE, requires_triton
+from tests.helpers import INTERPRETER, TOLERANCES, TRITON_DEVICE, requires_triton
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {  # script: the invocations the plan uses (the first is the one its header's count describes)
@@ -413,3 +413,27 @@ def test_variants_dry_run_gives_each_variant_its_config_and_leaves_the_rule(caps
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="needs a CUDA GPU"):
             variants.main([])
+
+
+@pytest.mark.skipif(INTERPRETER, reason="runs in the plain leg: the interpreter would run the kernels at H=1024 (minutes)")
+def test_variants_loop_runs_every_row_kind_on_a_cpu(tmp_path, monkeypatch, capsys):
+    """The timing loop of ``benchmarks.variants`` on CPU tensors (the plan runs what a CPU has; a fixed time stands
+    in for do_bench): cuDNN rows, the rule at every shape, not-applicable rows, the table; the rule restored."""
+    from benchmarks import variants
+    from tritonlstm.kernels import config as C
+
+    monkeypatch.setattr(variants, "_time", lambda fn: (fn(), 2.56)[1])  # runs the call once, "2.56 ms"
+    csv_path = tmp_path / "v.csv"
+    variants.main(["--device", "cpu", "--no-ping-pong", "--T", "4", "--shapes", "16,8", "64,1024", "--variants",
+                   "rule", "w4", "split32", "--csv", str(csv_path)])  # fmt: skip
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    kinds = {(r["what"], r["variant"], r["B"], r["H"]): r for r in rows}
+    assert len(rows) == 2 * 2 + 2 * 3 * 2  # cuDNN fwd and fwd+bwd per shape, then 3 variants x 2 modes x 2 shapes
+    assert float(kinds["fwd", "rule", "16", "8"]["us_per_step"]) == pytest.approx(640.0)  # 2.56 ms over T=4
+    assert float(kinds["fwd", "rule", "16", "8"]["err"]) < 1e-2 and kinds["fwd+bwd", "rule", "64", "1024"]["fwd_plan"]
+    assert "not applicable" in kinds["fwd", "split32", "16", "8"]["note"]
+    assert kinds["fwd", "split32", "64", "1024"]["us_per_step"], "applies at B=64, H=1024 (a CPU runs its plan)"
+    assert "not applicable" in kinds["fwd", "w4", "64", "1024"]["note"]
+    assert "split32" in capsys.readouterr().out.splitlines()[-1]
+    assert C.sequence_config is variants._rule() and hasattr(C.sequence_config, "cache_clear"), "the rule restored"
