@@ -224,10 +224,8 @@ def sequence_config(
         cfg.update(G_CHUNKS=chunks, num_warps=8)
     if proj_size:
         cfg["BLOCK_P"] = block_p
-    if backward and 4 * hidden // cfg.get("G_CHUNKS", 1) >= 16 * cfg["num_warps"]:
-        # the recurrent dot split over its gate rows, one split per warp (each at least 16 rows): a plain 16-row
-        # dot puts 2-4 warps on the same rows, and Triton 3.6 puts every warp on a batched dot's batch dimension
-        cfg["K_SPLIT"] = cfg["num_warps"]
+    if backward:
+        _split_backward_dot(cfg, hidden)
     if not backward and elt == 4:
         # float32's forward dots split over R (and H with a projection) one way per warp: its plain FMA dot spills
         # 1.9-2.5 KB a thread at H=256-512 (sm_90), split it builds with none (tests/test_sequence_structure.py)
@@ -235,6 +233,14 @@ def sequence_config(
         cfg["K_BLOCK"] = MAX_K_BLOCK // 2
     # the 16-bit forward keeps one plain tl.dot and every form meets at the counter barrier (TAGGED_EXCHANGE)
     return tagged_form(cfg, proj_size, dtype, backward) if TAGGED_EXCHANGE else cfg
+
+
+def _split_backward_dot(cfg: dict, hidden: int) -> None:
+    """Split a unit-split backward's recurrent dot over its gate rows, one split per warp, where each split keeps at
+    least 16 rows (a ``tl.dot`` minimum): a plain 16-row dot puts 2-4 warps on the same rows, and Triton 3.6 puts
+    every warp on a batched dot's batch dimension. Measured faster on an H200 (benchmarks/NOTES.md)."""
+    if 4 * hidden // cfg.get("G_CHUNKS", 1) >= 16 * cfg["num_warps"]:
+        cfg["K_SPLIT"] = cfg["num_warps"]
 
 
 TAGGED_EXCHANGE = False
@@ -253,11 +259,8 @@ def tagged_form(cfg: dict, proj_size: int, dtype: torch.dtype, backward: bool) -
     regularisers). Other configs come back as they are."""
     if cfg.get("regime") != "split":
         return cfg
-    if not backward:
-        cfg = {**cfg, "TAGGED": True, "K_SPLIT": cfg["num_warps"]}
-        if dtype == torch.float32:
-            cfg["K_BLOCK"] = MAX_K_BLOCK // 2
-        return cfg
+    if not backward:  # (float32's forward has its split and K_BLOCK from the rule already)
+        return {**cfg, "TAGGED": True, "K_SPLIT": cfg["num_warps"]}
     if not proj_size and cfg.get("G_CHUNKS", 1) == 1 and torch.finfo(dtype).bits == 16:
         return {**cfg, "TAGGED": True}
     return cfg
@@ -283,8 +286,7 @@ def split32_form(
         chunks = triton.cdiv(4 * hidden, CHUNK_ROWS)
         if chunks > 1:
             cfg["G_CHUNKS"] = chunks
-        if 4 * hidden // chunks >= 16 * cfg["num_warps"]:  # at least 16 gate rows a split
-            cfg["K_SPLIT"] = cfg["num_warps"]
+        _split_backward_dot(cfg, hidden)
     return cfg
 
 

@@ -42,6 +42,18 @@ def seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def tagged_rule(monkeypatch):
+    """The rule with the tagged exchange switched on (``config.TAGGED_EXCHANGE``), its caches cleared around."""
+    from tritonlstm.kernels import config
+
+    monkeypatch.setattr(config, "TAGGED_EXCHANGE", True)
+    config.sequence_config.cache_clear(), config.choose.cache_clear()
+    yield
+    monkeypatch.undo()
+    config.sequence_config.cache_clear(), config.choose.cache_clear()
+
+
 def pytest_report_header(config):
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name()

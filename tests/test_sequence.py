@@ -428,16 +428,6 @@ def health():
     HEALTH.uncompilable.update(saved[1])
 
 
-@pytest.fixture
-def tagged_rule(monkeypatch):
-    """The rule with the tagged exchange switched on (``config.TAGGED_EXCHANGE``), its caches cleared around."""
-    monkeypatch.setattr(C, "TAGGED_EXCHANGE", True)
-    C.sequence_config.cache_clear(), C.choose.cache_clear()
-    yield
-    monkeypatch.undo()
-    C.sequence_config.cache_clear(), C.choose.cache_clear()
-
-
 @requires_interpreter
 def test_failed_tagged_self_test_falls_back_to_the_barrier(monkeypatch, health, tagged_rule):
     """With the tagged exchange switched on the rule's split forward is tagged; if that form fails its self-test

@@ -183,6 +183,20 @@ def _backward_mma_work(cfg: dict, H: int) -> int:
     return tiles // cfg["num_warps"]
 
 
+def _mmas(ptx: str) -> int:
+    """``mma.m16n8k16`` instructions in the PTX: one warp's per step, the time loop's body being emitted once."""
+    return len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16\b", ptx))
+
+
+def _assert_fits_an_sm(variant, grid: int, cfg: dict) -> None:
+    """No register spills, and the grid co-resident on 132 SMs: one program per SM at most, one program's
+    registers and shared memory within an SM."""
+    assert variant.n_spills == 0, f"{variant.n_spills} bytes of register spills per thread ({variant.n_regs} registers)"
+    assert grid <= SMS, f"grid {grid} > {SMS} SMs"
+    assert variant.n_regs * 32 * cfg["num_warps"] <= REGISTERS_PER_SM
+    assert variant.shared <= SHARED_PER_BLOCK, f"{variant.shared} bytes of shared memory"
+
+
 _SYNC = re.compile(r"\batom\.|\bred\.global|\.(acquire|release)\b|\bfence\.|\bmembar\.")
 """PTX of cross-program synchronisation: atomics, acquire/release accesses, fences."""
 
@@ -230,7 +244,7 @@ def test_unit_split_structure(B, H, P, D, dtype, backward, masked, zoneout, tagg
         assert "mma.sync" in ptx or "wgmma" in ptx, "bf16/fp16 dots must use tensor-core MMA"
     if dtype != torch.float32 and not (backward and P):  # (the backward's projection dot is not split)
         work = _backward_mma_work(cfg, H) if backward else _forward_mma_work(cfg, H, P)
-        mmas = len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16\b", ptx))
+        mmas = _mmas(ptx)
         if cfg.get("K_SPLIT", 1) > 1:  # split one way per warp: no two warps on the same outputs
             assert mmas == work, f"{mmas} MMAs per warp and step, the unreplicated unpadded work is {work}"
         elif not P:  # a plain dot: the warps beyond its MMA tiles repeat them; K padded to the granule only
@@ -238,11 +252,7 @@ def test_unit_split_structure(B, H, P, D, dtype, backward, masked, zoneout, tagg
             assert mmas == work * max(1, cfg["num_warps"] // tiles), f"{mmas} MMAs per warp and step, share {work}"
         else:  # the projection's second dot has tiles of its own
             assert work <= mmas <= cfg["num_warps"] * work, (mmas, work)
-    assert variant.n_spills == 0, f"{variant.n_spills} bytes of register spills per thread ({variant.n_regs} registers)"
-    # co-resident on 132 SMs: one program per SM at most, and one program fits an SM
-    assert grid <= SMS, f"grid {grid} > {SMS} SMs"
-    assert variant.n_regs * 32 * cfg["num_warps"] <= REGISTERS_PER_SM
-    assert variant.shared <= SHARED_PER_BLOCK, f"{variant.shared} bytes of shared memory"
+    _assert_fits_an_sm(variant, grid, cfg)
 
 
 @pytest.mark.parametrize("change", [{"num_warps": 4}, {"BLOCK_H": 16}], ids=["4-warps", "16-units"])
@@ -255,10 +265,9 @@ def test_plain_forward_variants_without_replicated_mmas(change):
     rule = C.sequence_config(16, 1024, 0, 1, torch.float16, SMS, False)
     cfg = {**rule, **change}
     _, grid, asm, variant, _ = _launched(16, 1024, 0, 1, torch.float16, False, config=tuple(cfg.items()))
-    mmas = len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16\b", asm["ptx"]))
+    mmas = _mmas(asm["ptx"])
     assert "K_SPLIT" not in cfg and mmas == _forward_mma_work(cfg, 1024, 0), (mmas, cfg)
-    assert variant.n_spills == 0 and variant.shared <= SHARED_PER_BLOCK and grid <= SMS
-    assert variant.n_regs * 32 * cfg["num_warps"] <= REGISTERS_PER_SM
+    _assert_fits_an_sm(variant, grid, cfg)
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
@@ -273,34 +282,27 @@ def test_split32_form_builds_unreplicated_and_spill_free(backward):
     _, grid, asm, variant, args = _launched(64, 1024, 0, 1, torch.float16, backward, config=tuple(cfg.items()))
     loads = _global_loads_in_time_loop(asm["ttgir"], args)
     assert "w_ptr" not in loads and ("dg_ptr" if backward else "y_ptr") in loads, loads
-    mmas = len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16\b", asm["ptx"]))
+    mmas = _mmas(asm["ptx"])
     work = _backward_mma_work(cfg, 1024) if backward else _forward_mma_work(cfg, 1024, 0)
     assert mmas == work, f"{mmas} MMAs per warp and step, share {work}"
-    assert variant.n_spills == 0, f"{variant.n_spills} bytes of spills ({variant.n_regs} registers)"
-    assert grid <= SMS and variant.shared <= SHARED_PER_BLOCK
-    assert variant.n_regs * 32 * cfg["num_warps"] <= REGISTERS_PER_SM
+    _assert_fits_an_sm(variant, grid, cfg)
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
-def test_tagged_form_falls_back_to_the_barrier(backward, monkeypatch):
+def test_tagged_form_falls_back_to_the_barrier(backward, tagged_rule):
     """With the tagged exchange switched on, the rule's tagged kernels fall back to the same kernel without TAGGED or
     K_SPLIT, which synchronises through the counter and runs plain dots: the positive control of the PTX and MMA
     checks above, which would see both."""
     from tritonlstm.kernels import config as C
 
-    monkeypatch.setattr(C, "TAGGED_EXCHANGE", True)
-    C.sequence_config.cache_clear(), C.choose.cache_clear()
-    try:
-        choice = C.choose(16, 256, 0, 1, torch.bfloat16, SMS, backward)
-    finally:
-        C.sequence_config.cache_clear(), C.choose.cache_clear()
+    choice = C.choose(16, 256, 0, 1, torch.bfloat16, SMS, backward)
     assert choice.config["TAGGED"] and choice.fallback.config == C.barrier_form(choice.config)
     assert "TAGGED" not in choice.fallback.config and "K_SPLIT" not in choice.fallback.config
     fallback = tuple(choice.fallback.config.items())
     _, _, asm, variant, args = _launched(16, 256, 0, 1, torch.bfloat16, backward, config=fallback)
     assert _SYNC.search(asm["ptx"]) and "ld.volatile.global" not in asm["ptx"]
     # a plain 16-row dot puts several warps on the same rows
-    mmas = len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16\b", asm["ptx"]))
+    mmas = _mmas(asm["ptx"])
     plain = choice.fallback.config
     work = _backward_mma_work(plain, 256) if backward else _forward_mma_work(plain, 256, 0)
     assert mmas > work, (mmas, work)
