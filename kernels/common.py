@@ -21,7 +21,7 @@ class Layer(NamedTuple):
 
     x: torch.Tensor  # [T, B, I]
     h0: torch.Tensor  # [D, B, R]
-    c0: torch.Tensor  # [D, B, H]
+    c0: torch.Tensor | None  # [D, B, H]; None for the GRU
     w_ih: torch.Tensor  # [D, G, I]  torch's gate-major rows
     w_hh: torch.Tensor  # [D, G, R]
     b_ih: torch.Tensor | None  # [D, G]
@@ -45,7 +45,7 @@ class Layer(NamedTuple):
         """Direction d alone, its parameters and states still stacked (D = 1)."""
         one = slice(d, d + 1)
         return self._replace(
-            h0=self.h0[one], c0=self.c0[one], w_ih=self.w_ih[one], w_hh=self.w_hh[one],
+            h0=self.h0[one], c0=self.c0[one] if self.c0 is not None else None, w_ih=self.w_ih[one], w_hh=self.w_hh[one],
             b_ih=self.b_ih[one] if self.b_ih is not None else None,
             b_hh=self.b_hh[one] if self.b_hh is not None else None,
             w_hr=self.w_hr[one] if self.w_hr is not None else None, reverse=(self.reverse[d],),

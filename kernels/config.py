@@ -7,6 +7,7 @@ Regimes (each one a kernel in its own file, registered in :data:`LAUNCHERS`):
 * ``"batch"`` (:mod:`tritonlstm.kernels.sequence_fwd`/``sequence_bwd``): one launch for the whole sequence; a
   program owns a tile of batch rows and every hidden unit and streams W_hh from L2 every step. No cross-program
   synchronisation. With the per-step kernels' tiles it reproduces them bitwise; it is the form the interpreter runs.
+* ``"gru-step"`` (:mod:`tritonlstm.kernels.gru_step`): the GRU's per-step kernels, the only ones it has so far.
 * ``"graphed"`` (:mod:`tritonlstm.kernels.graphed`): the per-step kernels, their time loop captured once per
   shape as a CUDA graph and replayed (GPU only); the rule's choice wherever it would pick the per-step kernels on
   a GPU.
@@ -45,6 +46,7 @@ LAUNCHERS = {
     "batch": _SEQUENCE,
     "split": _SEQUENCE,
     "graphed": Launcher("tritonlstm.kernels.graphed", "tritonlstm.kernels.graphed", "step"),
+    "gru-step": Launcher("tritonlstm.kernels.gru_step", "tritonlstm.kernels.gru_step", "step"),
 }
 """Regime -> its launchers: ``forward(layer, regs, store, config, err)`` and ``backward(layer, regs, saved,
 grad_out, needs, config, err)``, taking the bundles of :mod:`tritonlstm.kernels.common`."""
@@ -108,6 +110,13 @@ def step_config(
         "BLOCK_K": min(32 if dtype == torch.float32 else 64, max(16, triton.next_power_of_2(reduce))),
         "num_warps": warps,
     }
+
+
+def gru_step_config(batch: int, hidden: int, reduce: int, dtype: torch.dtype = torch.float32) -> dict:
+    """The GRU's per-step tiles: :func:`step_config`'s, with at least 16 units a program, since each of its three
+    gate dots is BLOCK_H columns wide (the LSTM's one dot is 4 * BLOCK_H). ``reduce``: H forward, 3H backward."""
+    cfg = step_config(batch, hidden, reduce, dtype)
+    return {**cfg, "BLOCK_H": max(16, cfg["BLOCK_H"])}
 
 
 OPERAND_BUDGET = {False: 96 * 1024, True: 128 * 1024}

@@ -123,14 +123,15 @@ def _gate_preactivations(
 
 @triton.jit
 def _grad_into_h(
-    dg_ptr, w_ptr, dy_ptr, dcarry_ptr, hm_ptr, o_b, o_c, m_b, m_c, v_t, t, t_next, T, H, ld_w,
+    dg_ptr, w_ptr, dy_ptr, dcarry_ptr, hm_ptr, o_b, o_c, m_b, m_c, v_t, t, t_next, T, G, ld_w,
     stride_g_t, stride_g, stride_dy_t, stride_dy,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, HAS_DY: tl.constexpr,
     HAS_LENGTHS: tl.constexpr, HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     """Gradient reaching h_t[:, o_c] (hidden units, or projected features): returns (through the state, all).
 
-    Through the state: dG_{next} @ W_hh[:, o_c] ([BLOCK_B, G] @ [G, BLOCK_C], W_hh's leading dimension ld_w;
+    Through the state: dG_{next} @ W_hh[:, o_c] ([BLOCK_B, G] @ [G, BLOCK_C] over the G gate rows, 4H for the LSTM
+    and 3H for the GRU, W_hh's leading dimension ld_w;
     dG_{next} = dg[t_next], absent on the first step processed, when t_next is -1 or T) plus what reached it
     without a gate (h_n's gradient on the first step, skipped steps' with lengths; dcarry has dy's row stride).
     All: that plus dy[t], the gradient of this step's output, for the rows the step belongs to.
@@ -142,9 +143,9 @@ def _grad_into_h(
     has_next = (t_next >= 0) & (t_next < T)  # a runtime branch: one compiled variant serves every step
     if has_next:
         p_dgn = dg_ptr + t_next.to(tl.int64) * stride_g_t + o_b[:, None] * stride_g
-        for k in range(0, 4 * H, BLOCK_K):
+        for k in range(0, G, BLOCK_K):
             o_k = k + tl.arange(0, BLOCK_K)
-            m_k = o_k < 4 * H
+            m_k = o_k < G
             b_dgn = tl.load(p_dgn + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
             b_w = tl.load(w_ptr + o_k[:, None] * ld_w + o_c[None, :], mask=m_k[:, None] & m_c[None, :], other=0.0)
             b_rec += tl.dot(b_dgn, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
@@ -364,7 +365,7 @@ def _lstm_bwd_step_kernel(
     v_t, _ = _row_validity(len_ptr, o_b, m_b, t, t, HAS_LENGTHS)
 
     b_rec, b_dh = _grad_into_h(
-        dg_ptr, w_ptr, dy_ptr, dcarry_ptr, hm_ptr, o_b, o_u, m_b, m_u, v_t, t, t_next, T, H, H,
+        dg_ptr, w_ptr, dy_ptr, dcarry_ptr, hm_ptr, o_b, o_u, m_b, m_u, v_t, t, t_next, T, 4 * H, H,
         stride_g_t, stride_g, stride_dy_t, stride_dy, BLOCK_B, BLOCK_H, BLOCK_K, HAS_DY, CARRY, HAS_MASK,
         ACC_DTYPE, INPUT_PRECISION,
     )  # fmt: skip
@@ -445,7 +446,7 @@ def _lstmp_bwd_step_kernel(
     v_t, _ = _row_validity(len_ptr, o_b, m_b, t, t, HAS_LENGTHS)
 
     b_rec, b_dh = _grad_into_h(
-        dg_ptr, w_ptr, dy_ptr, dcarry_ptr, hm_ptr, o_b, o_p, m_b, m_p, v_t, t, t_next, T, H, P,
+        dg_ptr, w_ptr, dy_ptr, dcarry_ptr, hm_ptr, o_b, o_p, m_b, m_p, v_t, t, t_next, T, 4 * H, P,
         stride_g_t, stride_g, stride_dy_t, stride_dy, BLOCK_B, BLOCK_P, BLOCK_K, HAS_DY, HAS_LENGTHS, HAS_MASK,
         ACC_DTYPE, INPUT_PRECISION,
     )  # fmt: skip

@@ -1,9 +1,9 @@
-"""tritonlstm: torch.nn.LSTM on fused Triton kernels, forward and backward.
+"""tritonlstm: torch.nn.LSTM (and torch.nn.GRU) on fused Triton kernels, forward and backward.
 
 The top-level names are imported on first use (a module ``__getattr__``), so that ``import tritonlstm`` and the
 ``tritonlstm`` command's ``--help`` do not wait for torch to import. Imported after torch (``import torch,
-tritonlstm``), the package loads its modules at once, which costs little then and registers ``LSTM`` and
-``LSTMCell`` as safe globals for ``torch.load(weights_only=True)`` before any model is loaded.
+tritonlstm``), the package loads its modules at once, which costs little then and registers the modules (``LSTM``,
+``LSTMCell``, ``GRU``, ``GRUCell``) as safe globals for ``torch.load(weights_only=True)`` before any model is loaded.
 """
 
 from __future__ import annotations
@@ -22,9 +22,13 @@ _LAZY = {
     "resolve_backend": "tritonlstm.dispatch",
     "explain": "tritonlstm.dispatch",
     "lstm": "tritonlstm.functional",
+    "gru": "tritonlstm.functional",
+    "gru_layer": "tritonlstm.functional",
     "lstm_layer": "tritonlstm.functional",
     "LSTM": "tritonlstm.modules",
     "LSTMCell": "tritonlstm.modules",
+    "GRU": "tritonlstm.modules",
+    "GRUCell": "tritonlstm.modules",
     "Stateful": "tritonlstm.streaming",
     "stateful": "tritonlstm.streaming",
     "from_keras": "tritonlstm.keras",
@@ -36,6 +40,8 @@ _SUBMODULES = ("init", "keras", "streaming")
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
+    "GRU",
+    "GRUCell",
     "LSTM",
     "LSTMCell",
     "Stateful",
@@ -43,6 +49,8 @@ __all__ = [
     "default_backend",
     "explain",
     "from_keras",
+    "gru",
+    "gru_layer",
     "lstm",
     "lstm_layer",
     "resolve_backend",
@@ -52,10 +60,10 @@ __all__ = [
 
 if TYPE_CHECKING:  # what static tools and IDEs should see
     from tritonlstm.dispatch import BACKENDS, ENV_VAR, default_backend, explain, resolve_backend
-    from tritonlstm.functional import lstm, lstm_layer
+    from tritonlstm.functional import gru, gru_layer, lstm, lstm_layer
     from tritonlstm import init, keras, streaming
     from tritonlstm.keras import from_keras, to_keras
-    from tritonlstm.modules import LSTM, LSTMCell
+    from tritonlstm.modules import GRU, LSTM, GRUCell, LSTMCell
     from tritonlstm.streaming import Stateful, stateful
 
 

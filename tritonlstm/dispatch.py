@@ -109,15 +109,16 @@ class Plan(NamedTuple):
         if self.kernel is None:
             return "Triton kernels"
         tiles = ", ".join(f"{k}={v}" for k, v in (self.config or {}).items() if k != "regime")
-        kind = "per-step kernels" if self.regime == "step" else f"{self.kernel} kernel, {self.regime} regime"
+        kind = "per-step kernels" if self.regime in ("step", "gru-step") else f"{self.kernel} kernel, {self.regime} regime"
         return f"{kind} [{tiles}] ({self.why})"
 
     def forward(self, layer, regs, store: bool):
         """Run the forward this plan describes (``layer``/``regs``: the bundles of ``tritonlstm.kernels.common``)."""
         return self._run("forward", layer, regs, store)
 
-    def backward(self, layer, regs, saved, grad_out, needs):
-        return self._run("backward", layer, regs, saved, grad_out, needs)
+    def backward(self, layer, regs, *args):
+        """Run the backward: the LSTM's ``(saved, grad_out, needs)`` bundles, the GRU's ``(y, gates, dy, dh_n, needs)``."""
+        return self._run("backward", layer, regs, *args)
 
     def _run(self, pass_: str, layer, regs, *args):
         from triton.compiler.errors import CompilationError
@@ -126,12 +127,12 @@ class Plan(NamedTuple):
 
         module = getattr(LAUNCHERS[self.regime], pass_)
         launcher = getattr(importlib.import_module(module), pass_)
-        checked = self.check and self.regime != "step"
+        checked = self.check and self.kernel == "sequence"
         err = torch.zeros(1, device=layer.x.device, dtype=torch.int32) if checked else None
         try:
             out = launcher(layer, regs, *args, self.config, err)
         except CompilationError as e:
-            if self.regime == "step":
+            if self.regime in ("step", "gru-step"):
                 raise
             T, B, D, H, R, P = layer.dims
             what = f"{pass_} {self.regime} kernel for B={B} H={H} P={P} D={D} {layer.x.dtype}"
@@ -168,11 +169,12 @@ def plan(
     zoneout: tuple[float, float] = (0.0, 0.0),
     backward: bool = False,
     kernel: bool = True,
+    cell: str = "lstm",
 ) -> Plan:
     """The plan of one layer's forward (or ``backward``) on input ``x [T, B, I]`` with ``w_hh [D, G, R]``.
 
     ``kernel=False`` decides the implementation only (what the fake registration needs: nothing is imported or
-    self-tested, and the shapes may be symbolic).
+    self-tested, and the shapes may be symbolic). ``cell``: ``"lstm"`` or ``"gru"`` (``w_hr`` None, zoneout on h).
     """
     name = resolve_backend(backend, x.device, x.dtype)
     if name == "reference":
@@ -183,6 +185,8 @@ def plan(
         return Plan("reference", None, None, None, reason)
     if not kernel:
         return Plan("triton", None, None, None, "")
+    if cell == "gru":
+        return _gru_plan(x.shape[1], w_hh.shape[2], x.dtype, backward)
     D, G, _ = w_hh.shape
     B, H, P = x.shape[1], G // 4, w_hr.shape[1] if w_hr is not None else 0
     return _kernel_plan(x.device, x.dtype, B, H, P, D, backward)
@@ -232,11 +236,25 @@ def _kernel_plan(device, dtype, B: int, H: int, P: int, D: int, backward: bool) 
     return step._replace(why=failed)
 
 
+def _gru_plan(B: int, H: int, dtype: torch.dtype, backward: bool) -> Plan:
+    """The GRU's kernels: the per-step ones (its sequence kernels are not written yet), their tiles by the rule."""
+    from tritonlstm.kernels import config
+
+    check = os.environ.get(CHECK_ENV, "0") == "1"
+    mode = os.environ.get(KERNEL_ENV, "auto")
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"{KERNEL_ENV} must be auto, sequence or step, got {mode!r}")
+    why = f"{KERNEL_ENV}=step" if mode == "step" else "the GRU has per-step kernels only"
+    cfg = config.gru_step_config(B, H, 3 * H if backward else H, dtype)
+    return Plan("triton", "step", "gru-step", cfg, why, check)
+
+
 def explain(module, input: torch.Tensor) -> str:
     """The plans a call ``module(input)`` would get, one line per pass of each layer, for users and bug reports.
 
-    ``module`` is a :class:`tritonlstm.LSTM` or :class:`tritonlstm.LSTMCell`. Nothing runs but the kernels'
-    first-use self-tests. Returns the text; ``print(tritonlstm.explain(model, x))`` shows it.
+    ``module`` is a :class:`tritonlstm.LSTM`, :class:`tritonlstm.LSTMCell`, :class:`tritonlstm.GRU` or
+    :class:`tritonlstm.GRUCell`. Nothing runs but the kernels' first-use self-tests. Returns the text;
+    ``print(tritonlstm.explain(model, x))`` shows it.
     """
     param = next(module.parameters())
     cell = not hasattr(module, "num_layers")
@@ -247,12 +265,14 @@ def explain(module, input: torch.Tensor) -> str:
         B = (input.shape[0] if module.batch_first else input.shape[1]) if batched else 1
     D = 2 if getattr(module, "bidirectional", False) else 1
     H, P = module.hidden_size, getattr(module, "proj_size", 0)
+    kind = getattr(module, "_cell", "lstm")
+    zoneout = tuple(module.zoneout) if kind == "lstm" else (module.zoneout, 0.0)
     x = torch.empty(1, B, 1, device=param.device, dtype=param.dtype)
-    w_hh = torch.empty(D, 4 * H, P or H, device=param.device, dtype=param.dtype)
+    w_hh = torch.empty(D, (4 if kind == "lstm" else 3) * H, P or H, device=param.device, dtype=param.dtype)
     w_hr = torch.empty(D, P, H, device=param.device, dtype=param.dtype) if P else None
     lines = [f"{type(module).__name__}: B={B}, H={H}, P={P}, D={D}, {param.dtype} on {param.device}"]
     for backward in (False, True):
-        p = plan(x, w_hh, w_hr, module.backend, tuple(module.zoneout), backward)
+        p = plan(x, w_hh, w_hr, module.backend, zoneout, backward, cell=kind)
         lines.append(f"  {'backward' if backward else 'forward '}: {p.describe()}")
     layers = getattr(module, "num_layers", 1)
     if layers > 1:

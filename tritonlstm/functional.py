@@ -1,11 +1,13 @@
-"""Functional LSTM: one layer and direction (:func:`lstm_layer`), and the multi-layer driver (:func:`lstm`).
+"""Functional LSTM and GRU: one layer and direction (:func:`lstm_layer`, :func:`gru_layer`), and the multi-layer
+drivers (:func:`lstm`, :func:`gru`).
 
-Every layer goes through the custom op ``torch.ops.tritonlstm.layer_forward`` (:mod:`tritonlstm.ops`), whose
-registered autograd runs ``layer_backward``; the op picks the Triton kernels or the reference loop behind it. The
-one exception is ``torch.onnx.export`` with the dynamo exporter, which has no translation for our op: there each
-layer is written as the ONNX graph itself (:mod:`tritonlstm.onnx_graph`: the native ``LSTM`` operator, or a
-``Loop`` for projections). :func:`lstm` mirrors ``torch._VF.lstm`` (what ``torch.nn.LSTM.forward`` calls): it takes
-the flat parameter list in ``_flat_weights_names`` order.
+Every layer goes through a custom op of :mod:`tritonlstm.ops`, ``torch.ops.tritonlstm.layer_forward`` (the GRU's:
+``gru_forward``), whose registered autograd runs ``layer_backward`` (``gru_backward``); the op picks the Triton
+kernels or the reference loop behind it. The one exception is ``torch.onnx.export`` with the dynamo exporter, which
+has no translation for our ops: there each layer is written as the ONNX graph itself (:mod:`tritonlstm.onnx_graph`:
+the native ``LSTM`` or ``GRU`` operator, or a ``Loop`` where that cannot express the layer). :func:`lstm` mirrors
+``torch._VF.lstm`` (what ``torch.nn.LSTM.forward`` calls) and :func:`gru` ``torch._VF.gru``: they take the flat
+parameter list in ``_flat_weights_names`` order.
 """
 
 from __future__ import annotations
@@ -149,18 +151,29 @@ def lstm(
     Returns:
         ``(output, h_n, c_n)`` exactly as ``torch.nn.LSTM`` returns them for a padded (or packed) batch.
     """
+    zoneout = zoneout_pair(zoneout)
+    output, states = _stack(
+        "lstm", input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first, backend, lengths,
+        reverse, recurrent_dropout, input_dropout, zoneout, weight_drop,
+    )  # fmt: skip
+    return output, *states
+
+
+def _stack(cell, input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first, backend,
+           lengths, reverse, recurrent_dropout, input_dropout, zoneout, weight_drop):  # fmt: skip
+    """The layers of :func:`lstm` or :func:`gru` (``cell``) one after another: ``(output, final states)``, the
+    states one tensor per kind (h_n, c_n for the LSTM; h_n for the GRU) over every layer and direction."""
     D = 2 if bidirectional else 1
     per_layer = len(params) // (num_layers * D)
-    has_proj = per_layer == (5 if has_biases else 3)
+    has_proj = cell == "lstm" and per_layer == (5 if has_biases else 3)
     recurrent_dropout = check_probability("recurrent_dropout", recurrent_dropout)
     input_dropout = check_probability("input_dropout", input_dropout)
     weight_drop = check_probability("weight_drop", weight_drop)
-    zoneout = zoneout_pair(zoneout)
     if train and (recurrent_dropout or input_dropout or weight_drop or any(zoneout)) and _exporting_with_dynamo():
         raise RuntimeError(onnx_graph.TRAINING_EXPORT)
     x = input.transpose(0, 1) if batch_first else input
     B = x.shape[1]
-    h_n, c_n = [], []
+    finals = [[] for _ in hx]
     for layer in range(num_layers):
         w = [params[(layer * D + d) * per_layer : (layer * D + d + 1) * per_layer] for d in range(D)]
 
@@ -168,7 +181,6 @@ def lstm(
             return w[0][k].unsqueeze(0) if D == 1 else torch.stack([wd[k] for wd in w])
 
         b_ih, b_hh = (stacked(2), stacked(3)) if has_biases else (None, None)
-        w_hr = stacked(per_layer - 1) if has_proj else None
         states = slice(layer * D, (layer + 1) * D)
         w_hh, h_mask, seed = stacked(1), None, None
         if train:
@@ -183,16 +195,93 @@ def lstm(
         regularisers = {}
         if any(zoneout) or h_mask is not None:
             regularisers = {"h_mask": h_mask, "zoneout": zoneout, "zoneout_seed": seed}
-        x, h, c = _layer(
-            x, hx[0][states], hx[1][states], stacked(0), w_hh, b_ih, b_hh, w_hr, lengths, reverse, backend,
-            **regularisers,
-        )  # fmt: skip
-        h_n.append(h)
-        c_n.append(c)
+        if cell == "lstm":
+            w_hr = stacked(per_layer - 1) if has_proj else None
+            x, *out = _layer(
+                x, hx[0][states], hx[1][states], stacked(0), w_hh, b_ih, b_hh, w_hr, lengths, reverse, backend,
+                **regularisers,
+            )  # fmt: skip
+        else:
+            x, *out = _gru_layer(x, hx[0][states], stacked(0), w_hh, b_ih, b_hh, lengths, reverse, backend, **regularisers)
+        for kind, state in zip(finals, out):
+            kind.append(state)
         if dropout > 0 and train and layer < num_layers - 1:
             x = F.dropout(x, p=dropout, training=True)
     output = x.transpose(0, 1) if batch_first else x
-    return output, torch.cat(h_n), torch.cat(c_n)
+    return output, [torch.cat(kind) for kind in finals]
+
+
+def _gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, backend, h_mask=None, zoneout=(0.0, 0.0),
+               zoneout_seed=None):  # fmt: skip
+    """One GRU layer, parameters stacked over its D directions: ``(y [T,B,D*H], h_n [D,B,H])``."""
+    if _exporting_with_dynamo():
+        if h_mask is not None or zoneout_seed is not None:
+            raise RuntimeError(onnx_graph.TRAINING_EXPORT)
+        return onnx_graph.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, zoneout=zoneout[0])
+    tensors = (x, h0, w_ih, w_hh, b_ih, b_hh)
+    need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    y, h_n, _ = ops.gru_forward(
+        x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, need_grad, backend, h_mask, float(zoneout[0]), zoneout_seed
+    )
+    return y, h_n
+
+
+def gru_layer(
+    x: torch.Tensor,
+    h0: torch.Tensor,
+    w_ih: torch.Tensor,
+    w_hh: torch.Tensor,
+    b_ih: torch.Tensor | None = None,
+    b_hh: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+    reverse: bool = False,
+    backend: str = "auto",
+    *,
+    h_mask: torch.Tensor | None = None,
+    zoneout: float = 0.0,
+    zoneout_seed: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One GRU layer in one direction: :func:`lstm_layer`'s arguments without ``c0`` and ``w_hr``.
+
+    ``w_ih``/``w_hh`` are ``[3H, I]``/``[3H, H]`` and the biases ``[3H]``, gates in torch.nn.GRU's order (r, z, n);
+    ``zoneout`` is one probability, for h. Returns ``(y [T, B, H], h_n [B, H])`` in the input's dtype.
+    """
+    y, h_n = _gru_layer(
+        x, _one(h0), _one(w_ih), _one(w_hh), _one(b_ih), _one(b_hh), lengths, reverse, backend, _one(h_mask),
+        (check_probability("zoneout", zoneout), 0.0), zoneout_seed,
+    )  # fmt: skip
+    return y, h_n[0]
+
+
+def gru(
+    input: torch.Tensor,
+    hx: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    has_biases: bool,
+    num_layers: int,
+    dropout: float,
+    train: bool,
+    bidirectional: bool,
+    batch_first: bool,
+    backend: str = "auto",
+    lengths: torch.Tensor | None = None,
+    reverse: bool = False,
+    *,
+    recurrent_dropout: float = 0.0,
+    input_dropout: float = 0.0,
+    zoneout: float = 0.0,
+    weight_drop: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-layer, optionally bidirectional GRU with ``torch._VF.gru``'s arguments: :func:`lstm`'s, with one
+    state ``hx [num_layers * num_directions, B, H]`` and ``zoneout`` one probability (for h).
+
+    Returns ``(output, h_n)`` exactly as ``torch.nn.GRU`` returns them for a padded (or packed) batch.
+    """
+    output, (h_n,) = _stack(
+        "gru", input, (hx,), params, has_biases, num_layers, dropout, train, bidirectional, batch_first, backend,
+        lengths, reverse, recurrent_dropout, input_dropout, (check_probability("zoneout", zoneout), 0.0), weight_drop,
+    )  # fmt: skip
+    return output, h_n
 
 
 def packed_layout(batch_sizes: torch.Tensor, sorted_indices: torch.Tensor | None, device: torch.device):

@@ -1,4 +1,4 @@
-"""``tritonlstm.LSTM``: torch.nn.LSTM's interface on the Triton kernels."""
+"""``tritonlstm.LSTM``/``LSTMCell`` and ``tritonlstm.GRU``/``GRUCell``: torch.nn's interfaces on the Triton kernels."""
 
 from __future__ import annotations
 
@@ -30,14 +30,14 @@ def _scalar_type_name(dtype: torch.dtype) -> str:
     return _SCALAR_TYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
 
 
-def _check_attributes(input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor], params: list[torch.Tensor]) -> None:
+def _check_attributes(input: torch.Tensor, hx: tuple[torch.Tensor, ...], params: list[torch.Tensor]) -> None:
     """The checks ATen's LSTM makes after nn.LSTM's Python ones, in the same order and with the same messages.
 
     nn.LSTM's own message for a hidden state or parameter of another dtype depends on which ATen backend the
     call lands in (mkldnn on CPU says "get_mkldnn_dtype: unsupported data type"); ours is ATen's generic
     check_attributes wording, with the same exception type.
     """
-    if len(hx) != 2:
+    if len(hx) not in (1, 2):  # the GRU's one state, the LSTM's two
         raise RuntimeError("lstm expects two hidden states")
     for name, tensors in (("hidden", hx), ("parameter", params)):
         for t in tensors:
@@ -191,13 +191,7 @@ class LSTM(nn.RNNBase):
     permute_hidden = nn.LSTM.permute_hidden
 
     def extra_repr(self) -> str:
-        s = super().extra_repr()
-        if getattr(self, "reverse", False):
-            s += ", reverse=True"
-        for name, value in self._regularisers().items():
-            if any(value) if isinstance(value, tuple) else value:
-                s += f", {name}={value}"
-        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+        return _options_repr(self, super().extra_repr())
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -288,6 +282,16 @@ class LSTM(nn.RNNBase):
             False, backend=self.backend, lengths=lengths, reverse=self.reverse, **self._regularisers(),
         )  # fmt: skip
         return PackedSequence(output[t_index, b_index], batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
+
+
+def _options_repr(module, s: str) -> str:
+    """nn.RNNBase's ``extra_repr`` ``s`` with the options torch's modules do not have, where they are set."""
+    if getattr(module, "reverse", False):
+        s += ", reverse=True"
+    for name, value in module._regularisers().items():
+        if any(value) if isinstance(value, tuple) else value:
+            s += f", {name}={value}"
+    return s if module.backend == "auto" else f"{s}, backend={module.backend!r}"
 
 
 def _check_lengths(lengths, input: torch.Tensor, batch_first: bool) -> torch.Tensor:
@@ -460,6 +464,217 @@ class LSTMCell(nn.RNNCellBase):
             )
 
 
+class GRU(nn.RNNBase):
+    r"""Multi-layer GRU with ``torch.nn.GRU``'s constructor, parameters, state_dict, inputs, outputs and errors,
+    computed by the Triton kernels (gates r, z, n as in torch.nn.GRU)::
+
+        r_t = sigmoid(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)
+        z_t = sigmoid(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)
+        n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn))
+        h_t = (1 - z_t) * n_t + z_t * h_{t-1}
+
+    It derives from ``nn.RNNBase(mode="GRU")``, as :class:`LSTM` does from ``mode="LSTM"``.
+
+    Args:
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype: as for
+            ``torch.nn.GRU`` (which has no ``proj_size``: passing one is its ValueError).
+        backend, reverse, recurrent_dropout, input_dropout, weight_drop: as for :class:`LSTM`.
+        zoneout: one probability p, for h (the GRU has no cell state): in training each element of h keeps its
+            previous value with probability p, a new mask every step; in eval ``p * previous + (1 - p) * new``.
+
+    Inputs: ``input, h_0`` as for ``torch.nn.GRU`` (batched, unbatched or a ``PackedSequence``), and keyword
+    ``lengths=`` as for :class:`LSTM`. Outputs: ``output, h_n``.
+
+    Example::
+
+        >>> gru = tritonlstm.GRU(64, 256, num_layers=2, batch_first=True).cuda()
+        >>> y, h_n = gru(torch.randn(8, 100, 64, device="cuda"))
+    """
+
+    _cell = "gru"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+        reverse: bool = False,
+        recurrent_dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        weight_drop: float = 0.0,
+        **kwargs,
+    ) -> None:
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if kwargs:
+            raise TypeError(f"GRU.__init__() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        super().__init__(
+            "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype
+        )
+        if reverse and bidirectional:
+            raise ValueError("reverse=True runs a single direction; it cannot be combined with bidirectional=True")
+        self.backend = validate_backend(backend) if backend is not None else default_backend()
+        self.reverse = bool(reverse)
+        self.recurrent_dropout = functional.check_probability("recurrent_dropout", recurrent_dropout)
+        self.input_dropout = functional.check_probability("input_dropout", input_dropout)
+        self.zoneout = functional.check_probability("zoneout", zoneout)
+        self.weight_drop = functional.check_probability("weight_drop", weight_drop)
+
+    _regularisers = LSTM._regularisers
+    flatten_parameters = LSTM.flatten_parameters
+
+    def extra_repr(self) -> str:
+        return _options_repr(self, super().extra_repr())
+
+    def forward(self, input, hx=None, *, lengths=None):
+        """``torch.nn.GRU.forward``, plus ``lengths`` as for :meth:`LSTM.forward`."""
+        params = [getattr(self, name) for name in self._flat_weights_names]
+        if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise ValueError("lengths= cannot be combined with PackedSequence input: the PackedSequence holds them")
+            return self._forward_packed(input, hx, params)
+        if input.dim() not in (2, 3):
+            raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        is_batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+            if hx is not None:
+                if hx.dim() != 2:
+                    raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
+                hx = hx.unsqueeze(1)
+        elif hx is not None and hx.dim() != 3:
+            raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+        if hx is None:
+            hx = self._zero_state(input.size(0) if self.batch_first else input.size(1), input.device, input.dtype)
+        self.check_forward_args(input, hx, None)
+        input, hx, *params = _autocast([input, hx, *params], input.device)
+        _check_attributes(input.transpose(0, 1) if self.batch_first else input, (hx,), params)
+        if lengths is not None:
+            if not is_batched:
+                raise ValueError("lengths= needs batched (3-D) input")
+            lengths = _check_lengths(lengths, input, self.batch_first)
+        output, h_n = functional.gru(
+            input, hx, params, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
+            self.batch_first, backend=self.backend, lengths=lengths, reverse=self.reverse, **self._regularisers(),
+        )  # fmt: skip
+        if not is_batched:
+            output, h_n = output.squeeze(batch_dim), h_n.squeeze(1)
+        return output, h_n
+
+    def _zero_state(self, batch: int, device, dtype) -> torch.Tensor:
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        return torch.zeros(layers, batch, self.hidden_size, dtype=dtype, device=device)
+
+    def _forward_packed(self, input: PackedSequence, hx, params):
+        """PackedSequence in and out, computed on the padded batch with per-sequence lengths (original order)."""
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        max_batch_size = int(batch_sizes[0])
+        hx = self._zero_state(max_batch_size, data.device, data.dtype) if hx is None else hx
+        self.check_forward_args(data, hx, batch_sizes)  # hx in the caller's order, as the batch stays
+        data, hx, *params = _autocast([data, hx, *params], data.device)
+        _check_attributes(data.unsqueeze(0), (hx,), params)
+        t_index, b_index, lengths = functional.packed_layout(batch_sizes, sorted_indices, data.device)
+        padded = data.new_zeros(len(batch_sizes), max_batch_size, data.size(-1)).index_put((t_index, b_index), data)
+        output, h_n = functional.gru(
+            padded, hx, params, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
+            False, backend=self.backend, lengths=lengths, reverse=self.reverse, **self._regularisers(),
+        )  # fmt: skip
+        return PackedSequence(output[t_index, b_index], batch_sizes, sorted_indices, unsorted_indices), h_n
+
+
+class GRUCell(nn.RNNCellBase):
+    r"""One GRU step with ``torch.nn.GRUCell``'s constructor, parameters, inputs, outputs and errors, computed by
+    the GRU's step kernel (forward and backward).
+
+    Args:
+        input_size, hidden_size, bias, device, dtype: as for ``torch.nn.GRUCell``.
+        backend: as for :class:`LSTMCell`. zoneout: one probability, for h, as for :class:`GRU`.
+
+    Inputs: ``input`` ``(B, input_size)`` or unbatched, optional ``h_0``, and keyword ``recurrent_mask`` as for
+    :class:`LSTMCell`. Output: ``h_1``.
+    """
+
+    _cell = "gru"
+
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+        backend: str | None = None, zoneout: float = 0.0,
+    ) -> None:  # fmt: skip
+        super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
+        self.backend = validate_backend(backend) if backend is not None else default_backend()
+        self.zoneout = functional.check_probability("zoneout", zoneout)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.zoneout:
+            s += f", zoneout={self.zoneout}"
+        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+
+    def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None, *, recurrent_mask=None) -> torch.Tensor:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+        elif not is_batched:
+            hx = hx.unsqueeze(0)
+        params = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
+        input, hx, *params = _autocast([input, hx, *params], input.device)
+        _check_gru_cell_args(self, input, hx, *params)
+        if recurrent_mask is not None:
+            recurrent_mask = recurrent_mask if is_batched else recurrent_mask.unsqueeze(0)
+            if recurrent_mask.shape != hx.shape:
+                raise ValueError(
+                    f"recurrent_mask must have h_0's shape {tuple(hx.shape)}, got {tuple(recurrent_mask.shape)}"
+                )
+            recurrent_mask = recurrent_mask.to(input.dtype)
+        seed = reference.draw_zoneout_seed(input.device) if self.training and self.zoneout else None
+        _, h = functional.gru_layer(
+            input.unsqueeze(0), hx, *params, backend=self.backend, h_mask=recurrent_mask, zoneout=self.zoneout,
+            zoneout_seed=seed,
+        )  # fmt: skip
+        return h if is_batched else h.squeeze(0)
+
+
+def _check_gru_cell_args(cell: GRUCell, input, hx, weight_ih, weight_hh, bias_ih, bias_hh) -> None:
+    """ATen's gru_cell checks, in its order and with its messages (the dtype ones are its matmuls')."""
+    if input.size(1) != cell.input_size:
+        raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {cell.input_size}")
+    if input.size(0) != hx.size(0):
+        raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden0 batch size {hx.size(0)}")
+    if hx.size(1) != cell.hidden_size:
+        raise RuntimeError(f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, expected {cell.hidden_size}")
+    for t in (hx, weight_ih, weight_hh, bias_ih, bias_hh):
+        if t is not None and t.device != input.device:
+            raise RuntimeError(f"Tensor on device {t.device} is not on the expected device {input.device}!")
+    for a, w in ((input, weight_ih), (hx, weight_hh)):
+        if a.dtype != w.dtype:
+            raise RuntimeError(
+                "mat1 and mat2 must have the same dtype, but got "
+                f"{_scalar_type_name(a.dtype)} and {_scalar_type_name(w.dtype)}"
+            )
+    for b in (bias_ih, bias_hh):
+        if b is not None and b.dtype != input.dtype:
+            raise RuntimeError(
+                "self and mat2 must have the same dtype, but got "
+                f"{_scalar_type_name(b.dtype)} and {_scalar_type_name(input.dtype)}"
+            )
+
+
 # torch.load(weights_only=True) rebuilds pickled modules only from allow-listed classes. Ours run no code on load
 # beyond nn.Module's own, so they are allowed as torch.nn's modules are; user code can keep its allowlist as is.
-torch.serialization.add_safe_globals([LSTM, LSTMCell])
+torch.serialization.add_safe_globals([LSTM, LSTMCell, GRU, GRUCell])

@@ -15,6 +15,9 @@ Behind the op, the plan (:func:`tritonlstm.dispatch.plan`) picks an implementati
   without Triton. Its backward is the vector-Jacobian product of that loop (autograd through it), so the reference
   stays an independent oracle for the kernels.
 
+The GRU has its own pair, ``torch.ops.tritonlstm.gru_forward`` and ``gru_backward``, on the same plan and
+bundles (no c0, no projection, zoneout on h alone); see :func:`gru_forward`.
+
 Layouts: D directions (1, or 2 for a bidirectional layer); the parameters of the D directions are stacked on a
 leading dimension (``w_ih [D, 4H, I]``, ``w_hh [D, 4H, R]``, ``b_ih``/``b_hh [D, 4H]``, ``w_hr [D, P, H]``), the
 states are ``h0 [D, B, R]``, ``c0 [D, B, H]``, and the output ``y [T, B, D*R]`` holds the directions side by side as
@@ -268,4 +271,156 @@ def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcs):
 
 
 layer_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the GRU: w_ih [D, 3H, I], w_hh [D, 3H, H], b_ih/b_hh [D, 3H] (gates r, z, n), h0 [D, B, H]
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _gru_bundles(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, h_mask, zoneout_h, seed):
+    if lengths is not None and lengths.device != x.device:
+        lengths = lengths.to(x.device)
+    layer = Layer(x, h0, None, w_ih, w_hh, b_ih, b_hh, None, lengths, directions(w_ih.shape[0], reverse))
+    return layer, Regularisers(h_mask, (zoneout_h, 0.0), seed)
+
+
+def _reference_gru_forward(layer: Layer, regs: Regularisers):
+    x, h0, _, w_ih, w_hh, b_ih, b_hh, _, lengths, dirs = layer
+    runs = [
+        reference.gru_layer(
+            x, h0[d], w_ih[d], w_hh[d], b_ih[d] if b_ih is not None else None, b_hh[d] if b_hh is not None else None,
+            lengths, rev, h_mask=regs.h_mask[d] if regs.h_mask is not None else None, zoneout=regs.zoneout[0],
+            zoneout_masks=reference.zoneout_masks(regs.seed, d, *regs.zoneout) if regs.seed is not None else None,
+        )  # fmt: skip
+        for d, rev in enumerate(dirs)
+    ]
+    y, h_n = zip(*runs)
+    return (y[0] if len(dirs) == 1 else torch.cat(y, dim=-1)), torch.stack(h_n)
+
+
+@torch.library.custom_op("tritonlstm::gru_forward", mutates_args=())
+def gru_forward(
+    x: Tensor,
+    h0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    lengths: Tensor | None,
+    reverse: bool,
+    store_for_backward: bool,
+    backend: str,
+    h_mask: Tensor | None = None,
+    zoneout_h: float = 0.0,
+    zoneout_seed: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One GRU layer, every direction: ``(y [T,B,D*H], h_n [D,B,H], gates [D,T,B,4H])``.
+
+    ``gates`` (r, z, n and the recurrent product's n rows, which the Triton backward needs) is empty unless
+    ``store_for_backward`` on the Triton implementation. Regularisers as for :func:`layer_forward`, zoneout on h.
+    """
+    layer, regs = _gru_bundles(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, h_mask, zoneout_h, zoneout_seed)
+    with _no_autocast(x):
+        plan = dispatch.plan(x, w_hh, None, backend, regs.zoneout, cell="gru")
+        if plan.implementation == "reference":
+            (y, h_n), gates = _reference_gru_forward(layer, regs), None
+        else:
+            y, h_n, gates = plan.forward(layer, regs, store_for_backward)
+    return y, h_n, gates if gates is not None else x.new_empty(0)
+
+
+@gru_forward.register_fake
+def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, store_for_backward, backend, h_mask=None, zoneout_h=0.0,
+      zoneout_seed=None):  # fmt: skip
+    T, B = x.shape[0], x.shape[1]
+    D, H = w_ih.shape[0], w_hh.shape[2]
+    directions(D, reverse)
+    stores = store_for_backward and dispatch.plan(x, w_hh, None, backend, (zoneout_h, 0.0), kernel=False, cell="gru")
+    gates = x.new_empty(D, T, B, 4 * H) if stores and stores.implementation == "triton" else x.new_empty(0)
+    return x.new_empty(T, B, D * H), x.new_empty(D, B, H), gates
+
+
+def _reference_gru_backward(layer: Layer, regs: Regularisers, dy, dh_n, needs):
+    names = ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh")
+    inputs = {k: getattr(layer, k) for k in names}
+    with _autograd_inside_op():
+        leaves = {k: v.detach().requires_grad_() for k, v in inputs.items() if v is not None}
+        outputs = _reference_gru_forward(layer._replace(**leaves), regs)
+        pairs = [(o, g) for o, g in zip(outputs, (dy, dh_n)) if g is not None]
+        grads = dict.fromkeys(leaves)
+        if pairs:
+            found = torch.autograd.grad(
+                [o for o, _ in pairs], list(leaves.values()), [g for _, g in pairs], allow_unused=True
+            )
+            grads.update(zip(leaves, found))
+    result = []
+    for name, need in zip(names, needs):
+        g = grads.get(name)
+        if need and g is None and inputs[name] is not None:
+            g = torch.zeros_like(inputs[name])
+        result.append(g if need else None)
+    return result
+
+
+@torch.library.custom_op("tritonlstm::gru_backward", mutates_args=())
+def gru_backward(
+    dy: Tensor | None,
+    dh_n: Tensor | None,
+    x: Tensor,
+    h0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    lengths: Tensor | None,
+    y: Tensor,
+    gates: Tensor,
+    reverse: bool,
+    needs: list[bool],
+    backend: str,
+    h_mask: Tensor | None = None,
+    zoneout_h: float = 0.0,
+    zoneout_seed: Tensor | None = None,
+) -> list[Tensor]:
+    """Gradients ``[dx, dh0, dw_ih, dw_hh, db_ih, db_hh]``; an empty tensor for each one not in ``needs``."""
+    layer, regs = _gru_bundles(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, h_mask, zoneout_h, zoneout_seed)
+    with _no_autocast(x):
+        plan = dispatch.plan(x, w_hh, None, backend, regs.zoneout, backward=True, cell="gru")
+        if plan.implementation == "reference":
+            grads = _reference_gru_backward(layer, regs, dy, dh_n, needs)
+        else:
+            grads = plan.backward(layer, regs, y, gates, dy, dh_n, needs)
+    return [g if g is not None else x.new_empty(0) for g in grads]
+
+
+@gru_backward.register_fake
+def _(dy, dh_n, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, gates, reverse, needs, backend, h_mask=None,
+      zoneout_h=0.0, zoneout_seed=None):  # fmt: skip
+    shapes = [x.shape, h0.shape, w_ih.shape, w_hh.shape, w_hh.shape[:2], w_hh.shape[:2]]
+    return [x.new_empty(s) if need else x.new_empty(0) for need, s in zip(needs, shapes)]
+
+
+def _gru_setup_context(ctx, inputs, output):
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, _, backend, h_mask, zh, seed = inputs
+    y, _, gates = output
+    ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, gates, h_mask, seed)
+    ctx.zoneout_h, ctx.reverse, ctx.backend = zh, reverse, backend
+    ctx.has_bias = b_ih is not None
+    ctx.mark_non_differentiable(gates)
+    ctx.set_materialize_grads(False)
+
+
+def _gru_backward(ctx, dy, dh_n, _dgates):
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, gates, h_mask, seed = ctx.saved_tensors
+    n = ctx.needs_input_grad
+    needs = [n[0], n[1], n[2], n[3], ctx.has_bias and n[4], ctx.has_bias and n[5]]
+    grads = gru_backward(
+        dy, dh_n, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, gates, ctx.reverse, needs, ctx.backend, h_mask,
+        ctx.zoneout_h, seed,
+    )  # fmt: skip
+    return (*(g if need else None for g, need in zip(grads, needs)), None, None, None, None, None, None, None)
+
+
+gru_forward.register_autograd(_gru_backward, setup_context=_gru_setup_context)
 onnx_graph.register_torchscript_symbolic()

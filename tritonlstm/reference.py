@@ -1,4 +1,4 @@
-"""Plain PyTorch LSTM step loop: the readable oracle beside the Triton kernels.
+"""Plain PyTorch LSTM and GRU step loops: the readable oracles beside the Triton kernels.
 
 It computes what the kernels compute, in the same precision: per step the input projection, the recurrent
 product and the gate maths with the cell state (and every accumulation) in float32 for
@@ -10,6 +10,8 @@ Regularisers: ``h_mask`` (recurrent dropout) multiplies h_{t-1} in the recurrent
 with ``zoneout_masks`` (a generator, training) lets each element of h and c keep its previous value with
 probability p, a fresh draw every processed step; without masks (eval) it takes the expectation
 ``p * previous + (1 - p) * new``. Rows past their length keep their state either way.
+
+:func:`gru_layer` is the same loop for torch.nn.GRU's cell (no cell state, no projection; zoneout on h alone).
 """
 
 from __future__ import annotations
@@ -112,3 +114,68 @@ def _zoneout(h, c, h_t, c_t, p_h, p_c, masks, acc):
         keep = torch.rand(c.shape, generator=masks, device=masks.device, dtype=acc) < p_c
         c_t = torch.where(keep.to(c_t.device), c, c_t)
     return h_t, c_t
+
+
+def gru_layer(
+    x: torch.Tensor,  # [T, B, I]
+    h0: torch.Tensor,  # [B, H]
+    w_ih: torch.Tensor,  # [3H, I]  gates r, z, n
+    w_hh: torch.Tensor,  # [3H, H]
+    b_ih: torch.Tensor | None,
+    b_hh: torch.Tensor | None,
+    lengths: torch.Tensor | None = None,  # [B]
+    reverse: bool = False,
+    h_mask: torch.Tensor | None = None,  # [B, H] recurrent dropout mask
+    zoneout: float = 0.0,  # p_h
+    zoneout_masks: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One GRU layer, one direction: ``(y [T, B, H], h_n [B, H])`` in the input's dtype.
+
+    torch.nn.GRU's maths, with the recurrent product ``gh = (h_{t-1} * h_mask) W_hh^T + b_hh`` (the mask, if any,
+    on the product only)::
+
+        r = sigmoid(gx_r + gh_r)    z = sigmoid(gx_z + gh_z)    n = tanh(gx_n + r * gh_n)
+        h_t = (1 - z) * n + z * h_{t-1}
+
+    accumulated in float32 (float64 for float64); h_t is rounded to the input's dtype every step, as the kernels
+    store it. Zoneout, lengths and the masks' stream as in :func:`lstm_layer` (one draw of ``rand(B, H) < p`` per
+    processed step).
+    """
+    if torch.compiler.is_compiling():
+        raise RuntimeError(
+            "tritonlstm: the reference GRU step loop is being traced by torch.compile/torch.export/torch.onnx; "
+            "that would unroll the time loop with the sequence length fixed. Call the layer through "
+            "tritonlstm.GRU or tritonlstm.gru_layer (the torch.library op) instead"
+        )
+    dtype = x.dtype
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    w_hh_t = w_hh.to(acc).t()
+    b_hh = b_hh.to(acc) if b_hh is not None else None
+    lengths = lengths.to(x.device) if lengths is not None else None
+    h_mask = h_mask.to(acc) if h_mask is not None else None
+    h = h0.clone()
+    ys: list[torch.Tensor] = [x.new_empty(0)] * x.shape[0]
+    for t in range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0]):
+        gx = torch.nn.functional.linear(x[t].clone(), w_ih, b_ih).to(acc)  # step by step: see lstm_layer
+        h_prev = h.to(acc)
+        gh = (h_prev if h_mask is None else h_prev * h_mask) @ w_hh_t
+        if b_hh is not None:
+            gh = gh + b_hh
+        gx_r, gx_z, gx_n = gx.chunk(3, dim=-1)
+        gh_r, gh_z, gh_n = gh.chunk(3, dim=-1)
+        r, z = torch.sigmoid(gx_r + gh_r), torch.sigmoid(gx_z + gh_z)
+        n = torch.tanh(gx_n + r * gh_n)
+        h_t = (1 - z) * n + z * h_prev
+        if zoneout > 0:
+            if zoneout_masks is None:
+                h_t = zoneout * h_prev + (1 - zoneout) * h_t
+            else:
+                keep = torch.rand(h.shape, generator=zoneout_masks, device=zoneout_masks.device, dtype=acc) < zoneout
+                h_t = torch.where(keep.to(h_t.device), h_prev, h_t)
+        h_t = h_t.to(dtype)
+        if lengths is None:
+            h, ys[t] = h_t, h_t
+        else:
+            own = (t < lengths)[:, None]
+            h, ys[t] = torch.where(own, h_t, h), torch.where(own, h_t, 0)
+    return torch.stack(ys), h
