@@ -39,15 +39,21 @@ STATE_OUTPUTS_KEY = "tritonlstm.state_outputs"
 
 
 def _swap_torch_rnns(model: torch.nn.Module) -> None:
-    """Replace torch.nn.LSTM / LSTMCell submodules by tritonlstm's, with the same weights."""
+    """Replace torch.nn.LSTM / LSTMCell / GRU / GRUCell submodules by tritonlstm's, with the same weights."""
     for name, child in list(model.named_children()):
         if type(child) is torch.nn.LSTM:
             twin = tritonlstm.LSTM(
                 child.input_size, child.hidden_size, child.num_layers, child.bias, child.batch_first, child.dropout,
                 child.bidirectional, child.proj_size,
             )  # fmt: skip
-        elif type(child) is torch.nn.LSTMCell:
-            twin = tritonlstm.LSTMCell(child.input_size, child.hidden_size, child.bias)
+        elif type(child) is torch.nn.GRU:
+            twin = tritonlstm.GRU(
+                child.input_size, child.hidden_size, child.num_layers, child.bias, child.batch_first, child.dropout,
+                child.bidirectional,
+            )  # fmt: skip
+        elif type(child) in (torch.nn.LSTMCell, torch.nn.GRUCell):
+            cls = tritonlstm.LSTMCell if type(child) is torch.nn.LSTMCell else tritonlstm.GRUCell
+            twin = cls(child.input_size, child.hidden_size, child.bias)
         else:
             _swap_torch_rnns(child)
             continue
@@ -305,25 +311,26 @@ def _check_dynamic(args: tuple, proto: onnx.ModelProto) -> None:
 
 
 def _expected_recurrent_nodes(model: torch.nn.Module) -> int:
-    """How many LSTM/Loop nodes the graph must hold: one per layer, or one Loop per direction with a projection."""
+    """How many LSTM/GRU/Loop nodes the graph must hold: one per layer, or one Loop per direction with a
+    projection."""
     count = 0
     for m in model.modules():
-        if isinstance(m, tritonlstm.LSTM):
-            per_layer = (2 if m.bidirectional else 1) if m.proj_size else 1
+        if isinstance(m, (tritonlstm.LSTM, tritonlstm.GRU)):
+            per_layer = (2 if m.bidirectional else 1) if getattr(m, "proj_size", 0) else 1
             count += m.num_layers * per_layer
-        elif isinstance(m, tritonlstm.LSTMCell):
+        elif isinstance(m, (tritonlstm.LSTMCell, tritonlstm.GRUCell)):
             count += 1
     return count
 
 
 def _check_not_unrolled(model: torch.nn.Module, proto: onnx.ModelProto) -> None:
-    """Refuse a graph in which some LSTM layer was traced step by step (its T fixed to the example's)."""
-    found = sum(node.op_type in ("LSTM", "Loop") for node in proto.graph.node)
+    """Refuse a graph in which some recurrent layer was traced step by step (its T fixed to the example's)."""
+    found = sum(node.op_type in ("LSTM", "GRU", "Loop") for node in proto.graph.node)
     expected = _expected_recurrent_nodes(model)
     if found < expected:
         raise RuntimeError(
-            f"tritonlstm export: the graph has {found} LSTM/Loop nodes where the model's layers need {expected}; "
-            "some LSTM was traced step by step, which fixes the sequence length. No file was written."
+            f"tritonlstm export: the graph has {found} LSTM/GRU/Loop nodes where the model's layers need {expected}; "
+            "some recurrent layer was traced step by step, which fixes the sequence length. No file was written."
         )
 
 
@@ -517,7 +524,7 @@ class _Check:
         """``count`` random chunkings of ``call`` through onnxruntime, each from the state ``start``, against
         PyTorch's whole-sequence results ``expected`` (outputs) and ``final`` (state)."""
         if time_dim is None:
-            first = next(m for m in self.model.modules() if isinstance(m, (tritonlstm.LSTM, tritonlstm.LSTMCell)))
+            first = next(m for m in self.model.modules() if isinstance(m, (tritonlstm.LSTM, tritonlstm.LSTMCell, tritonlstm.GRU, tritonlstm.GRUCell)))
             time_dim = 1 if getattr(first, "batch_first", False) else 0
         sequences = [a for a in call if _is_sequence(a)]
         if not sequences:

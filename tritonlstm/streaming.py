@@ -4,8 +4,9 @@ Speech, TTS and online forecasting feed a model a chunk at a time. Two forms:
 
 * :class:`LSTMStream` (``lstm.stream(batch_size)``): one :class:`tritonlstm.LSTM` with its ``(h, c)`` held in
   fixed buffers and updated in place, so a CUDA graph captured around one call replays on the same memory.
-* :class:`Stateful` (``tritonlstm.stateful(model)``): any model holding tritonlstm ``LSTM``/``LSTMCell`` layers,
-  with the state of every layer as explicit inputs and outputs, one ``h`` and one ``c`` tensor per layer.
+* :class:`Stateful` (``tritonlstm.stateful(model)``): any model holding tritonlstm ``LSTM``/``LSTMCell`` or
+  ``GRU``/``GRUCell`` layers, with the state of every layer as explicit inputs and outputs: one ``h`` and one ``c``
+  tensor per LSTM layer, one ``h`` per GRU layer.
   ``tritonlstm.export.export_onnx(..., stateful=True)`` exports this form, with the state names of
   :attr:`Stateful.state_input_names` and :attr:`Stateful.state_output_names` as graph inputs and outputs.
 
@@ -104,9 +105,14 @@ class LSTMStream:
 
 
 def _recurrent_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from tritonlstm.modules import LSTM, LSTMCell
+    from tritonlstm.modules import GRU, LSTM, GRUCell, LSTMCell
 
-    return [(path, m) for path, m in model.named_modules() if isinstance(m, (LSTM, LSTMCell))]
+    return [(path, m) for path, m in model.named_modules() if isinstance(m, (LSTM, LSTMCell, GRU, GRUCell))]
+
+
+def _kinds(module: nn.Module) -> tuple[str, ...]:
+    """The state tensors of one layer of ``module``: ``h`` and ``c`` for an LSTM, ``h`` for a GRU."""
+    return ("h",) if getattr(module, "_cell", "lstm") == "gru" else ("h", "c")
 
 
 def _is_cell(module: nn.Module) -> bool:
@@ -118,13 +124,14 @@ def _layer_count(module: nn.Module) -> int:
 
 
 class Stateful(nn.Module):
-    """``model`` with the state of every tritonlstm ``LSTM``/``LSTMCell`` in it as explicit inputs and outputs.
+    """``model`` with the state of every tritonlstm ``LSTM``/``LSTMCell``/``GRU``/``GRUCell`` in it as explicit
+    inputs and outputs.
 
     ``outputs, state = stateful(*args, state=state)`` calls ``model(*args)``; each recurrent layer starts from its
     part of ``state`` (zeros, as the layer itself makes them, when ``state`` is None) and the layers' final states
     come back in the same order and shapes, ready for the next chunk. ``state`` is a tuple with, per recurrent
     module (in ``model.named_modules()`` order) and per layer, ``h`` ``[B, R]`` then ``c`` ``[B, H]`` (``[R]`` and
-    ``[H]`` for unbatched input). Their names, as the stateful ONNX export writes them, are
+    ``[H]`` for unbatched input; a GRU layer has ``h`` ``[B, H]`` alone). Their names, as the stateful ONNX export writes them, are
     :attr:`state_input_names` and :attr:`state_output_names`: ``h_in_l0, c_in_l0, h_in_l1, ...`` and
     ``h_out_l0, ...`` when the model holds one recurrent module, prefixed by the module's path
     (``decoder_cell_h_in_l0``) when it holds more.
@@ -146,8 +153,8 @@ class Stateful(nn.Module):
         layers = _recurrent_layers(model)
         if not layers:
             raise ValueError(
-                "stateful: the model holds no tritonlstm.LSTM or LSTMCell, so there is no state to carry "
-                "(build it with tritonlstm's layers; tritonlstm.export.export_onnx swaps torch.nn's for them)"
+                "stateful: the model holds no tritonlstm.LSTM, LSTMCell, GRU or GRUCell, so there is no state to "
+                "carry (build it with tritonlstm's layers; tritonlstm.export.export_onnx swaps torch.nn's for them)"
             )
         for path, module in layers:
             check_streamable(module, f"stateful: {path or 'the model'}")
@@ -156,8 +163,8 @@ class Stateful(nn.Module):
         self.state_input_names, self.state_output_names = [], []
         for prefix, (_, module) in zip(prefixes, layers):
             for k in range(_layer_count(module)):
-                self.state_input_names += [f"{prefix}h_in_l{k}", f"{prefix}c_in_l{k}"]
-                self.state_output_names += [f"{prefix}h_out_l{k}", f"{prefix}c_out_l{k}"]
+                self.state_input_names += [f"{prefix}{kind}_in_l{k}" for kind in _kinds(module)]
+                self.state_output_names += [f"{prefix}{kind}_out_l{k}" for kind in _kinds(module)]
 
     def forward(self, *args, state=None, **kwargs):
         layers = [self.model.get_submodule(path) for path in self._paths]
@@ -170,9 +177,10 @@ class Stateful(nn.Module):
                     f"{len(self.state_input_names)}: {', '.join(self.state_input_names)}"
                 )
         offsets = [0]
-        for count in counts:
-            offsets.append(offsets[-1] + 2 * count)
-        # per module, its layers' tensors h, c, h, c, ...: the given state, then each call's final state
+        for count, module in zip(counts, layers):
+            offsets.append(offsets[-1] + len(_kinds(module)) * count)
+        # per module, its layers' tensors h, c, h, c, ... (h, h, ... for a GRU): the given state, then each call's
+        # final state
         carried = [None if state is None else state[a:b] for a, b in zip(offsets, offsets[1:])]
         with contextlib.ExitStack() as hooks:
             for k, (path, module) in enumerate(zip(self._paths, layers)):
@@ -189,7 +197,9 @@ class Stateful(nn.Module):
 
 @contextlib.contextmanager
 def _carry(module: nn.Module, path: str, names: list[str], carried: list, k: int):
-    """Hooks that feed ``carried[k]`` (per-layer ``h, c, h, c, ...``) to ``module`` and store its final state there."""
+    """Hooks that feed ``carried[k]`` (per-layer ``h, c, h, c, ...``; a GRU's ``h, h, ...``) to ``module`` and store
+    its final state there."""
+    lstm = len(_kinds(module)) == 2
 
     def before(mod, args, kwargs):
         if (len(args) > 1 and args[1] is not None) or kwargs.get("hx") is not None:
@@ -201,16 +211,21 @@ def _carry(module: nn.Module, path: str, names: list[str], carried: list, k: int
         if part is None:
             return None
         _check_state(mod, path, names, part, args[0])
-        h, c = part[0::2], part[1::2]
-        hx = (h[0], c[0]) if _is_cell(mod) else (torch.stack(h), torch.stack(c))
+        if lstm:
+            h, c = part[0::2], part[1::2]
+            hx = (h[0], c[0]) if _is_cell(mod) else (torch.stack(h), torch.stack(c))
+        else:
+            hx = part[0] if _is_cell(mod) else torch.stack(part)
         return (args[0], hx, *args[2:]), kwargs
 
     def after(mod, args, kwargs, output):
         if _is_cell(mod):
-            carried[k] = tuple(output)
-        else:
+            carried[k] = tuple(output) if lstm else (output,)
+        elif lstm:
             h_n, c_n = output[1]
             carried[k] = tuple(t for pair in zip(h_n.unbind(0), c_n.unbind(0)) for t in pair)
+        else:
+            carried[k] = tuple(output[1].unbind(0))
 
     handles = [
         module.register_forward_pre_hook(before, with_kwargs=True),
@@ -233,8 +248,9 @@ def _check_state(module: nn.Module, path: str, names: list[str], part, input) ->
     else:
         batch, dtype = (), input.dtype
     R = module.proj_size if getattr(module, "proj_size", 0) > 0 else module.hidden_size
+    kinds = _kinds(module)
     for j, (name, t) in enumerate(zip(names, part)):
-        shape = (*batch, R if j % 2 == 0 else module.hidden_size)
+        shape = (*batch, R if kinds[j % len(kinds)] == "h" else module.hidden_size)
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
             got = f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(
