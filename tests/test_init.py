@@ -140,10 +140,25 @@ def test_same_numbers_on_every_device_and_dtype():
 
 
 @pytest.mark.parametrize(
-    "module",
-    [torch.nn.GRU(4, 8), torch.nn.RNN(4, 8), torch.nn.GRUCell(4, 8), torch.nn.Linear(4, 8)],
-    ids=["GRU", "RNN", "GRUCell", "Linear"],
+    "module", [torch.nn.RNN(4, 8), torch.nn.RNNCell(4, 8), torch.nn.Linear(4, 8)], ids=["RNN", "RNNCell", "Linear"]
 )
 def test_refuses_other_modules(module):
     with pytest.raises(TypeError, match="LSTM"):
         keras_(module)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: tritonlstm.GRU(5, 8, num_layers=2, bidirectional=True), lambda: tritonlstm.GRUCell(5, 8),
+             lambda: torch.nn.GRU(5, 8)], ids=["GRU", "GRUCell", "torch-GRU"],
+)  # fmt: skip
+def test_gru_modules_initialise_as_keras_gru(make):
+    """Glorot-uniform W_ih, orthogonal W_hh over the whole [3H, H] matrix, every bias zero (no forget gate)."""
+    module = keras_(make())
+    for name, p in module.named_parameters():
+        if name.startswith("bias"):
+            assert torch.count_nonzero(p) == 0, name
+        elif name.startswith("weight_hh"):
+            torch.testing.assert_close(p.T @ p, torch.eye(8), atol=1e-5, rtol=0)
+        else:
+            limit = math.sqrt(6 / (5 + 24 if name in ("weight_ih_l0", "weight_ih_l0_reverse", "weight_ih") else 16 + 24))
+            assert p.abs().max() <= limit and p.abs().max() > 0.8 * limit, name

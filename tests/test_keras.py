@@ -343,10 +343,10 @@ def test_from_keras_refuses(options, match):
 def test_from_keras_refuses_unbuilt_and_other_layers():
     with pytest.raises(ValueError, match="build it"):
         from_keras(keras.layers.LSTM(H))
-    gru = keras.layers.GRU(H)
-    gru.build((None, None, I))
-    with pytest.raises(ValueError, match="expected a keras.layers.LSTM"):
-        from_keras(gru)
+    rnn = keras.layers.SimpleRNN(H)
+    rnn.build((None, None, I))
+    with pytest.raises(ValueError, match="expected a keras.layers.LSTM or GRU"):
+        from_keras(rnn)
     layer = keras.layers.Bidirectional(
         keras.layers.LSTM(H), backward_layer=keras.layers.LSTM(H + 1, go_backwards=True)
     )
@@ -377,8 +377,8 @@ def test_to_keras_refuses():
         to_keras(tritonlstm.LSTM(I, H, num_layers=2))
     with pytest.raises(ValueError, match="proj_size=3"):
         to_keras(tritonlstm.LSTM(I, H, proj_size=3))
-    with pytest.raises(ValueError, match="GRU"):
-        to_keras(torch.nn.GRU(I, H))
+    with pytest.raises(ValueError, match="to_keras takes a tritonlstm.LSTM or GRU"):
+        to_keras(torch.nn.RNN(I, H))
 
 
 def test_unroll():
@@ -411,3 +411,52 @@ def test_lengths_from_mask():
     for mask in ([[True, False, True]], [[False, True, True]]):
         with pytest.raises(ValueError, match="not right-padded"):
             lengths_from_mask(mask)
+
+
+# ------------------------------------------------------------------------------------------------------ GRU
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: keras.layers.GRU(H, return_sequences=True, return_state=True, dtype="float64"), id="GRU"),
+        pytest.param(lambda: keras.layers.GRU(H, go_backwards=True, return_sequences=True, dtype="float64"), id="backwards"),
+        pytest.param(lambda: keras.layers.GRU(H, use_bias=False, dtype="float64"), id="nobias"),
+        pytest.param(lambda: keras.layers.Bidirectional(
+            keras.layers.GRU(H, return_sequences=True, return_state=True, dtype="float64"), dtype="float64"),
+            id="Bidirectional"),  # fmt: skip
+    ],
+)
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
+def test_from_keras_gru_gives_keras_outputs(make, masked):
+    """Keras's GRU (reset_after=True) through from_keras: the same outputs and states, masks as lengths=."""
+    layer = make()
+    x = inputs()[0]
+    mask = (torch.arange(T)[None, :] < LENGTHS[:, None]) if masked else None
+    expected = layer(x.numpy(), mask=mask.numpy() if masked else None)
+    gru = from_keras(layer)
+    assert isinstance(gru, tritonlstm.GRU) and gru.batch_first
+    lengths = lengths_from_mask(mask) if masked else None
+    actual = keras_outputs(gru(x, lengths=lengths), layer, lengths)
+    assert_same(actual, expected, generic=True)
+
+
+def test_to_keras_gru_round_trip_and_refusals():
+    gru = tritonlstm.GRU(I, H, batch_first=True, bidirectional=True, dtype=F64)
+    x = inputs()[0]
+    layer = to_keras(gru, return_sequences=True, return_state=True)
+    assert isinstance(layer.forward_layer, keras.layers.GRU) and layer.forward_layer.cell.reset_after
+    assert_same(keras_outputs(gru(x), layer), layer(x.numpy()), generic=True)
+    back = from_keras(layer)
+    for (n, a), (_, b) in zip(back.state_dict().items(), gru.state_dict().items()):
+        assert torch.equal(a, b), n
+    old = keras.layers.GRU(H, reset_after=False)
+    old.build((None, None, I))
+    with pytest.raises(ValueError, match="reset_after=False is not supported"):
+        from_keras(old)
+    mixed = keras.layers.Bidirectional(keras.layers.GRU(H), backward_layer=keras.layers.LSTM(H, go_backwards=True))
+    mixed.build((None, None, I))
+    with pytest.raises(ValueError, match="must be of one kind, got GRUCell .forward. and LSTMCell"):
+        from_keras(mixed)
+    with pytest.raises(ValueError, match="zoneout=0.1 is not supported: Keras's GRU has no zoneout"):
+        to_keras(tritonlstm.GRU(I, H, zoneout=0.1))

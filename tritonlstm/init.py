@@ -1,8 +1,10 @@
-"""Initialisers for LSTM modules. :func:`keras_` gives a module the weights a Keras 3 ``LSTM`` starts from.
+"""Initialisers for LSTM and GRU modules. :func:`keras_` gives a module the weights a Keras 3 ``LSTM`` (``GRU``)
+starts from.
 
 Shapes (torch layout, gates i, f, g, o in blocks of H rows): ``W_ih [4H, I]``, ``W_hh [4H, R]``, ``b_ih, b_hh
 [4H]``, ``W_hr [P, H]``; R = P with a projection (``proj_size = P > 0``), else H. Keras stores the transposes,
-``kernel [I, 4H]`` and ``recurrent_kernel [R, 4H]``, in the same gate order (it names g "c").
+``kernel [I, 4H]`` and ``recurrent_kernel [R, 4H]``, in the same gate order (it names g "c"). A GRU has 3H rows
+(r, z, n; Keras orders them z, r, h) and no projection.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ __all__ = ["keras_"]
 
 @torch.no_grad()
 def keras_(module: nn.Module, unit_forget_bias: bool = True, *, generator: torch.Generator | None = None) -> nn.Module:
-    """Initialise an LSTM module in place as Keras 3 initialises ``keras.layers.LSTM``; returns the module.
+    """Initialise an LSTM (GRU) module in place as Keras 3 initialises ``keras.layers.LSTM`` (``GRU``); returns it.
 
     For every layer and direction:
 
@@ -31,8 +33,10 @@ def keras_(module: nn.Module, unit_forget_bias: bool = True, *, generator: torch
       (``b_hh`` stays zero, so ``b_ih + b_hh`` is Keras's single bias).
     - ``W_hr`` (``proj_size > 0``; Keras's LSTM has no projection): glorot-uniform over ``[P, H]``, what Keras
       gives a ``Dense(P, use_bias=False)`` kernel ``[H, P]`` applied to the cell output.
+    - a GRU the same way over its ``[3H, I]`` and ``[3H, H]`` matrices, every bias zero (``keras.layers.GRU``
+      has no forget gate, so ``unit_forget_bias`` does not apply).
 
-    Works on ``tritonlstm.LSTM``, ``tritonlstm.LSTMCell``, ``torch.nn.LSTM`` and ``torch.nn.LSTMCell``. The
+    Works on ``tritonlstm.LSTM``, ``LSTMCell``, ``GRU``, ``GRUCell`` and their ``torch.nn`` counterparts. The
     numbers are drawn on the CPU in float64 from torch's default generator (or ``generator``), per layer and
     direction in ``W_ih, W_hh, W_hr`` order, then copied into the parameters, which keep their device and
     dtype: ``torch.manual_seed(s)`` reproduces them on every device.
@@ -52,7 +56,7 @@ def keras_(module: nn.Module, unit_forget_bias: bool = True, *, generator: torch
         >>> torch.allclose(w.T @ w, torch.eye(64), atol=1e-5)
         True
     """
-    for w_ih, w_hh, b_ih, b_hh, w_hr in _lstm_parameters(module):
+    for w_ih, w_hh, b_ih, b_hh, w_hr in _parameters(module):
         _glorot_uniform_(w_ih, generator)
         _orthogonal_(w_hh, generator)
         if w_hr is not None:
@@ -60,30 +64,35 @@ def keras_(module: nn.Module, unit_forget_bias: bool = True, *, generator: torch
         for b in (b_ih, b_hh):
             if b is not None:
                 b.zero_()
-        if unit_forget_bias and b_ih is not None:
+        if unit_forget_bias and b_ih is not None and _is_lstm(module):
             H = b_ih.shape[0] // 4
             b_ih[H : 2 * H] = 1.0
     return module
 
 
-def _lstm_parameters(module: nn.Module):
+def _parameters(module: nn.Module):
     """``(w_ih, w_hh, b_ih, b_hh, w_hr)`` of every layer and direction (absent ones ``None``)."""
     if isinstance(module, nn.RNNBase):
-        if module.mode != "LSTM":
-            raise TypeError(f"keras_ initialises LSTMs, got a {type(module).__name__} with mode {module.mode!r}")
+        if module.mode not in ("LSTM", "GRU"):
+            raise TypeError(f"keras_ initialises LSTMs and GRUs, got a {type(module).__name__} with mode {module.mode!r}")
         directions = ["", "_reverse"] if module.bidirectional else [""]
         suffixes = [f"_l{layer}{d}" for layer in range(module.num_layers) for d in directions]
     elif isinstance(module, nn.RNNCellBase):
-        if module.weight_ih.shape[0] != 4 * module.hidden_size:
-            raise TypeError(f"keras_ initialises LSTM cells, got a {type(module).__name__} (not four gates)")
+        if module.weight_ih.shape[0] not in (3 * module.hidden_size, 4 * module.hidden_size):
+            raise TypeError(f"keras_ initialises LSTM and GRU cells, got a {type(module).__name__} (one gate)")
         suffixes = [""]
     else:
         raise TypeError(
-            "keras_ takes tritonlstm.LSTM, tritonlstm.LSTMCell, torch.nn.LSTM or torch.nn.LSTMCell, "
+            "keras_ takes tritonlstm.LSTM, LSTMCell, GRU or GRUCell, or their torch.nn counterparts, "
             f"got {type(module).__name__}"
         )
     kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
     return [tuple(getattr(module, f"{kind}{sfx}", None) for kind in kinds) for sfx in suffixes]
+
+
+def _is_lstm(module: nn.Module) -> bool:
+    """Four gates (an LSTM or LSTM cell) rather than a GRU's three."""
+    return module.mode == "LSTM" if isinstance(module, nn.RNNBase) else module.weight_ih.shape[0] == 4 * module.hidden_size
 
 
 def _glorot_uniform_(w: torch.Tensor, generator: torch.Generator | None) -> None:

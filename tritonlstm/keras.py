@@ -1,10 +1,20 @@
-"""Keras 3 ``LSTM`` layers to and from ``tritonlstm.LSTM``, with Keras's output structure.
+"""Keras 3 ``LSTM`` and ``GRU`` layers to and from ``tritonlstm.LSTM`` and ``tritonlstm.GRU``, with Keras's output
+structure.
 
 Weights (Keras names, torch names; the gate order i, f, g, o is the same, Keras calls g "c")::
 
     kernel            [I, 4H]   = weight_ih_l0.T
     recurrent_kernel  [H, 4H]   = weight_hh_l0.T
     bias              [4H]      = bias_ih_l0 + bias_hh_l0    (from_keras puts it all in bias_ih_l0)
+
+A GRU (``keras.layers.GRU`` with ``reset_after=True``, Keras 3's default: the same maths as torch.nn.GRU) orders
+its gates z, r, h where torch orders them r, z, n, and keeps two biases::
+
+    kernel            [I, 3H]   = weight_ih_l0.T, gate blocks r and z swapped
+    recurrent_kernel  [H, 3H]   = weight_hh_l0.T, likewise
+    bias              [2, 3H]   = (bias_ih_l0, bias_hh_l0), likewise
+
+``reset_after=False`` (the reset gate applied before the recurrent product) is another cell: refused.
 
 Layer options:
 
@@ -65,15 +75,23 @@ def _keras():
     return keras
 
 
-def _lstm_module_options() -> set[str]:
-    return set(inspect.signature(tritonlstm.LSTM.__init__).parameters)
+def _module_options(cls) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters)
+
+
+def _swap_rz(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """A GRU's three gate blocks along ``dim`` from Keras's order (z, r, h) to torch's (r, z, n), or back: the
+    first two swapped."""
+    z, r, h = t.chunk(3, dim=dim)
+    return torch.cat([r, z, h], dim=dim)
 
 
 # ---------------------------------------------------------------------------------------------------- from Keras
 
 
-def from_keras(layer, *, device=None, backend: str | None = None) -> tritonlstm.LSTM:
-    """A ``tritonlstm.LSTM`` holding the weights of a built Keras 3 ``LSTM`` or ``Bidirectional(LSTM)`` layer.
+def from_keras(layer, *, device=None, backend: str | None = None) -> tritonlstm.LSTM | tritonlstm.GRU:
+    """A ``tritonlstm.LSTM`` holding the weights of a built Keras 3 ``LSTM`` or ``Bidirectional(LSTM)`` layer
+    (a ``tritonlstm.GRU`` for a ``GRU`` or ``Bidirectional(GRU)`` layer, ``reset_after=True``).
 
     The module is ``batch_first=True`` with ``bidirectional`` from ``Bidirectional`` and ``reverse`` from
     ``go_backwards``, ``bias`` from ``use_bias``, and the dtype of the layer's variables. Called on the same
@@ -116,11 +134,16 @@ def from_keras(layer, *, device=None, backend: str | None = None) -> tritonlstm.
                 f"got forward_layer.go_backwards={forward.go_backwards}, "
                 f"backward_layer.go_backwards={backward.go_backwards}"
             )
+        if type(forward.cell) is not type(backward.cell):
+            raise ValueError(
+                f"a Bidirectional's two layers must be of one kind, got {type(forward.cell).__name__} (forward) and "
+                f"{type(backward.cell).__name__} (backward)"
+            )
         for option in ("units", "use_bias", "dropout", "recurrent_dropout"):
             f, b = getattr(forward.cell, option), getattr(backward.cell, option)
             if f != b:
                 raise ValueError(
-                    f"{option}: the two layers of a Bidirectional must agree to become one tritonlstm.LSTM, "
+                    f"{option}: the two layers of a Bidirectional must agree to become one tritonlstm module, "
                     f"got {f!r} (forward) and {b!r} (backward)"
                 )
         directions, reverse = [forward, backward], False
@@ -129,17 +152,27 @@ def from_keras(layer, *, device=None, backend: str | None = None) -> tritonlstm.
         directions, reverse = [layer], layer.go_backwards
 
     cell = directions[0].cell
+    gru = isinstance(cell, keras.layers.GRUCell)
+    cls = tritonlstm.GRU if gru else tritonlstm.LSTM
     kernels = [[_to_torch(keras, v) for v in (d.cell.kernel, d.cell.recurrent_kernel)] for d in directions]
     dtype = kernels[0][0].dtype
-    module = tritonlstm.LSTM(
+    module = cls(
         kernels[0][0].shape[0], cell.units, bias=cell.use_bias, batch_first=True, bidirectional=len(directions) == 2,
-        device=device, dtype=dtype, backend=backend, reverse=reverse, **_dropout_options(cell),
+        device=device, dtype=dtype, backend=backend, reverse=reverse, **_dropout_options(cell, cls),
     )  # fmt: skip
     params = [getattr(module, name) for name in module._flat_weights_names]
     per_direction = len(params) // len(directions)
     with torch.no_grad():
         for d, (sub, (kernel, recurrent_kernel)) in enumerate(zip(directions, kernels)):
             w = params[d * per_direction : (d + 1) * per_direction]
+            if gru:
+                w[0].copy_(_swap_rz(kernel.T, 0))
+                w[1].copy_(_swap_rz(recurrent_kernel.T, 0))
+                if sub.cell.use_bias:
+                    bias = _to_torch(keras, sub.cell.bias)
+                    w[2].copy_(_swap_rz(bias[0], 0))
+                    w[3].copy_(_swap_rz(bias[1], 0))
+                continue
             w[0].copy_(kernel.T)
             w[1].copy_(recurrent_kernel.T)
             if sub.cell.use_bias:
@@ -150,10 +183,16 @@ def from_keras(layer, *, device=None, backend: str | None = None) -> tritonlstm.
 
 def _check_rnn(keras, layer, where: str) -> None:
     """Refuse, by name, what a tritonlstm.LSTM cannot compute for this Keras RNN layer."""
-    if not (isinstance(layer, keras.layers.RNN) and isinstance(layer.cell, keras.layers.LSTMCell)):
+    cells = (keras.layers.LSTMCell, keras.layers.GRUCell)
+    if not (isinstance(layer, keras.layers.RNN) and isinstance(layer.cell, cells)):
         raise ValueError(
-            f"{where}: expected a keras.layers.LSTM (or Bidirectional around one), got {type(layer).__name__}"
+            f"{where}: expected a keras.layers.LSTM or GRU (or Bidirectional around one), got {type(layer).__name__}"
             + (f" over {type(layer.cell).__name__}" if isinstance(layer, keras.layers.RNN) else "")
+        )
+    if isinstance(layer.cell, keras.layers.GRUCell) and not layer.cell.reset_after:
+        raise ValueError(
+            f"{where}: reset_after=False is not supported: it applies the reset gate before the recurrent product, "
+            "another cell than torch.nn.GRU's; tritonlstm.GRU computes reset_after=True (Keras 3's default)"
         )
     if not layer.built:
         raise ValueError(f"{where}: the layer has no weights yet: build it (call it once, or layer.build(input_shape))")
@@ -162,7 +201,7 @@ def _check_rnn(keras, layer, where: str) -> None:
         fn = getattr(cell, option)
         if fn is not keras.activations.get(expected):
             raise ValueError(
-                f"{option}={keras.activations.serialize(fn)!r} is not supported: tritonlstm.LSTM computes "
+                f"{option}={keras.activations.serialize(fn)!r} is not supported: tritonlstm's layers compute "
                 f"{option}={expected!r} (Keras's default)"
             )
     if layer.stateful:
@@ -186,9 +225,9 @@ def _check_rnn(keras, layer, where: str) -> None:
         )
 
 
-def _dropout_options(cell) -> dict:
-    """Keras's dropout rates as tritonlstm.LSTM options; a rate the module cannot take is an error naming it."""
-    options = _lstm_module_options()
+def _dropout_options(cell, cls=tritonlstm.LSTM) -> dict:
+    """Keras's dropout rates as options of ``cls``; a rate the module cannot take is an error naming it."""
+    options = _module_options(cls)
     kwargs = {}
     for keras_name, ours in (("dropout", "input_dropout"), ("recurrent_dropout", "recurrent_dropout")):
         p = getattr(cell, keras_name)
@@ -196,7 +235,7 @@ def _dropout_options(cell) -> dict:
             continue
         if ours not in options:
             raise ValueError(
-                f"{keras_name}={p} is not supported: this tritonlstm.LSTM has no {ours}= option "
+                f"{keras_name}={p} is not supported: this tritonlstm.{cls.__name__} has no {ours}= option "
                 f"(set {keras_name}=0 on the Keras layer to convert it for inference)"
             )
         kwargs[ours] = p
@@ -216,7 +255,8 @@ def _to_torch(keras, variable) -> torch.Tensor:
 def to_keras(
     module: nn.Module, *, return_sequences: bool = False, return_state: bool = False, merge_mode: str = "concat"
 ):
-    """A built Keras 3 layer with the weights of a one-layer ``tritonlstm.LSTM`` or ``torch.nn.LSTM``.
+    """A built Keras 3 layer with the weights of a one-layer ``tritonlstm.LSTM`` or ``torch.nn.LSTM`` (a
+    ``keras.layers.GRU``, ``reset_after=True``, for a ``tritonlstm.GRU`` or ``torch.nn.GRU``).
 
     A bidirectional module becomes ``keras.layers.Bidirectional(keras.layers.LSTM(...), merge_mode)``; a
     ``reverse=True`` module an ``LSTM(go_backwards=True)``. The layer's dtype is the module's, its bias is
@@ -240,8 +280,11 @@ def to_keras(
         >>> layer(x)           # == lstm(x)[0]
     """
     keras = _keras()
-    if not (isinstance(module, nn.RNNBase) and module.mode == "LSTM"):
-        raise ValueError(f"to_keras takes a tritonlstm.LSTM or torch.nn.LSTM, got {type(module).__name__}")
+    if not (isinstance(module, nn.RNNBase) and module.mode in ("LSTM", "GRU")):
+        raise ValueError(
+            f"to_keras takes a tritonlstm.LSTM or GRU, or a torch.nn.LSTM or GRU, got {type(module).__name__}"
+        )
+    gru = module.mode == "GRU"
     if module.num_layers != 1:
         raise ValueError(
             f"num_layers={module.num_layers} is not supported: a Keras LSTM layer is one layer; "
@@ -252,7 +295,7 @@ def to_keras(
     for option in ("zoneout", "weight_drop"):
         value = getattr(module, option, 0)
         if value not in (0, 0.0, None, (0, 0), (0.0, 0.0)):
-            raise ValueError(f"{option}={value} is not supported: Keras's LSTM has no {option}")
+            raise ValueError(f"{option}={value} is not supported: Keras's {module.mode} has no {option}")
     dtype = str(module.weight_ih_l0.dtype).removeprefix("torch.")
     reverse = bool(getattr(module, "reverse", False))
     options = dict(
@@ -264,11 +307,14 @@ def to_keras(
         return_state=return_state,
         dtype=dtype,
     )
+    cls = keras.layers.GRU if gru else keras.layers.LSTM
+    if gru:
+        options["reset_after"] = True
     if module.bidirectional:
-        layer = keras.layers.Bidirectional(keras.layers.LSTM(**options), merge_mode=merge_mode, dtype=dtype)
+        layer = keras.layers.Bidirectional(cls(**options), merge_mode=merge_mode, dtype=dtype)
         directions = [layer.forward_layer, layer.backward_layer]
     else:
-        layer = keras.layers.LSTM(**options, go_backwards=reverse)
+        layer = cls(**options, go_backwards=reverse)
         directions = [layer]
     # built with zero kernels, which are overwritten at once (no random draws thrown away, and no QR, which torch
     # lacks for float16 on the CPU); the layer's config keeps Keras's initialisers
@@ -282,6 +328,12 @@ def to_keras(
     per_direction = len(params) // len(directions)
     for d, sub in enumerate(directions):
         w = params[d * per_direction : (d + 1) * per_direction]
+        if gru:
+            sub.cell.kernel.assign(_swap_rz(w[0], 0).T.numpy())
+            sub.cell.recurrent_kernel.assign(_swap_rz(w[1], 0).T.numpy())
+            if module.bias:
+                sub.cell.bias.assign(torch.stack([_swap_rz(w[2], 0), _swap_rz(w[3], 0)]).numpy())
+            continue
         sub.cell.kernel.assign(w[0].T.numpy())  # Keras casts to the variable's dtype
         sub.cell.recurrent_kernel.assign(w[1].T.numpy())
         if module.bias:
@@ -321,12 +373,13 @@ def _output_config(keras, layer) -> _OutputConfig:
             layer.unroll,
         )  # fmt: skip
     raise ValueError(
-        f"expected a Keras LSTM or Bidirectional layer, or a dict of its options, got {type(layer).__name__}"
+        f"expected a Keras LSTM or GRU layer or a Bidirectional, or a dict of its options, got {type(layer).__name__}"
     )
 
 
 def keras_outputs(outputs, layer, lengths: torch.Tensor | None = None, *, batch_first: bool = True):
-    """Arrange a module's ``(output, (h_n, c_n))`` as the Keras layer returns it, tensor for tensor.
+    """Arrange a module's ``(output, (h_n, c_n))`` (a GRU's ``(output, h_n)``) as the Keras layer returns it,
+    tensor for tensor.
 
     The module is the one :func:`from_keras` made from ``layer`` (or the one ``layer`` was made from with
     :func:`to_keras`); ``lengths`` the ``lengths=`` it was called with, the Keras call's mask being
@@ -341,7 +394,7 @@ def keras_outputs(outputs, layer, lengths: torch.Tensor | None = None, *, batch_
       them (``zero_output_for_mask``; a ``Bidirectional`` returning sequences; processing-order steps before the
       first valid one).
     - ``return_state``: a tuple ``(output, h, c)`` (``Bidirectional``: ``(output, h_f, c_f, h_b, c_b)``; with
-      ``merge_mode=None`` the output is two entries).
+      ``merge_mode=None`` the output is two entries); a GRU's has no ``c``.
 
     Args:
         outputs: ``(output, (h_n, c_n))`` from a one-layer ``tritonlstm.LSTM`` (or ``torch.nn.LSTM``).
@@ -358,7 +411,8 @@ def keras_outputs(outputs, layer, lengths: torch.Tensor | None = None, *, batch_
         >>> same = tritonlstm.keras.keras_outputs(lstm(x, lengths=lengths), layer, lengths)
     """
     config = _output_config(_keras() if not isinstance(layer, Mapping) else None, layer)
-    y, (h_n, c_n) = outputs
+    y, state = outputs
+    h_n, c_n = state if isinstance(state, (tuple, list)) else (state, None)
     if y.dim() != 3:
         raise ValueError(f"expected a batched (3-D) output, got {y.dim()}-D")
     if not batch_first:
@@ -366,7 +420,7 @@ def keras_outputs(outputs, layer, lengths: torch.Tensor | None = None, *, batch_
     directions = 2 if config.bidirectional else 1
     if h_n.shape[0] != directions:
         raise ValueError(
-            f"expected the outputs of a one-layer {'bi' if directions == 2 else 'uni'}directional LSTM "
+            f"expected the outputs of a one-layer {'bi' if directions == 2 else 'uni'}directional LSTM or GRU "
             f"(h_n of {directions} rows), got h_n of shape {tuple(h_n.shape)}"
         )
     if lengths is not None and config.unroll and (config.go_backwards or config.bidirectional):
@@ -410,7 +464,7 @@ def keras_outputs(outputs, layer, lengths: torch.Tensor | None = None, *, batch_
         else:
             raise ValueError(f"merge_mode={merge!r}: expected 'concat', 'sum', 'ave', 'mul' or None")
     if config.return_state:
-        states = tuple(s for d in range(directions) for s in (h_n[d], c_n[d]))
+        states = tuple(s for d in range(directions) for s in ((h_n[d], c_n[d]) if c_n is not None else (h_n[d],)))
         return output + states
     return output[0] if len(output) == 1 else output
 
