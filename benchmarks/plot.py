@@ -71,6 +71,7 @@ BASELINES = {
     "tritonlstm": ("cudnn", "cudnn-tf32"),
     "tritonlstm-tf32": ("cudnn", "cudnn-tf32"),
     "tritonlstm-lengths": ("cudnn-packed",),
+    "tritonlstm-gru": ("cudnn-gru",),
 }
 
 

@@ -1,4 +1,4 @@
-"""Benchmark runner: LSTM kernels side by side, one CSV schema.
+"""Benchmark runner: LSTM (and GRU) kernels side by side, one CSV schema.
 
     python -m benchmarks.run --grid default --out benchmarks/results/     # on a GPU machine
     python -m benchmarks.run --grid default --part 1/2 --name bench-default-1of2   # half the grid, own CSV
@@ -24,6 +24,8 @@ variable-length batch (lengths drawn once per shape, uniform in [T/2, T], the lo
 ``tritonlstm+rdrop`` (``recurrent_dropout=0.25``) and ``tritonlstm+zoneout`` (``zoneout=0.1``) time the module in
 training mode, masks drawn every call; their gate runs them in eval mode against tritonlstm's reference
 implementation in float64 (eval recurrent dropout is nn.LSTM; eval zoneout is its expectation, not nn.LSTM's maths).
+``tritonlstm-gru`` and ``cudnn-gru`` time a GRU layer of the same shape (tritonlstm.GRU and torch.nn.GRU), the
+gate against nn.GRU in float64; their rows' FLOPs and floors count three gates.
 
 Rows are appended to ``<out>/<name>.csv`` (``<name>`` defaults to the device's slug) and the measured peaks
 go to ``<out>/<name>-peaks.json``; ``python -m benchmarks.plot`` turns CSVs into PNGs. A row whose provider
@@ -71,11 +73,17 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MODES = ("fwd", "fwd+bwd")
 PROVIDERS = (
     "tritonlstm", "tritonlstm-tf32", "tritonlstm-lengths", "cudnn", "cudnn-tf32", "cudnn-packed", "torch_compile",
-    "flashrnn", "tritonlstm+rdrop", "tritonlstm+zoneout",
+    "flashrnn", "tritonlstm+rdrop", "tritonlstm+zoneout", "tritonlstm-gru", "cudnn-gru",
 )  # fmt: skip
 REGULARISED = {"tritonlstm+rdrop": {"recurrent_dropout": 0.25}, "tritonlstm+zoneout": {"zoneout": 0.1}}
 DEFAULT_PROVIDERS = ("tritonlstm", "cudnn", "cudnn-tf32", "flashrnn")
 GATED = tuple(p for p in PROVIDERS if p.startswith("tritonlstm"))
+GRU_PROVIDERS = ("tritonlstm-gru", "cudnn-gru")
+
+
+def gates(provider: str) -> int:
+    """The provider's gate count: 3 for a GRU, 4 for an LSTM (FLOPs, floors)."""
+    return 3 if provider in GRU_PROVIDERS else 4
 # the sequential chain's floor per step and pass: one grid-wide sync with weights on chip (shared/ANCHORS.md);
 # an assumption from the anchors, not a measurement of this project
 STEP_LATENCY_FLOOR_US = 1.0
@@ -288,12 +296,19 @@ def draw_lengths(shape: Shape) -> torch.Tensor:
     return lengths
 
 
-def _provider_module(provider: str, shape: Shape, dtype: torch.dtype, device: str, ref: torch.nn.LSTM):
-    """(module, note) for a provider, or (None, reason) when it cannot run here."""
+def _provider_module(provider: str, shape: Shape, dtype: torch.dtype, device: str, ref: torch.nn.RNNBase):
+    """(module, note) for a provider, or (None, reason) when it cannot run here. ``ref`` is the shape's nn.LSTM,
+    or its nn.GRU for a GRU provider: the module takes its weights."""
     if provider.endswith("-tf32") and dtype != torch.float32:
         return None, "TF32 applies to float32 only"
     fp32 = ("; TF32 on" if provider.endswith("-tf32") else "; exact fp32 (TF32 off)") if dtype == torch.float32 else ""
-    if provider.startswith("tritonlstm"):
+    if provider == "tritonlstm-gru":
+        m = tritonlstm.GRU(shape.input_size, shape.hidden, backend="triton")
+        note = "tritonlstm.GRU: the Triton kernels as the op picks them" + fp32
+    elif provider == "cudnn-gru":
+        m = torch.nn.GRU(shape.input_size, shape.hidden)
+        note = ("nn.GRU on CPU (ATen, not cuDNN)" if device != "cuda" else "cuDNN GRU") + fp32
+    elif provider.startswith("tritonlstm"):
         regularisers = REGULARISED.get(provider, {})
         m = tritonlstm.LSTM(shape.input_size, shape.hidden, backend="triton", **regularisers)
         note = "Triton kernels as the op picks them (sequence or per-step: TRITONLSTM_KERNEL)" + fp32
@@ -327,8 +342,13 @@ def _provider_module(provider: str, shape: Shape, dtype: torch.dtype, device: st
 
 
 def _forward(provider: str, module: torch.nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> Callable:
-    """A call of the provider on the padded batch ``x`` (T, B, I): returns (y padded, h_n, c_n)."""
-    if provider == "tritonlstm-lengths":
+    """A call of the provider on the padded batch ``x`` (T, B, I): returns (y padded, h_n, c_n), a GRU's (y, h_n)."""
+    if provider in GRU_PROVIDERS:
+
+        def forward():
+            return module(x)
+
+    elif provider == "tritonlstm-lengths":
         lengths_dev = lengths.to(x.device)
 
         def forward():
@@ -360,18 +380,20 @@ def _make_step(forward: Callable, mode: str) -> Callable:
         return step
 
     def step():
-        y, h, c = forward()
-        (y.float().sum() + h.float().sum() + c.float().sum()).backward()
-        return y
+        outputs = forward()
+        sum(t.float().sum() for t in outputs).backward()
+        return outputs[0]
 
     return step
 
 
-def _oracle(ref: torch.nn.LSTM, x: torch.Tensor, dtype: torch.dtype, lengths: torch.Tensor | None):
-    """nn.LSTM in float64 on the weights and input rounded to ``dtype``, i.e. what the provider sees."""
+def _oracle(ref: torch.nn.RNNBase, x: torch.Tensor, dtype: torch.dtype, lengths: torch.Tensor | None):
+    """nn.LSTM (nn.GRU) in float64 on the weights and input rounded to ``dtype``, i.e. what the provider sees."""
     exact = copy.deepcopy(ref).to(device=x.device, dtype=dtype).to(torch.float64)
     x64 = x.to(dtype).to(torch.float64)
     with torch.no_grad():
+        if isinstance(ref, torch.nn.GRU):
+            return exact(x64)
         if lengths is None:
             y, (h, c) = exact(x64)
         else:
@@ -402,16 +424,17 @@ def correctness_gate(provider: str, module, ref, x32, dtype, lengths) -> str | N
     except AssertionError as err:
         tol = TOLERANCES[tol_dtype]
         first = " ".join(str(err).split())[:200]
-        return f"MISMATCH vs float64 nn.LSTM (atol {tol.atol:g}*max|ref|, rtol {tol.rtol:g}): {first}"
+        oracle = "nn.GRU" if provider in GRU_PROVIDERS else "nn.LSTM"
+        return f"MISMATCH vs float64 {oracle} (atol {tol.atol:g}*max|ref|, rtol {tol.rtol:g}): {first}"
     return None
 
 
-def _floors(shape: Shape, mode: str, dtype: torch.dtype, peaks: dict) -> tuple[float, str]:
+def _floors(shape: Shape, mode: str, dtype: torch.dtype, peaks: dict, n_gates: int = 4) -> tuple[float, str]:
     """The larger of the compute, memory and sequential-latency floors, in ms, and which one it is."""
     B, T, H, I = shape.batch, shape.seq_len, shape.hidden, shape.input_size
     e = torch.finfo(dtype).bits // 8
-    flops = 8 * B * H * (I + H) * T * (3 if mode == "fwd+bwd" else 1)
-    bytes_fwd = e * (T * B * I + T * B * H + 4 * H * (I + H))
+    flops = _flops(shape, mode, n_gates)
+    bytes_fwd = e * (T * B * I + T * B * H + n_gates * H * (I + H))
     nbytes = bytes_fwd if mode == "fwd" else 2 * bytes_fwd + e * 2 * T * B * 4 * H  # + gates saved and re-read
     floors = {
         "compute": flops / (peaks["matmul_tflops"] * 1e12) * 1e3,
@@ -422,8 +445,9 @@ def _floors(shape: Shape, mode: str, dtype: torch.dtype, peaks: dict) -> tuple[f
     return floors[kind], kind
 
 
-def _flops(shape: Shape, mode: str) -> float:
-    return 8 * shape.batch * shape.hidden * (shape.input_size + shape.hidden) * shape.seq_len * (3 if mode == "fwd+bwd" else 1)
+def _flops(shape: Shape, mode: str, n_gates: int = 4) -> float:
+    per_step = 2 * n_gates * shape.batch * shape.hidden * (shape.input_size + shape.hidden)
+    return per_step * shape.seq_len * (3 if mode == "fwd+bwd" else 1)
 
 
 # ---------------------------------------------------------------------------------------------- main loop
@@ -460,10 +484,12 @@ def run(grid: str, providers: list[str], dtypes: list[str], modes: list[str], ou
                 dtype = DTYPES[dtype_name]
                 torch.manual_seed(0)
                 ref = torch.nn.LSTM(shape.input_size, shape.hidden)
+                ref_gru = torch.nn.GRU(shape.input_size, shape.hidden)
                 x32 = torch.randn(shape.seq_len, shape.batch, shape.input_size, device=device)
                 lengths = draw_lengths(shape)
                 for provider in providers:
-                    rows = _provider_rows(provider, shape, dtype, modes, device, ref, x32, lengths, cuda_graph, peaks)
+                    oracle = ref_gru if provider in GRU_PROVIDERS else ref
+                    rows = _provider_rows(provider, shape, dtype, modes, device, oracle, x32, lengths, cuda_graph, peaks)
                     for mode, result in zip(modes, rows):
                         row = dict(base, provider=provider, dtype=dtype_name, mode=mode, batch=shape.batch,
                                    seq_len=shape.seq_len, input_size=shape.input_size, hidden_size=shape.hidden)  # fmt: skip
@@ -491,7 +517,8 @@ def _provider_rows(provider, shape, dtype, modes, device, ref, x32, lengths, cud
             gate = correctness_gate(provider, module, ref, x32, dtype, lengths)
             if gate is not None:
                 return [{"note": f"{gate} (not timed)"} for _ in modes]
-            note += "; gate passed (" + ("eval, float64 reference" if provider in REGULARISED else "float64 nn.LSTM") + ")"
+            oracle = "nn.GRU" if provider in GRU_PROVIDERS else "nn.LSTM"
+            note += "; gate passed (" + ("eval, float64 reference" if provider in REGULARISED else f"float64 {oracle}") + ")"
     except Exception as err:  # recorded in the row and counted: the run exits 1 at the end
         return [{"note": _error(err)} for _ in modes]
     results = []
@@ -505,12 +532,12 @@ def _provider_rows(provider, shape, dtype, modes, device, ref, x32, lengths, cud
             results.append({"note": _error(err)})
             continue
         module.zero_grad(set_to_none=True)
-        floor, kind = _floors(shape, mode, dtype, peaks)
+        floor, kind = _floors(shape, mode, dtype, peaks, gates(provider))
         results.append({
             "ms": f"{ms:.4f}", "ms_p20": f"{p20:.4f}", "ms_p80": f"{p80:.4f}",
             "us_per_step": f"{ms * 1e3 / shape.seq_len:.3f}",
             "tokens_per_s": f"{shape.batch * shape.seq_len / ms * 1e3:.1f}",
-            "tflops": f"{_flops(shape, mode) / ms / 1e9:.3f}",
+            "tflops": f"{_flops(shape, mode, gates(provider)) / ms / 1e9:.3f}",
             "peak_mem_mb": "" if mem is None else f"{mem:.1f}",
             "floor_ms": f"{floor:.4f}", "floor_kind": kind, "achieved_over_floor": f"{ms / floor:.2f}",
             "note": note + ("; CPU wall-clock timer" if device == "cpu" else ""),

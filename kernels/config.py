@@ -114,9 +114,14 @@ def step_config(
 
 def gru_step_config(batch: int, hidden: int, reduce: int, dtype: torch.dtype = torch.float32) -> dict:
     """The GRU's per-step tiles: :func:`step_config`'s, with at least 16 units a program, since each of its three
-    gate dots is BLOCK_H columns wide (the LSTM's one dot is 4 * BLOCK_H). ``reduce``: H forward, 3H backward."""
+    gate dots is BLOCK_H columns wide (the LSTM's one dot is 4 * BLOCK_H), and 32-long K blocks for 32 rows or
+    fewer (with 64, the 16-bit forward of 16 rows x 16 units in 8 warps spills 8-16 bytes on sm_90 and sm_80).
+    ``reduce``: H forward, 3H backward. Spill-free builds: tests/test_step_compile.py, as for the LSTM's."""
     cfg = step_config(batch, hidden, reduce, dtype)
-    return {**cfg, "BLOCK_H": max(16, cfg["BLOCK_H"])}
+    cfg["BLOCK_H"] = max(16, cfg["BLOCK_H"])
+    if cfg["BLOCK_B"] <= 32:
+        cfg["BLOCK_K"] = min(32, cfg["BLOCK_K"])
+    return cfg
 
 
 OPERAND_BUDGET = {False: 96 * 1024, True: 128 * 1024}

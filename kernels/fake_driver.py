@@ -307,9 +307,11 @@ class Build:
     hidden: int
     proj: int = 0
     lengths: bool = False
+    cell: str = "lstm"  # or "gru" (no projection)
 
     def label(self) -> str:
-        return f"{self.dtype} B={self.batch} H={self.hidden} P={self.proj}{' lengths' if self.lengths else ''}"
+        cell = "GRU " if self.cell == "gru" else ""
+        return f"{cell}{self.dtype} B={self.batch} H={self.hidden} P={self.proj}{' lengths' if self.lengths else ''}"
 
 
 def kernels_compile() -> bool:
@@ -330,7 +332,8 @@ def _matmul_precision(precision: str):
 
 
 def build(b: Build, arch: int = 90, steps: int = 2, config: dict | None = None) -> dict[str, Variant]:
-    """Compile ``b``'s forward and backward step kernels for sm_<arch> as the launchers specialise them.
+    """Compile ``b``'s forward and backward step kernels (the LSTM's, or with ``cell="gru"`` the GRU's) for
+    sm_<arch> as the launchers specialise them.
 
     Returns ``{"fwd": Variant, "bwd": Variant}`` with registers, spills and the cubin. Raises if a launcher
     compiled more than one variant per kernel (every step must share one). ``config`` overrides ``step_config``.
@@ -347,13 +350,21 @@ def build(b: Build, arch: int = 90, steps: int = 2, config: dict | None = None) 
         return torch.randn(*shape, generator=g).to(dtype)
 
     w_hr = r(P, H) if P else None
-    x, h0, c0, w_ih, w_hh = r(T, B, I), r(B, R), r(B, H), r(4 * H, I), r(4 * H, R)
+    G = 3 * H if b.cell == "gru" else 4 * H
+    x, h0, c0, w_ih, w_hh = r(T, B, I), r(B, R), r(B, H), r(G, I), r(G, R)
     lengths = torch.full((B,), T) if b.lengths else None
     one = [t.unsqueeze(0) if t is not None else None for t in (h0, c0, w_ih, w_hh, w_hr)]
     layer = Layer(x, *one[:4], None, None, one[4], lengths, (False,))
     with fake_cuda_driver(arch) as drv, _matmul_precision(precision):
-        y, _, _, gates, cs = step.forward(layer, NONE, True, config)
-        step.backward(layer, NONE, Saved(y, gates, cs), GradOutputs(y, None, None), Needs(*(False,) * 7), config)
+        if b.cell == "gru":
+            from tritonlstm.kernels import gru_step
+
+            layer = layer._replace(c0=None)
+            y, _, gates = gru_step.forward(layer, NONE, True, config)
+            gru_step.backward(layer, NONE, y, gates, y, None, (False,) * 6, config)
+        else:
+            y, _, _, gates, cs = step.forward(layer, NONE, True, config)
+            step.backward(layer, NONE, Saved(y, gates, cs), GradOutputs(y, None, None), Needs(*(False,) * 7), config)
     out = {}
     for kind in ("fwd", "bwd"):
         variants = [v for v in drv.variants() if f"_{kind}_step_kernel" in v.kernel]

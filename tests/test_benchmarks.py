@@ -106,6 +106,29 @@ def test_variable_length_and_tf32_providers_pass_the_gate_and_are_timed(tmp_path
 
 
 @requires_triton
+def test_gru_providers_pass_the_gate_against_nn_gru_and_count_three_gates(tmp_path, monkeypatch):
+    run.main(["--smoke", "--out", str(tmp_path), "--modes", "fwd", "fwd+bwd", "--providers", "tritonlstm-gru",
+              "cudnn-gru"])  # fmt: skip
+    _, rows = _read(tmp_path)
+    assert [r["provider"] for r in rows] == (["tritonlstm-gru"] * 2 + ["cudnn-gru"] * 2) * 2  # 2 shapes
+    for r in rows:
+        assert float(r["ms"]) > 0 and "ERROR" not in r["note"] and "MISMATCH" not in r["note"], r
+    shape = run.Shape(2, 4, 8, 5)
+    assert run._flops(shape, "fwd", run.gates("cudnn-gru")) == 3 / 4 * run._flops(shape, "fwd", run.gates("cudnn"))
+    assert all("float64 nn.GRU" in r["note"] for r in rows if r["provider"] == "tritonlstm-gru")
+    forward = run.tritonlstm.GRU.forward
+
+    def wrong(self, *args, **kwargs):
+        y, h = forward(self, *args, **kwargs)
+        return y, h + 0.1
+
+    monkeypatch.setattr(run.tritonlstm.GRU, "forward", wrong)
+    run.main(["--smoke", "--out", str(tmp_path), "--modes", "fwd", "--providers", "tritonlstm-gru", "--name", "bad"])
+    bad = list(csv.DictReader(open(tmp_path / "bad.csv")))
+    assert all("MISMATCH vs float64 nn.GRU" in r["note"] and "h_n" in r["note"] and r["ms"] == "" for r in bad)
+
+
+@requires_triton
 @pytest.mark.parametrize("provider", ["tritonlstm", "tritonlstm-lengths"])
 def test_correctness_gate_marks_a_mismatch_and_does_not_time_it(tmp_path, monkeypatch, provider):
     forward = run.tritonlstm.LSTM.forward

@@ -124,6 +124,21 @@ def test_forecast_demo_regulariser_option(tmp_path, capsys, monkeypatch, interpr
         assert torch.equal(model(x), model(x))
 
 
+@pytest.mark.skipif(INTERPRETER, reason=PLAIN_LEG_ONLY)
+def test_forecast_demo_as_a_gru_compares_with_the_lstm_on_the_same_split(tmp_path, capsys, interpret_as_this_run):
+    cli.main(["demo", "--quick", "--out", str(tmp_path), "--device", "cpu", "--cell", "gru"])
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["cell"] == "gru" and m["rmse"] < m["baseline_rmse"] and m["onnx_max_abs_diff"] < 1e-3, m
+    gru, lstm = m["comparison"]["gru"], m["comparison"]["lstm"]
+    assert (gru["rmse"], gru["val_rmse"]) == (m["rmse"], m["val_rmse"])
+    assert 0 < lstm["mae"] <= lstm["rmse"] < m["baseline_rmse"] and 0 < lstm["val_mae"] <= lstm["val_rmse"]
+    assert m["streaming"]["onnx_max_abs_diff_ppm"] < 1e-4 and m["streaming"]["pytorch_max_abs_diff_ppm"] == 0.0
+    weights = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert any(k.startswith("gru.") for k in weights) and not any(k.startswith("lstm.") for k in weights)
+    out = capsys.readouterr().out
+    assert "model (tritonlstm.GRU)" in out and "LSTM, same split (compared)" in out
+
+
 def test_charlm_demo_quick(tmp_path, capsys, interpret_as_this_run):
     cli.main(["demo", "--task", "charlm", "--quick", "--out", str(tmp_path), "--device", "cpu"])
     m = json.loads((tmp_path / "metrics.json").read_text())

@@ -122,6 +122,25 @@ def test_one_compiled_variant_per_shape(dtype, B, H, P, lengths):
     assert drv.variant_counts() == {fwd: 1, bwd: 1}
 
 
+def test_gru_step_kernels_compile_one_variant_per_shape():
+    """The GRU's step kernels share the LSTM's buffers-and-indices form: one build per shape for every step."""
+    from tritonlstm.kernels import gru_step
+    from tritonlstm.kernels.common import Layer, Regularisers
+
+    T, B, H = 6, 1, 33
+    g = torch.Generator().manual_seed(0)
+    x, h0 = torch.randn(T, B, 3, generator=g).half(), torch.randn(1, B, H, generator=g).half()
+    w_ih, w_hh = torch.randn(1, 3 * H, 3, generator=g).half(), torch.randn(1, 3 * H, H, generator=g).half()
+    regs = Regularisers(torch.ones(1, B, H).half(), (0.2, 0.0), torch.tensor([3]))
+    with fake_cuda_driver() as drv:
+        for reverse in (False, True):
+            layer = Layer(x, h0, None, w_ih, w_hh, None, None, None, torch.tensor([4]), (reverse,))
+            y, _, gates = gru_step.forward(layer, regs, True)
+            gru_step.backward(layer, regs, y, gates, y, None, (True,) * 6)
+    assert drv.launch_counts() == {"_gru_fwd_step_kernel": 2 * T, "_gru_bwd_step_kernel": 2 * T}
+    assert drv.variant_counts() == {"_gru_fwd_step_kernel": 1, "_gru_bwd_step_kernel": 1}
+
+
 def test_launches_go_to_the_tensors_device_and_stream(monkeypatch):
     """Triton launches on torch's *current* device and its current stream: the launchers must make the inputs'
     device current. Here cuda:0 is current, the inputs (as the guard is told) live on cuda:1, and every launch
@@ -161,8 +180,14 @@ def test_launch_guard_leaves_cpu_alone(monkeypatch):
 # Default configurations that must compile without spills. The ordinary suite builds a few; .ci/triton36.sh the
 # matrix (H=1024 as in benchmarks/compile_report.py; H=1023 for the worst case: nothing known to be aligned).
 H = 1024
-SMOKE = [(90, Build("bf16", 256, H, lengths=True)), (80, Build("fp32", 256, H, lengths=True))]
+SMOKE = [
+    (90, Build("bf16", 256, H, lengths=True)), (80, Build("fp32", 256, H, lengths=True)),
+    (90, Build("fp16", 256, H, lengths=True, cell="gru")),
+]  # fmt: skip
 MATRIX = [
+    *[(arch, Build(d, b, H - 1 if ln else H, 0, ln, "gru")) for arch in (90, 80) for d in ("bf16", "fp16", "fp32", "tf32")
+      for b in (16, 256) for ln in (False, True)],
+    (90, Build("fp64", 16, H, 0, True, "gru")),
     *[(90, Build(d, b, H, 0, ln)) for d in ("bf16", "fp16", "fp32", "tf32") for b in (16, 256) for ln in (False, True)],
     *[(90, Build(d, 16, H, 256, ln)) for d in ("bf16", "fp16", "fp32", "tf32") for ln in (False, True)],
     *[(90, Build("fp64", 16, H, p, ln)) for p in (0, 256) for ln in (False, True)],

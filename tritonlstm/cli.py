@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
                         f"(default: {RECURRENT_DROPOUT})")  # fmt: skip
     d.add_argument("--zoneout", type=float, default=ZONEOUT, metavar="P",
                    help=f"forecast: zoneout of h and c in training, in [0, 1); 0: off (default: {ZONEOUT})")
+    d.add_argument("--cell", choices=["lstm", "gru"], default="lstm",
+                   help="forecast: the recurrent layer; gru also trains the LSTM on the same split to compare")
     d.add_argument("--seed", type=int, default=0)
     return ap
 
@@ -104,11 +106,14 @@ def _run(args: argparse.Namespace, device: str, backend: str) -> tuple[dict, dic
 
     if args.task == "forecast":
         m = demo.forecast(args.out, args.quick, device, backend, args.features, args.horizon, args.seed,
-                          args.recurrent_dropout, args.zoneout)  # fmt: skip
+                          args.recurrent_dropout, args.zoneout, args.cell)  # fmt: skip
         rows = [
-            ("model (tritonlstm)", f"{m['rmse']:.3f}", f"{m['mae']:.3f}"),
+            (f"model (tritonlstm.{m['cell'].upper()})", f"{m['rmse']:.3f}", f"{m['mae']:.3f}"),
             (f"baseline: {m['baseline']}", f"{m['baseline_rmse']:.3f}", f"{m['baseline_mae']:.3f}"),
         ]
+        if "comparison" in m:
+            lstm = m["comparison"]["lstm"]
+            rows.insert(1, ("LSTM, same split (compared)", f"{lstm['rmse']:.3f}", f"{lstm['mae']:.3f}"))
         print(f"\nMauna Loa CO2, {m['features']}variate input, {m['horizon']}-week horizon, {m['test_weeks']} test weeks")
         print(f"regulariser: {demo.regulariser(m)}; validation RMSE {m['val_rmse']:.3f} ppm ({m['val_weeks']} weeks)")
         print(f"{'':<28}{'RMSE (ppm)':>12}{'MAE (ppm)':>12}")

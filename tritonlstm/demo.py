@@ -8,6 +8,8 @@ Tasks:
   forecasts changes and keeps working at CO2 levels it never saw in training. Split in time order
   (70/15/15), scaling fitted on the training part only, Adam with gradient clipping, best-on-validation
   checkpoint; optional recurrent dropout or zoneout in the LSTM (``--recurrent-dropout``, ``--zoneout``).
+  ``--cell gru`` trains the same forecaster as a GRU and then, for comparison, the LSTM on the same split, seed
+  and settings: ``metrics.json`` holds both models' validation and test errors (``"comparison"``).
   Validation and test RMSE/MAE in ppm, the test's against the better of two naive baselines (last value,
   seasonal naive).
   The trained model is exported with ``tritonlstm.export.export_onnx``, checked with ``verify_onnx`` and run in
@@ -87,20 +89,28 @@ def make_windows(series, start, end, lookback, horizon, features, scale) -> Wind
 
 
 class Forecaster(nn.Module):
-    """tritonlstm.LSTM over the history window, a Linear head on the last step's output. ``recurrent_dropout`` and
-    ``zoneout`` (one probability for h and c) are the LSTM's options of those names, 0 for off; they change
-    training only (zoneout's eval mode is its expectation), not the parameters or the ``state_dict``."""
+    """tritonlstm.LSTM (``cell="gru"``: tritonlstm.GRU, held as ``gru``) over the history window, a Linear head
+    on the last step's output. ``recurrent_dropout`` and ``zoneout`` (one probability, for h and c) are the
+    layer's options of those names, 0 for off; they change training only (zoneout's eval mode is its
+    expectation), not the parameters or the ``state_dict``."""
 
     def __init__(self, n_features: int, horizon: int, hidden: int, layers: int, backend: str,
-                 recurrent_dropout: float = 0.0, zoneout: float = 0.0):  # fmt: skip
+                 recurrent_dropout: float = 0.0, zoneout: float = 0.0, cell: str = "lstm"):  # fmt: skip
         super().__init__()
-        self.lstm = tritonlstm.LSTM(n_features, hidden, num_layers=layers, batch_first=True, backend=backend,
-                                    dropout=0.1 if layers > 1 else 0.0, recurrent_dropout=recurrent_dropout,
-                                    zoneout=zoneout)  # fmt: skip
+        cls = {"lstm": tritonlstm.LSTM, "gru": tritonlstm.GRU}[cell]
+        layer = cls(n_features, hidden, num_layers=layers, batch_first=True, backend=backend,
+                    dropout=0.1 if layers > 1 else 0.0, recurrent_dropout=recurrent_dropout, zoneout=zoneout)  # fmt: skip
+        setattr(self, cell, layer)
+        self.cell = cell
         self.head = nn.Linear(hidden, horizon)
 
+    @property
+    def rnn(self) -> nn.Module:
+        """The recurrent layer, whichever cell it is."""
+        return getattr(self, self.cell)
+
     def forward(self, x):
-        y, _ = self.lstm(x)
+        y, _ = self.rnn(x)
         return self.head(y[:, -1])
 
 
@@ -117,7 +127,7 @@ FORECAST_FILES = {
     "model.pt": "the trained weights: the state_dict of tritonlstm.demo.Forecaster",
     "model.onnx": "the model for onnxruntime: input 'history' [batch, weeks, features], output 'forecast'",
     "model_stream.onnx": "the same model, stateful: one or more weeks 'week' [batch, weeks, features] and the "
-    "state (h_in_l0, c_in_l0, ...) in, 'forecast' and the state (h_out_l0, c_out_l0, ...) out",
+    "state (h_in_l0, c_in_l0, ...; a GRU's h alone) in, 'forecast' and the state (h_out_l0, ...) out",
     "forecast.png": "the test period: truth, forecast, naive baseline and their errors",
 }
 
@@ -129,28 +139,11 @@ FORECAST_SETTINGS = {
 }
 
 
-def forecast(out: str, quick: bool, device: str, backend: str, features: str, horizon: int, seed: int,
-             recurrent_dropout: float, zoneout: float) -> dict:  # fmt: skip
+def _fit(model: nn.Module, train: Windows, val: Windows, cfg: dict, device: str, seed: int) -> dict:
+    """Adam with gradient clipping for ``cfg["epochs"]`` epochs; leaves ``model`` in eval mode holding its best
+    state on the validation windows, and returns that state."""
     from tqdm import tqdm
 
-    from tritonlstm.export import export_onnx, verify_onnx
-
-    t0 = time.time()
-    torch.manual_seed(seed)
-    dates, series = load_co2()
-    n = len(series)
-    train_end, val_end = int(0.70 * n), int(0.85 * n)
-    cfg = FORECAST_SETTINGS["quick" if quick else "full"]
-    lookback = cfg["lookback"]
-    steps = series[1:train_end] - series[: train_end - 1]
-    scale = float(steps.std())  # fitted on the training part only
-    train = make_windows(series, 0, train_end, lookback, horizon, features, scale)
-    val = make_windows(series, train_end, val_end, lookback, horizon, features, scale)
-    test = make_windows(series, val_end, n, lookback, horizon, features, scale)
-
-    n_features = 3 if features == "multi" else 1
-    model = Forecaster(n_features, horizon, cfg["hidden"], cfg["layers"], backend, recurrent_dropout, zoneout)
-    model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     epochs = cfg["epochs"]
     gen = torch.Generator().manual_seed(seed)
@@ -174,19 +167,62 @@ def forecast(out: str, quick: bool, device: str, backend: str, features: str, ho
             val_loss = nn.functional.mse_loss(model(xv), yv).item()
         if val_loss < best_val:  # best-on-validation checkpoint
             best_val, best = val_loss, copy.deepcopy(model.state_dict())
-        tqdm.write(f"epoch {epoch + 1:>2}: train loss {running:.4f}  val loss {val_loss:.4f}")
+        tqdm.write(f"{model.cell} epoch {epoch + 1:>2}: train loss {running:.4f}  val loss {val_loss:.4f}")
     model.load_state_dict(best)
     model.eval()
-    os.makedirs(out, exist_ok=True)
-    torch.save(best, os.path.join(out, "model.pt"))
+    return best
 
+
+def _scored(model: nn.Module, windows: Windows, scale: float, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's scaled output on ``windows`` and its forecast in ppm."""
     with torch.no_grad():
-        val_scaled = model(xv).cpu().double()
-        pred_scaled = model(test.x.to(device)).cpu().double()
+        scaled = model(windows.x.to(device)).cpu().double()
+    return scaled, windows.last[:, None] + scaled * scale
+
+
+def forecast(out: str, quick: bool, device: str, backend: str, features: str, horizon: int, seed: int,
+             recurrent_dropout: float, zoneout: float, cell: str = "lstm") -> dict:  # fmt: skip
+    from tritonlstm.export import export_onnx, verify_onnx
+
+    t0 = time.time()
+    torch.manual_seed(seed)
+    dates, series = load_co2()
+    n = len(series)
+    train_end, val_end = int(0.70 * n), int(0.85 * n)
+    cfg = FORECAST_SETTINGS["quick" if quick else "full"]
+    lookback = cfg["lookback"]
+    steps = series[1:train_end] - series[: train_end - 1]
+    scale = float(steps.std())  # fitted on the training part only
+    train = make_windows(series, 0, train_end, lookback, horizon, features, scale)
+    val = make_windows(series, train_end, val_end, lookback, horizon, features, scale)
+    test = make_windows(series, val_end, n, lookback, horizon, features, scale)
+
+    n_features = 3 if features == "multi" else 1
+    epochs = cfg["epochs"]
+
+    def trained(kind: str) -> Forecaster:
+        torch.manual_seed(seed)  # the same initial draws for either cell's run
+        model = Forecaster(n_features, horizon, cfg["hidden"], cfg["layers"], backend, recurrent_dropout, zoneout,
+                           kind).to(device)  # fmt: skip
+        _fit(model, train, val, cfg, device, seed)
+        return model
+
+    model = trained(cell)
+    os.makedirs(out, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(out, "model.pt"))
+
     # the validation errors choose the checkpoint and the regulariser; the test errors only report
-    val_rmse, val_mae = _errors(val.last[:, None] + val_scaled * scale, val.truth)
-    pred = test.last[:, None] + pred_scaled * scale
+    val_rmse, val_mae = _errors(_scored(model, val, scale, device)[1], val.truth)
+    pred_scaled, pred = _scored(model, test, scale, device)
     rmse, mae = _errors(pred, test.truth)
+    comparison = None
+    if cell == "gru":  # the LSTM on the same split, seed and settings, for comparison (not exported)
+        comparison = {"gru": {"val_rmse": val_rmse, "val_mae": val_mae, "rmse": rmse, "mae": mae}}
+        lstm = trained("lstm")
+        (lstm_val_rmse, lstm_val_mae), (lstm_rmse, lstm_mae) = (
+            _errors(_scored(lstm, w, scale, device)[1], w.truth) for w in (val, test)
+        )
+        comparison["lstm"] = {"val_rmse": lstm_val_rmse, "val_mae": lstm_val_mae, "rmse": lstm_rmse, "mae": lstm_mae}
     # naive baselines: the last value repeated, and the value one year (52 weeks) earlier
     offsets = test.target_index[:, None] + torch.arange(horizon)[None, :]
     naive = {"last value": test.last[:, None].expand_as(test.truth), "seasonal naive": series[offsets - 52]}
@@ -225,7 +261,8 @@ def forecast(out: str, quick: bool, device: str, backend: str, features: str, ho
     }  # fmt: skip
 
     metrics = {
-        "task": "forecast", "features": features, "horizon": horizon, "lookback": lookback, "epochs": epochs,
+        "task": "forecast", "cell": cell, "features": features, "horizon": horizon, "lookback": lookback,
+        "epochs": epochs,
         "recurrent_dropout": recurrent_dropout, "zoneout": zoneout, "seed": seed,
         "val_rmse": val_rmse, "val_mae": val_mae, "val_weeks": int(len(val.x)),
         "rmse": rmse, "mae": mae, "baseline": baseline, "baseline_rmse": baselines[baseline][0],
@@ -236,6 +273,8 @@ def forecast(out: str, quick: bool, device: str, backend: str, features: str, ho
         "triton_vs_reference_max_abs_diff": triton_diff, "triton_check": triton_check, "streaming": streaming,
         "test_weeks": int(len(test.x)), "files": list(FORECAST_FILES),
     }  # fmt: skip
+    if comparison is not None:
+        metrics["comparison"] = comparison
     plot_path = os.path.join(out, "forecast.png")
     _plot_forecast(plot_path, series, dates, test, pred, onnx_pred, naive[baseline], metrics, val_end)
     metrics["seconds"] = time.time() - t0
@@ -304,7 +343,7 @@ def check_triton(model: nn.Module, x: torch.Tensor, device: str) -> tuple[float 
     outputs = []
     for backend in ("triton", "reference"):
         twin = copy.deepcopy(model)
-        twin.lstm.backend = backend
+        twin.rnn.backend = backend
         with torch.no_grad():
             outputs.append(twin(x.to(device)).cpu())
     kernels = "Triton kernels (interpreter)" if device == "cpu" else "Triton kernels"

@@ -8,11 +8,13 @@
 # printed), exchange.csv (the self-test of every regime in fp16/bf16/fp32, the tagged words' one-way latency
 # between two programs, the counter barrier alone at 2-128 programs: python -m benchmarks.exchange),
 # bench-perf.csv and bench-perf-peaks.json (tritonlstm against cuDNN, fp16 and bf16, B in 16, 64, 256 x H in
-# 256, 768, 1024 at T=1024, fwd and fwd+bwd: benchmarks/run.py's schema), and the plots bench-time-per-step.png,
+# 256, 768, 1024 at T=1024, fwd and fwd+bwd: benchmarks/run.py's schema; then the GRU row, tritonlstm-gru against
+# cudnn-gru on the quick grid's fp16 shapes, appended to the same CSV), and the plots bench-time-per-step.png,
 # bench-speedup.png, bench-memory.png. `DRY_RUN=1 bash benchmarks/gpu/perf.sh` lists them.
 #
-# Expected duration: 212 s on an H200 (2026-12-04: install, self-tests and latency ~65 s, the grid ~145 s, plots); the
-# grid runs under `timeout` (what is left of 270 s). A cut-off grid keeps its rows and the script exits 1.
+# Expected duration: 212 s on an H200 (2026-12-04: install, self-tests and latency ~65 s, the grid ~145 s, plots),
+# before the GRU row was added (not yet timed on a GPU: it runs under `timeout` in what is left of 285 s); the
+# grid runs under `timeout` (what is left of 250 s). A cut-off grid keeps its rows and the script exits 1.
 # Fails loudly (set -euo pipefail): a failed install, no GPU, a failed self-test or timed-out wait, a provider
 # that raised, or a cut-off grid exit nonzero (after writing what it has).
 # How a GPU session runs it: device run, command: export GIT_COMMIT=<commit>; bash benchmarks/gpu_run.sh perf
@@ -34,13 +36,23 @@ set +e
 timeout -s INT -k 10 120 "$PY" -m benchmarks.exchange --csv "$(out exchange.csv)" 2>&1 | tee -a "$LOG"
 (( PIPESTATUS[0] == 0 )) || { echo "== benchmarks.exchange failed" | tee -a "$LOG"; status=1; }
 
-budget=$(( 270 - $(elapsed) ))
+budget=$(( 250 - $(elapsed) ))
 echo "== python -m benchmarks.run --grid perf (at most ${budget}s)" | tee -a "$LOG"
 timeout -s INT -k 20 "$budget" "$PY" -m benchmarks.run \
   --grid perf --providers tritonlstm cudnn --dtypes fp16 bf16 --out "$OUT" --name bench-perf 2>&1 | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
 if (( rc != 0 )); then
   echo "== benchmarks.run exit status $rc (124/137: cut off; the rows so far are kept)" | tee -a "$LOG"
+  status=1
+fi
+
+budget=$(( 285 - $(elapsed) ))
+echo "== python -m benchmarks.run --grid quick, the GRU (at most ${budget}s)" | tee -a "$LOG"
+timeout -s INT -k 10 "$budget" "$PY" -m benchmarks.run \
+  --grid quick --providers tritonlstm-gru cudnn-gru --dtypes fp16 --out "$OUT" --name bench-perf 2>&1 | tee -a "$LOG"
+rc=${PIPESTATUS[0]}
+if (( rc != 0 )); then
+  echo "== benchmarks.run (GRU) exit status $rc (124/137: cut off; the rows so far are kept)" | tee -a "$LOG"
   status=1
 fi
 
