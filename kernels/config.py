@@ -7,7 +7,9 @@ Regimes (each one a kernel in its own file, registered in :data:`LAUNCHERS`):
 * ``"batch"`` (:mod:`tritonlstm.kernels.sequence_fwd`/``sequence_bwd``): one launch for the whole sequence; a
   program owns a tile of batch rows and every hidden unit and streams W_hh from L2 every step. No cross-program
   synchronisation. With the per-step kernels' tiles it reproduces them bitwise; it is the form the interpreter runs.
-* ``"gru-step"`` (:mod:`tritonlstm.kernels.gru_step`): the GRU's per-step kernels, the only ones it has so far.
+* ``"gru-step"``, ``"gru-batch"``, ``"gru-split"``, ``"gru-graphed"``: the GRU's per-step kernels
+  (:mod:`tritonlstm.kernels.gru_step`), its two sequence regimes (:mod:`tritonlstm.kernels.gru_sequence`) and its
+  graphed per-step kernels, the LSTM's regimes with the GRU's cell; :func:`gru_choose` is their rule.
 * ``"graphed"`` (:mod:`tritonlstm.kernels.graphed`): the per-step kernels, their time loop captured once per
   shape as a CUDA graph and replayed (GPU only); the rule's choice wherever it would pick the per-step kernels on
   a GPU.
@@ -38,6 +40,7 @@ class Launcher(NamedTuple):
     forward: str
     backward: str
     kernel: str  # "step" (one launch per step) or "sequence" (one launch per layer)
+    prefix: str = ""  # the launcher functions' names: prefix + "forward" / "backward"
 
 
 _SEQUENCE = Launcher("tritonlstm.kernels.sequence_fwd", "tritonlstm.kernels.sequence_bwd", "sequence")
@@ -47,13 +50,17 @@ LAUNCHERS = {
     "split": _SEQUENCE,
     "graphed": Launcher("tritonlstm.kernels.graphed", "tritonlstm.kernels.graphed", "step"),
     "gru-step": Launcher("tritonlstm.kernels.gru_step", "tritonlstm.kernels.gru_step", "step"),
+    "gru-batch": Launcher("tritonlstm.kernels.gru_sequence", "tritonlstm.kernels.gru_sequence", "sequence"),
+    "gru-split": Launcher("tritonlstm.kernels.gru_sequence", "tritonlstm.kernels.gru_sequence", "sequence"),
+    "gru-graphed": Launcher("tritonlstm.kernels.graphed", "tritonlstm.kernels.graphed", "step", "gru_"),
 }
 """Regime -> its launchers: ``forward(layer, regs, store, config, err)`` and ``backward(layer, regs, saved,
 grad_out, needs, config, err)``, taking the bundles of :mod:`tritonlstm.kernels.common`."""
 
 SELF_TESTED = {
     "split": "split", "split-tagged": "split", "split-k": "split", "split-chunked": "split", "batch": "batch",
-    "graphed": "graphed",
+    "graphed": "graphed", "gru-split": "gru-split", "gru-split-k": "gru-split", "gru-batch": "gru-batch",
+    "gru-graphed": "gru-graphed",
 }
 """What the first-use self-test validates separately (:func:`variant` names a config's entry), and the regime of
 :data:`LAUNCHERS` each one runs. The per-step kernels are the oracle: never self-tested."""
@@ -374,8 +381,80 @@ def choose(
     return Choice("batch", cfg, "batch-owned: W_hh stays in one SM's L1")
 
 
+def _gru_operands(H: int, elt: int, backward: bool) -> int:
+    """Bytes of a unit-split GRU program's dot operands (16 rows, 16 units): forward the r, z, n columns of W_hh^T
+    over H plus h_{t-1}'s row block; backward W_hh's 3H gate rows plus dG_{t+1}'s row block (each inner length
+    covered by :func:`k_blocks`)."""
+    k = sum(k_blocks(3 * H if backward else H))
+    return (k * 16 * elt) * (2 if backward else 4)
+
+
+@functools.lru_cache(maxsize=1024)
+def gru_sequence_config(
+    batch: int, hidden: int, directions: int, dtype: torch.dtype, sm_count: int | None, backward: bool = False
+) -> dict:
+    """The GRU's sequence regime and tiles, :func:`sequence_config`'s rule with three gates and no projection:
+    without an SM count (the interpreter) batch-owned on the per-step kernels' tiles (bit for bit theirs);
+    unit-split with 16 rows and 16 units a program where one program per SM covers every group and the dot
+    operands fit ``OPERAND_BUDGET`` (:func:`_gru_operands`), the backward's dot (and float32's forward's) split
+    over the warps; else batch-owned. float64 is never unit-split."""
+    step = gru_step_config(batch, hidden, 3 * hidden if backward else hidden, dtype)
+    batch_owned = {"regime": "gru-batch", **step}
+    if sm_count is None or batch == 0 or dtype == torch.float64:
+        return batch_owned
+    elt = torch.finfo(dtype).bits // 8
+    groups = triton.cdiv(batch, 16) * directions
+    operands = _gru_operands(hidden, elt, backward)
+    if groups * triton.cdiv(hidden, 16) > sm_count or operands > OPERAND_BUDGET[backward]:
+        return batch_owned
+    cfg = {"regime": "gru-split", "BLOCK_B": 16, "BLOCK_H": 16, "num_warps": 8 if operands > 16384 else 4}
+    if backward and 3 * hidden >= 16 * cfg["num_warps"]:
+        cfg["K_SPLIT"] = cfg["num_warps"]
+    if not backward and elt == 4:
+        cfg.update(K_SPLIT=cfg["num_warps"], K_BLOCK=MAX_K_BLOCK // 2)
+    return cfg
+
+
+def gru_constexprs(cfg: dict, H: int, backward: bool) -> tuple[dict, int]:
+    """The GRU sequence kernels' tile constexprs for a config, and the unit programs per group."""
+    k = {"BLOCK_B": cfg["BLOCK_B"], "BLOCK_H": cfg["BLOCK_H"]}
+    if cfg["regime"] != "gru-split":
+        return {**k, "BLOCK_K": cfg["BLOCK_K"]}, 1
+    first, second = k_blocks(3 * H if backward else H, cfg.get("K_BLOCK", MAX_K_BLOCK))
+    split = cfg.get("K_SPLIT", 1)  # each split of a block at least 16 long: a tl.dot's inner dimension
+    name = "BLOCK_G" if backward else "BLOCK_R"
+    k.update({name: first, f"{name}2": second, "K_SPLIT": min(split, first // 16),
+              "K_SPLIT2": max(1, min(split, second // 16))})  # fmt: skip
+    return k, triton.cdiv(H, cfg["BLOCK_H"])
+
+
+@functools.lru_cache(maxsize=1024)
+def gru_choose(
+    batch: int, hidden: int, directions: int, dtype: torch.dtype, sm_count: int | None, backward: bool = False
+) -> Choice:
+    """The GRU's rule, :func:`choose`'s with its regimes: the sequence kernels (:func:`gru_sequence_config`), or on
+    a GPU the graphed per-step kernels where a batch-owned layer's W_hh (3H x H) does not stay in one SM."""
+    cfg = gru_sequence_config(batch, hidden, directions, dtype, sm_count, backward)
+    if cfg["regime"] == "gru-split":
+        why = "unit-split: 16 units per program, every group co-resident"
+        if cfg.get("K_SPLIT", 1) > 1:
+            plain = {k: v for k, v in cfg.items() if k not in ("K_SPLIT", "K_BLOCK")}
+            return Choice("gru-split", cfg, why + ", dot split over the warps", Choice("gru-split", plain, why))
+        return Choice("gru-split", cfg, why)
+    if sm_count is None:
+        return Choice("gru-batch", cfg, "batch-owned: no SM count (the interpreter), the per-step kernels' tiles")
+    w_bytes = 3 * hidden * hidden * (torch.finfo(dtype).bits // 8)
+    if batch > 0 and w_bytes > SMALL_W_BYTES:
+        step = {"regime": "gru-graphed", **gru_step_config(batch, hidden, 3 * hidden if backward else hidden, dtype)}
+        return Choice("gru-graphed", step, f"per-step, graphed: W_hh ({w_bytes // 1024} KB) is streamed from L2 either "
+                      "way, and the unit-split form does not fit")  # fmt: skip
+    return Choice("gru-batch", cfg, "batch-owned: W_hh stays in one SM's L1")
+
+
 def variant(cfg: dict) -> str:
     """The :data:`SELF_TESTED` entry a sequence config belongs to."""
+    if cfg["regime"].startswith("gru-"):
+        return "gru-split-k" if cfg.get("K_SPLIT", 1) > 1 else cfg["regime"]
     if cfg.get("TAGGED"):
         return "split-tagged"
     if cfg.get("G_CHUNKS", 1) > 1:
@@ -384,6 +463,14 @@ def variant(cfg: dict) -> str:
 
 
 def self_test_config(device: torch.device, dtype: torch.dtype, regime: str, H: int, P: int, backward: bool):
+    if regime in ("gru-graphed", "gru-batch"):
+        return {"regime": regime, **gru_step_config(3, H, 3 * H if backward else H, dtype)}
+    if regime.startswith("gru-split"):  # one program per group in the interpreter, as for the LSTM
+        units = 16 if device.type == "cuda" else max(16, triton.next_power_of_2(H))
+        cfg = {"regime": "gru-split", "BLOCK_B": 16, "BLOCK_H": units, "num_warps": 4}
+        if regime == "gru-split-k":
+            cfg["K_SPLIT"] = 4
+        return cfg
     if regime == "graphed":
         return {"regime": "graphed", **step_config(3, H, 4 * H if backward else (P or H), dtype, P)}
     if regime == "batch":

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from tritonlstm.kernels import step
+from tritonlstm.kernels import gru_step, step
 from tritonlstm.kernels.common import NONE, GradOutputs, Grads, Layer, Needs, Regularisers, Saved
 from tritonlstm.kernels.runtime import capturing, current
 
@@ -141,3 +141,37 @@ def backward(
     key = _key("backward", layer, regs, tensors, (tuple(needs), tuple(sorted((config or {}).items()))))
     out = GRAPHS.run(key, tensors, build, lambda: tuple(step.backward(layer, regs, saved, grad_out, needs, config)))
     return Grads(*out)
+
+
+def gru_forward(
+    layer: Layer, regs: Regularisers = NONE, store: bool = True, config: dict | None = None, err=None,
+):  # fmt: skip
+    """:func:`tritonlstm.kernels.gru_step.forward`, replayed from a graph captured once per shape."""
+    if not graphable(layer.x.device):
+        return gru_step.forward(layer, regs, store, config)
+    tensors = [*layer[:9], *regs[::2]]
+
+    def build(static):
+        return gru_step.forward(Layer(*static[:9], layer.reverse), Regularisers(static[9], regs.zoneout, static[10]),
+                                store, config)  # fmt: skip
+
+    key = _key("gru-forward", layer, regs, tensors, (store, tuple(sorted((config or {}).items()))))
+    return GRAPHS.run(key, tensors, build, lambda: gru_step.forward(layer, regs, store, config))
+
+
+def gru_backward(layer: Layer, regs: Regularisers, y, gates, dy, dh_n, needs, config: dict | None = None, err=None):
+    """:func:`tritonlstm.kernels.gru_step.backward`, replayed from a graph captured once per shape."""
+    if not graphable(layer.x.device):
+        return gru_step.backward(layer, regs, y, gates, dy, dh_n, needs, config)
+    tensors = [*layer[:9], *regs[::2], y, gates, dy, dh_n]
+
+    def build(static):
+        return tuple(gru_step.backward(
+            Layer(*static[:9], layer.reverse), Regularisers(static[9], regs.zoneout, static[10]), *static[11:15],
+            needs, config,
+        ))  # fmt: skip
+
+    key = _key("gru-backward", layer, regs, tensors, (tuple(needs), tuple(sorted((config or {}).items()))))
+    out = GRAPHS.run(key, tensors, build, lambda: tuple(gru_step.backward(layer, regs, y, gates, dy, dh_n, needs,
+                                                                           config)))  # fmt: skip
+    return list(out)

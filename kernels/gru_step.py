@@ -34,6 +34,85 @@ from tritonlstm.kernels.runtime import acc_dtype, input_precision, launch_guard
 from tritonlstm.kernels.step import _grad_into_h, _h_prev_tile, _row_validity, _step_or_initial, _tiles
 
 
+@triton.jit
+def _gru_fwd_dots(w_ptr, h_prev_ptr, h0_ptr, hm_ptr, o_b, o_u, m_b, m_u, v_prev, stride_y, H: tl.constexpr,
+                  BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+                  HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):  # fmt: skip
+    """(h_{t-1} * mask) @ W_hh^T ([H, 3H] at w_ptr) for the r, z and n columns of units o_u, W streamed from
+    global memory in BLOCK_K rows: three [BLOCK_B, BLOCK_H] tiles. h_{t-1} is the previous step's output at
+    h_prev_ptr, or h0 for rows whose previous step was not their own (both with y's row stride)."""
+    b_ar = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
+    b_az = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
+    b_an = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
+    for k in range(0, H, BLOCK_K):
+        o_k = k + tl.arange(0, BLOCK_K)
+        m_k = o_k < H
+        b_hp = _h_prev_tile(h_prev_ptr, h0_ptr, o_b, o_k, m_b, m_k, v_prev, stride_y, stride_y, HAS_LENGTHS)
+        if HAS_MASK:
+            b_hm = tl.load(hm_ptr + o_b[:, None] * stride_y + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+            b_hp = (b_hp.to(ACC_DTYPE) * b_hm.to(ACC_DTYPE)).to(w_ptr.dtype.element_ty)
+        p_w = w_ptr + o_k[:, None] * (3 * H) + o_u[None, :]
+        m_w = m_k[:, None] & m_u[None, :]
+        b_ar += tl.dot(b_hp, tl.load(p_w, mask=m_w, other=0.0), out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+        b_az += tl.dot(b_hp, tl.load(p_w + H, mask=m_w, other=0.0), out_dtype=ACC_DTYPE,
+                       input_precision=INPUT_PRECISION)  # fmt: skip
+        b_an += tl.dot(b_hp, tl.load(p_w + 2 * H, mask=m_w, other=0.0), out_dtype=ACC_DTYPE,
+                       input_precision=INPUT_PRECISION)  # fmt: skip
+    return b_ar, b_az, b_an
+
+
+@triton.jit
+def _gru_fwd_epilogue(
+    b_ar, b_az, b_an, p_gx, bhn_ptr, b_hu, p_y, p_g, zs_ptr, zo_h, zo_stream, t, o_b, o_u, m_b, m_u, v_t, B, poison,
+    H: tl.constexpr, STORE_GATES: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    ZONEOUT: tl.constexpr, ACC_DTYPE: tl.constexpr,
+):
+    """The GRU cell of one [rows, units] tile from its three recurrent products and h_{t-1} (``b_hu``, unmasked):
+    stores h_t at p_y (zero past a row's length; NaN after a failed wait: ``poison``) and, with STORE_GATES, r, z,
+    n and gh_n at p_g (four blocks H apart); p_gx points at the tile's gx_r (gx_z and gx_n H and 2H further)."""
+    m_bu = m_b[:, None] & m_u[None, :]
+    if HAS_BIAS:
+        b_an += tl.load(bhn_ptr + o_u, mask=m_u, other=0.0).to(ACC_DTYPE)[None, :]
+    b_r = tl.sigmoid(tl.load(p_gx, mask=m_bu, other=0.0).to(ACC_DTYPE) + b_ar)
+    b_z = tl.sigmoid(tl.load(p_gx + H, mask=m_bu, other=0.0).to(ACC_DTYPE) + b_az)
+    b_n = tanh(tl.load(p_gx + 2 * H, mask=m_bu, other=0.0).to(ACC_DTYPE) + b_r * b_an)
+    b_h = (1.0 - b_z) * b_n + b_z * b_hu
+    if ZONEOUT > 0:
+        b_kh = zoneout_rates(zs_ptr, zo_stream, t, o_b, o_u, B, H, zo_h, ZONEOUT, ACC_DTYPE)
+        b_h = b_kh * b_hu + (1.0 - b_kh) * b_h
+    if HAS_LENGTHS:
+        b_h = tl.where(v_t[:, None], b_h, 0.0)
+    tl.store(p_y, (b_h + poison).to(p_y.dtype.element_ty), mask=m_bu)
+    if STORE_GATES:
+        tl.store(p_g, (b_r + poison).to(p_g.dtype.element_ty), mask=m_bu)
+        tl.store(p_g + H, (b_z + poison).to(p_g.dtype.element_ty), mask=m_bu)
+        tl.store(p_g + 2 * H, (b_n + poison).to(p_g.dtype.element_ty), mask=m_bu)
+        tl.store(p_g + 3 * H, (b_an + poison).to(p_g.dtype.element_ty), mask=m_bu)
+    return b_h
+
+
+@triton.jit
+def _gru_fwd_tile(
+    gx_t, w_ptr, bhn_ptr, y_ptr, h0_ptr, gates_t, hm_ptr, zs_ptr, zo_h, zo_stream, o_b, o_u, m_b, m_u, v_t, v_prev,
+    B, T, t, t_prev, stride_gx, stride_y_t, stride_y, stride_g,
+    H: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, STORE_GATES: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_MASK: tl.constexpr, ZONEOUT: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """Step t of one [rows, units] tile, W_hh streamed from global memory: what a per-step program does, and what
+    the batch-owned sequence kernel does for each unit tile of each step (so the two agree bit for bit).
+    ``gx_t``/``gates_t`` point at step t of their buffers; y's step t_prev (h0 out of range) is h_{t-1}."""
+    h_prev_ptr = _step_or_initial(y_ptr, t_prev, T, stride_y_t, h0_ptr)
+    b_ar, b_az, b_an = _gru_fwd_dots(w_ptr, h_prev_ptr, h0_ptr, hm_ptr, o_b, o_u, m_b, m_u, v_prev, stride_y, H,
+                                     BLOCK_B, BLOCK_H, BLOCK_K, HAS_LENGTHS, HAS_MASK, ACC_DTYPE, INPUT_PRECISION)  # fmt: skip
+    b_hu = _h_prev_tile(h_prev_ptr, h0_ptr, o_b, o_u, m_b, m_u, v_prev, stride_y, stride_y, HAS_LENGTHS).to(ACC_DTYPE)
+    p_gx = gx_t + o_b[:, None] * stride_gx + o_u[None, :]
+    p_y = y_ptr + t.to(tl.int64) * stride_y_t + o_b[:, None] * stride_y + o_u[None, :]
+    p_g = gates_t + o_b[:, None] * stride_g + o_u[None, :]
+    _gru_fwd_epilogue(b_ar, b_az, b_an, p_gx, bhn_ptr, b_hu, p_y, p_g, zs_ptr, zo_h, zo_stream, t, o_b, o_u, m_b, m_u,
+                      v_t, B, 0.0, H, STORE_GATES, HAS_BIAS, HAS_LENGTHS, ZONEOUT, ACC_DTYPE)  # fmt: skip
+
+
 @triton.jit(do_not_specialize=["t", "t_prev", "zo_stream"])
 def _gru_fwd_step_kernel(
     gx_ptr,  # [T, B, 3H]  x_t W_ih^T + b_ih (+ b_hh's r and z rows), gate-major r, z, n
@@ -72,50 +151,79 @@ def _gru_fwd_step_kernel(
     o_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     o_u = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     m_b, m_u = o_b < B, o_u < H
-    m_bu = m_b[:, None] & m_u[None, :]
     v_t, v_prev = _row_validity(len_ptr, o_b, m_b, t, t_prev, HAS_LENGTHS)
-    h_prev_ptr = _step_or_initial(y_ptr, t_prev, T, stride_y_t, h0_ptr)
+    _gru_fwd_tile(
+        gx_ptr + t.to(tl.int64) * stride_gx_t, w_ptr, bhn_ptr, y_ptr, h0_ptr, gates_ptr + t.to(tl.int64) * stride_g_t,
+        hm_ptr, zs_ptr, zo_h, zo_stream, o_b, o_u, m_b, m_u, v_t, v_prev, B, T, t, t_prev, stride_gx, stride_y_t,
+        stride_y, stride_g, H, BLOCK_B, BLOCK_H, BLOCK_K, STORE_GATES, HAS_BIAS, HAS_LENGTHS, HAS_MASK, ZONEOUT,
+        ACC_DTYPE, INPUT_PRECISION,
+    )  # fmt: skip
 
-    # gh = (h_{t-1} * mask) @ W_hh^T for the r, z and n columns of this program's units
-    b_ar = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
-    b_az = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
-    b_an = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
-    for k in range(0, H, BLOCK_K):
-        o_k = k + tl.arange(0, BLOCK_K)
-        m_k = o_k < H
-        b_hp = _h_prev_tile(h_prev_ptr, h0_ptr, o_b, o_k, m_b, m_k, v_prev, stride_y, stride_y, HAS_LENGTHS)
-        if HAS_MASK:
-            b_hm = tl.load(hm_ptr + o_b[:, None] * stride_y + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
-            b_hp = (b_hp.to(ACC_DTYPE) * b_hm.to(ACC_DTYPE)).to(w_ptr.dtype.element_ty)
-        p_w = w_ptr + o_k[:, None] * (3 * H) + o_u[None, :]
-        m_w = m_k[:, None] & m_u[None, :]
-        b_ar += tl.dot(b_hp, tl.load(p_w, mask=m_w, other=0.0), out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
-        b_az += tl.dot(b_hp, tl.load(p_w + H, mask=m_w, other=0.0), out_dtype=ACC_DTYPE,
-                       input_precision=INPUT_PRECISION)  # fmt: skip
-        b_an += tl.dot(b_hp, tl.load(p_w + 2 * H, mask=m_w, other=0.0), out_dtype=ACC_DTYPE,
-                       input_precision=INPUT_PRECISION)  # fmt: skip
-    if HAS_BIAS:
-        b_an += tl.load(bhn_ptr + o_u, mask=m_u, other=0.0).to(ACC_DTYPE)[None, :]
 
-    p_gx = gx_ptr + t.to(tl.int64) * stride_gx_t + o_b[:, None] * stride_gx + o_u[None, :]
-    b_r = tl.sigmoid(tl.load(p_gx, mask=m_bu, other=0.0).to(ACC_DTYPE) + b_ar)
-    b_z = tl.sigmoid(tl.load(p_gx + H, mask=m_bu, other=0.0).to(ACC_DTYPE) + b_az)
-    b_n = tanh(tl.load(p_gx + 2 * H, mask=m_bu, other=0.0).to(ACC_DTYPE) + b_r * b_an)
-    b_hu = _h_prev_tile(h_prev_ptr, h0_ptr, o_b, o_u, m_b, m_u, v_prev, stride_y, stride_y, HAS_LENGTHS).to(ACC_DTYPE)
-    b_h = (1.0 - b_z) * b_n + b_z * b_hu
+@triton.jit
+def _gru_bwd_epilogue(
+    b_rec, b_dh, gates_t, h_prev_ptr, h0_ptr, dcarry_ptr, dg_t, zs_ptr, zo_h, zo_stream, t, o_b, o_u, m_b, m_u, v_t,
+    v_prev, B, stride_s, stride_y, stride_c, stride_g, poison, H: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr, HAS_LENGTHS: tl.constexpr, ZONEOUT: tl.constexpr, ACC_DTYPE: tl.constexpr,
+):
+    """The GRU cell's gradient for one [rows, units] tile: ``b_dh`` is all that reaches h_t, ``b_rec`` its part
+    through the state (what a skipped step carries on). Reads the forward's r, z, n, gh_n (``gates_t``, four
+    blocks H apart) and h_{t-1}; stores what reaches h_{t-1} without a gate to dcarry (row stride ``stride_c``)
+    and dgh (r, z, n rows) then dan to ``dg_t``'s four blocks (NaN after a failed wait: ``poison``)."""
+    m_bu = m_b[:, None] & m_u[None, :]
+    p_s = gates_t + o_b[:, None] * stride_s + o_u[None, :]
+    b_r = tl.load(p_s, mask=m_bu, other=0.0).to(ACC_DTYPE)
+    b_z = tl.load(p_s + H, mask=m_bu, other=0.0).to(ACC_DTYPE)
+    b_n = tl.load(p_s + 2 * H, mask=m_bu, other=0.0).to(ACC_DTYPE)
+    b_an = tl.load(p_s + 3 * H, mask=m_bu, other=0.0).to(ACC_DTYPE)
+    b_hp = _h_prev_tile(h_prev_ptr, h0_ptr, o_b, o_u, m_b, m_u, v_prev, stride_y, stride_y, HAS_LENGTHS).to(ACC_DTYPE)
+    b_carry = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
     if ZONEOUT > 0:
         b_kh = zoneout_rates(zs_ptr, zo_stream, t, o_b, o_u, B, H, zo_h, ZONEOUT, ACC_DTYPE)
-        b_h = b_kh * b_hu + (1.0 - b_kh) * b_h
+        b_carry = b_kh * b_dh
+        b_dh = (1.0 - b_kh) * b_dh
+    b_carry += b_z * b_dh
+    b_dan = b_dh * (1.0 - b_z) * (1.0 - b_n * b_n)
+    b_dar = b_dan * b_an * b_r * (1.0 - b_r)
+    b_daz = b_dh * (b_hp - b_n) * b_z * (1.0 - b_z)
+    b_dhn = b_dan * b_r
     if HAS_LENGTHS:
-        b_h = tl.where(v_t[:, None], b_h, 0.0)
-    p_h = y_ptr + t.to(tl.int64) * stride_y_t + o_b[:, None] * stride_y + o_u[None, :]
-    tl.store(p_h, b_h.to(y_ptr.dtype.element_ty), mask=m_bu)
-    if STORE_GATES:
-        p_g = gates_ptr + t.to(tl.int64) * stride_g_t + o_b[:, None] * stride_g + o_u[None, :]
-        tl.store(p_g, b_r.to(gates_ptr.dtype.element_ty), mask=m_bu)
-        tl.store(p_g + H, b_z.to(gates_ptr.dtype.element_ty), mask=m_bu)
-        tl.store(p_g + 2 * H, b_n.to(gates_ptr.dtype.element_ty), mask=m_bu)
-        tl.store(p_g + 3 * H, b_an.to(gates_ptr.dtype.element_ty), mask=m_bu)
+        b_dan = tl.where(v_t[:, None], b_dan, 0.0)
+        b_dar = tl.where(v_t[:, None], b_dar, 0.0)
+        b_daz = tl.where(v_t[:, None], b_daz, 0.0)
+        b_dhn = tl.where(v_t[:, None], b_dhn, 0.0)
+        b_carry = tl.where(v_t[:, None], b_carry, b_rec)
+    p_c = dcarry_ptr + o_b[:, None] * stride_c + o_u[None, :]
+    tl.store(p_c, (b_carry + poison).to(dcarry_ptr.dtype.element_ty), mask=m_bu)
+    p_g = dg_t + o_b[:, None] * stride_g + o_u[None, :]
+    tl.store(p_g, (b_dar + poison).to(dg_t.dtype.element_ty), mask=m_bu)
+    tl.store(p_g + H, (b_daz + poison).to(dg_t.dtype.element_ty), mask=m_bu)
+    tl.store(p_g + 2 * H, (b_dhn + poison).to(dg_t.dtype.element_ty), mask=m_bu)
+    tl.store(p_g + 3 * H, (b_dan + poison).to(dg_t.dtype.element_ty), mask=m_bu)
+
+
+@triton.jit
+def _gru_bwd_tile(
+    dg_ptr, w_ptr, dy_ptr, dcarry_ptr, gates_ptr, y_ptr, h0_ptr, hm_ptr, zs_ptr, zo_h, zo_stream, o_b, o_u, m_b, m_u,
+    v_t, v_prev, B, T, t, t_next, t_prev, stride_g_t, stride_g, stride_s_t, stride_s, stride_dy_t, stride_dy,
+    stride_y_t, stride_y, H: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_DY: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_MASK: tl.constexpr, ZONEOUT: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """Backward step t of one [rows, units] tile, W_hh streamed from global memory (per-step programs and the
+    batch-owned sequence kernel alike)."""
+    # dcarry feeds every step (the update's direct path), so it is added as the LSTM adds it with lengths
+    b_rec, b_dh = _grad_into_h(
+        dg_ptr, w_ptr, dy_ptr, dcarry_ptr, hm_ptr, o_b, o_u, m_b, m_u, v_t, t, t_next, T, 3 * H, H,
+        stride_g_t, stride_g, stride_dy_t, stride_dy, BLOCK_B, BLOCK_H, BLOCK_K, HAS_DY, True, HAS_MASK,
+        ACC_DTYPE, INPUT_PRECISION,
+    )  # fmt: skip
+    h_prev_ptr = _step_or_initial(y_ptr, t_prev, T, stride_y_t, h0_ptr)
+    _gru_bwd_epilogue(
+        b_rec, b_dh, gates_ptr + t.to(tl.int64) * stride_s_t, h_prev_ptr, h0_ptr, dcarry_ptr,
+        dg_ptr + t.to(tl.int64) * stride_g_t, zs_ptr, zo_h, zo_stream, t, o_b, o_u, m_b, m_u, v_t, v_prev, B,
+        stride_s, stride_y, stride_dy, stride_g, 0.0, H, BLOCK_B, BLOCK_H, HAS_LENGTHS, ZONEOUT, ACC_DTYPE,
+    )  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["t", "t_next", "t_prev", "zo_stream"])
@@ -160,46 +268,13 @@ def _gru_bwd_step_kernel(
     o_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     o_u = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     m_b, m_u = o_b < B, o_u < H
-    m_bu = m_b[:, None] & m_u[None, :]
     v_t, v_prev = _row_validity(len_ptr, o_b, m_b, t, t_prev, HAS_LENGTHS)
-
-    # dcarry feeds every step (the update's direct path), so it is added as the LSTM adds it with lengths
-    b_rec, b_dh = _grad_into_h(
-        dg_ptr, w_ptr, dy_ptr, dcarry_ptr, hm_ptr, o_b, o_u, m_b, m_u, v_t, t, t_next, T, 3 * H, H,
-        stride_g_t, stride_g, stride_dy_t, stride_dy, BLOCK_B, BLOCK_H, BLOCK_K, HAS_DY, True, HAS_MASK,
+    _gru_bwd_tile(
+        dg_ptr, w_ptr, dy_ptr, dcarry_ptr, gates_ptr, y_ptr, h0_ptr, hm_ptr, zs_ptr, zo_h, zo_stream, o_b, o_u, m_b,
+        m_u, v_t, v_prev, B, T, t, t_next, t_prev, stride_g_t, stride_g, stride_s_t, stride_s, stride_dy_t,
+        stride_dy, stride_y_t, stride_y, H, BLOCK_B, BLOCK_H, BLOCK_K, HAS_DY, HAS_LENGTHS, HAS_MASK, ZONEOUT,
         ACC_DTYPE, INPUT_PRECISION,
     )  # fmt: skip
-
-    p_s = gates_ptr + t.to(tl.int64) * stride_s_t + o_b[:, None] * stride_s + o_u[None, :]
-    b_r = tl.load(p_s, mask=m_bu, other=0.0).to(ACC_DTYPE)
-    b_z = tl.load(p_s + H, mask=m_bu, other=0.0).to(ACC_DTYPE)
-    b_n = tl.load(p_s + 2 * H, mask=m_bu, other=0.0).to(ACC_DTYPE)
-    b_an = tl.load(p_s + 3 * H, mask=m_bu, other=0.0).to(ACC_DTYPE)
-    h_prev_ptr = _step_or_initial(y_ptr, t_prev, T, stride_y_t, h0_ptr)
-    b_hp = _h_prev_tile(h_prev_ptr, h0_ptr, o_b, o_u, m_b, m_u, v_prev, stride_y, stride_y, HAS_LENGTHS).to(ACC_DTYPE)
-
-    b_carry = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
-    if ZONEOUT > 0:
-        b_kh = zoneout_rates(zs_ptr, zo_stream, t, o_b, o_u, B, H, zo_h, ZONEOUT, ACC_DTYPE)
-        b_carry = b_kh * b_dh
-        b_dh = (1.0 - b_kh) * b_dh
-    b_carry += b_z * b_dh
-    b_dan = b_dh * (1.0 - b_z) * (1.0 - b_n * b_n)
-    b_dar = b_dan * b_an * b_r * (1.0 - b_r)
-    b_daz = b_dh * (b_hp - b_n) * b_z * (1.0 - b_z)
-    b_dhn = b_dan * b_r
-    if HAS_LENGTHS:
-        b_dan = tl.where(v_t[:, None], b_dan, 0.0)
-        b_dar = tl.where(v_t[:, None], b_dar, 0.0)
-        b_daz = tl.where(v_t[:, None], b_daz, 0.0)
-        b_dhn = tl.where(v_t[:, None], b_dhn, 0.0)
-        b_carry = tl.where(v_t[:, None], b_carry, b_rec)
-    tl.store(dcarry_ptr + o_b[:, None] * stride_dy + o_u[None, :], b_carry.to(dcarry_ptr.dtype.element_ty), mask=m_bu)
-    p_g = dg_ptr + t.to(tl.int64) * stride_g_t + o_b[:, None] * stride_g + o_u[None, :]
-    tl.store(p_g, b_dar.to(dg_ptr.dtype.element_ty), mask=m_bu)
-    tl.store(p_g + H, b_daz.to(dg_ptr.dtype.element_ty), mask=m_bu)
-    tl.store(p_g + 2 * H, b_dhn.to(dg_ptr.dtype.element_ty), mask=m_bu)
-    tl.store(p_g + 3 * H, b_dan.to(dg_ptr.dtype.element_ty), mask=m_bu)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -227,20 +302,38 @@ def forward(layer: Layer, regs: Regularisers = NONE, store: bool = True, config:
     return y, torch.stack(h_n), torch.stack(gates) if store else None
 
 
+def input_projection(layer: Layer) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One direction's ``gx = x W_ih^T + b_ih`` with b_hh's r and z rows folded in (``[T, B, 3H]``, one GEMM over
+    every step), and b_hh's n rows (``[H]``, which r multiplies), ``None`` without biases."""
+    x, w_ih = layer.x, layer.w_ih[0]
+    T, B, I = x.shape
+    H = layer.w_hh.shape[2]
+    x2 = x.reshape(T * B, I)
+    if layer.b_ih is None:
+        return torch.mm(x2, w_ih.t()).view(T, B, 3 * H), None
+    b_ih, b_hh = layer.b_ih[0], layer.b_hh[0]
+    gx = torch.addmm(torch.cat([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :]]), x2, w_ih.t())
+    return gx.view(T, B, 3 * H), b_hh[2 * H :].contiguous()
+
+
+def final_state(y: torch.Tensor, h0: torch.Tensor, lengths, reverse: bool) -> torch.Tensor:
+    """h_n of one direction from its outputs ``y [T, B, H]``: each row's last step (time 0 in reverse), h0 when B
+    is 0."""
+    T, B = y.shape[0], y.shape[1]
+    if B == 0:
+        return h0.clone()
+    if lengths is not None and not reverse:
+        return y[lengths.long() - 1, torch.arange(B, device=y.device)]
+    return y[0 if reverse else T - 1].clone()
+
+
 def _forward_one(layer: Layer, regs: Regularisers, d: int, store: bool, config):
     x, lengths, reverse = layer.x, layer.lengths, layer.reverse[0]
-    h0, w_ih, w_hh = layer.h0[0], layer.w_ih[0], layer.w_hh[0]
-    T, B, I = x.shape
+    h0, w_hh = layer.h0[0], layer.w_hh[0]
+    T, B = x.shape[0], x.shape[1]
     H = w_hh.shape[1]
     dtype, acc = x.dtype, acc_dtype(x.dtype)
-    x2 = x.reshape(T * B, I)
-    if layer.b_ih is not None:
-        b_ih, b_hh = layer.b_ih[0], layer.b_hh[0]
-        gx = torch.addmm(torch.cat([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :]]), x2, w_ih.t())
-        bhn = b_hh[2 * H :].contiguous()
-    else:
-        gx, bhn = torch.mm(x2, w_ih.t()), None
-    gx = gx.view(T, B, 3 * H)
+    gx, bhn = input_projection(layer)
     w_t = w_hh.t().contiguous()  # [H, 3H]
     y = torch.empty(T, B, H, device=x.device, dtype=dtype)
     gates = torch.empty(T, B, 4 * H, device=x.device, dtype=dtype) if store else y  # y: unwritten without store
@@ -262,13 +355,7 @@ def _forward_one(layer: Layer, regs: Regularisers, d: int, store: bool, config):
                 HAS_LENGTHS=lengths is not None, HAS_MASK=regs.h_mask is not None, ZONEOUT=regs.mode,
                 ACC_DTYPE=ACC[acc], INPUT_PRECISION=input_precision(dtype), num_warps=cfg["num_warps"], **_tiles(cfg),
             )  # fmt: skip
-    if B == 0:
-        h_n = h0.clone()
-    elif lengths is not None and not reverse:
-        h_n = y[lens.long() - 1, torch.arange(B, device=x.device)]
-    else:
-        h_n = y[0 if reverse else T - 1].clone()
-    return y, h_n, gates if store else None
+    return y, final_state(y, h0, lengths, reverse), gates if store else None
 
 
 def backward(layer: Layer, regs: Regularisers, y, gates, dy, dh_n, needs, config: dict | None = None, err=None):
@@ -283,11 +370,16 @@ def backward(layer: Layer, regs: Regularisers, y, gates, dy, dh_n, needs, config
         dy_d = dy if dy is None or D == 1 else dy[..., span].contiguous()
         dh_d = dh_n[d] if dh_n is not None else None
         parts.append(_backward_one(layer.direction(d), regs, d, y_d, gates[d], dy_d, dh_d, needs, config))
+    return combine(parts)
+
+
+def combine(parts: list) -> list:
+    """Per-direction gradients as the layer's: dx summed (both directions read x), the others stacked."""
     grads = []
     for k, per_direction in enumerate(zip(*parts)):
         if per_direction[0] is None:
             grads.append(None)
-        elif k == 0:  # dx: both directions read x
+        elif k == 0:
             grads.append(sum(per_direction[1:], per_direction[0]))
         else:
             grads.append(torch.stack(per_direction))
@@ -296,8 +388,8 @@ def backward(layer: Layer, regs: Regularisers, y, gates, dy, dh_n, needs, config
 
 def _backward_one(layer: Layer, regs: Regularisers, d: int, y, gates, dy, dh_n, needs, config):
     x, lengths, reverse = layer.x, layer.lengths, layer.reverse[0]
-    h0, w_ih, w_hh = layer.h0[0].contiguous(), layer.w_ih[0], layer.w_hh[0].contiguous()
-    T, B, I = x.shape
+    h0, w_hh = layer.h0[0].contiguous(), layer.w_hh[0].contiguous()
+    T, B = x.shape[0], x.shape[1]
     H = w_hh.shape[1]
     dtype, acc = x.dtype, acc_dtype(x.dtype)
     gates, y = gates.contiguous(), y.contiguous()
@@ -309,7 +401,7 @@ def _backward_one(layer: Layer, regs: Regularisers, d: int, y, gates, dy, dh_n, 
     dg = torch.empty(T, B, 4 * H, device=x.device, dtype=dtype)
     cfg = _check_config(config or gru_step_config(B, H, 3 * H, dtype))
     grid = (triton.cdiv(B, cfg["BLOCK_B"]), triton.cdiv(H, cfg["BLOCK_H"]))
-    delta, first = (1, T - 1) if reverse else (-1, 0)
+    delta = 1 if reverse else -1
     dy_buf = dy if dy is not None else y  # y: not read without dy; dcarry and the mask have its row stride
     hm_buf = hm if hm is not None else dcarry
     strides = (dg.stride(0), dg.stride(1), gates.stride(0), gates.stride(1), dy_buf.stride(0), dy_buf.stride(1),
@@ -326,6 +418,19 @@ def _backward_one(layer: Layer, regs: Regularisers, d: int, y, gates, dy, dh_n, 
             )  # fmt: skip
     if B == 0:
         dg.zero_()
+    return gradients(layer, dg, dcarry, y, hm, needs)
+
+
+def gradients(layer: Layer, dg: torch.Tensor, dcarry: torch.Tensor, y: torch.Tensor, hm, needs) -> tuple:
+    """One direction's ``(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)`` (``None`` where not in ``needs``) from what its
+    loop left: ``dg [T, B, 4H]`` (dgh then dan per step) and ``dcarry [B, H]`` (what reached h0 without a gate),
+    ``y`` its outputs, ``hm`` its recurrent mask or ``None``. GEMMs and sums over every step: deterministic."""
+    x, lengths, reverse = layer.x, layer.lengths, layer.reverse[0]
+    h0, w_ih, w_hh = layer.h0[0].contiguous(), layer.w_ih[0], layer.w_hh[0]
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    acc = acc_dtype(x.dtype)
+    first = T - 1 if reverse else 0
     dgh = dg[..., : 3 * H]
     need_dx, need_dh0, need_dw_ih, need_dw_hh, need_db_ih, need_db_hh = needs
     dgx = None  # gx's gradient: dgh's r and z blocks, then dan
@@ -336,7 +441,7 @@ def _backward_one(layer: Layer, regs: Regularisers, d: int, y, gates, dy, dh_n, 
         dh0 = torch.mm(dgh[first], w_hh)  # through the first step's gates, then what reached h0 directly
         if hm is not None:
             dh0 = dh0 * hm
-        dh0 = (dh0.to(acc) + dcarry).to(dtype)
+        dh0 = (dh0.to(acc) + dcarry).to(x.dtype)
     if need_dx:
         dx = torch.mm(dgx, w_ih).view(T, B, I)
     if need_dw_ih:
@@ -344,7 +449,7 @@ def _backward_one(layer: Layer, regs: Regularisers, d: int, y, gates, dy, dh_n, 
     if need_dw_hh:
         dw = dw_hh(dgh, y, h0, lengths, reverse, hm)
     if need_db_ih:
-        db_ih = dgx.sum(0, dtype=acc).to(dtype)
+        db_ih = dgx.sum(0, dtype=acc).to(x.dtype)
     if need_db_hh:
-        db_hh = dgh.reshape(T * B, 3 * H).sum(0, dtype=acc).to(dtype)
+        db_hh = dgh.reshape(T * B, 3 * H).sum(0, dtype=acc).to(x.dtype)
     return dx, dh0, dw_ih, dw, db_ih, db_hh

@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from tritonlstm.kernels import step
+from tritonlstm.kernels import gru_step, step
 from tritonlstm.kernels.common import GradOutputs, Layer, Needs, Regularisers, Saved
 from tritonlstm.kernels.config import LAUNCHERS, SELF_TESTED, self_test_config
 
@@ -92,6 +92,8 @@ def self_test(device: torch.device | str, dtype: torch.dtype, regime: str) -> st
 
 
 def _self_test(device: torch.device, dtype: torch.dtype, regime: str) -> str | None:
+    if regime.startswith("gru-"):
+        return _self_test_gru(device, dtype, regime)
     gen = torch.Generator().manual_seed(1234)
     # on a GPU H=40 gives three unit programs per group (16 units each); the interpreter gets a smaller H
     T, B, I, H, D = 5, 3, 7, 40 if device.type == "cuda" else 12, 2
@@ -136,3 +138,41 @@ def _self_test(device: torch.device, dtype: torch.dtype, regime: str) -> str | N
                 return f"{name} differs from the per-step kernels by {bad:.3g} (P={P}{mask}, {dtype}, {regime})"
     return None
 
+
+
+def _self_test_gru(device: torch.device, dtype: torch.dtype, regime: str) -> str | None:
+    """The GRU's regimes against its per-step kernels: bidirectional, lengths, h0, biases, then with recurrent
+    dropout and training zoneout, forward and backward."""
+    gen = torch.Generator().manual_seed(4321)
+    T, B, I, H, D = 5, 3, 7, 40 if device.type == "cuda" else 12, 2
+    tol = _TOLERANCE[dtype]
+    launcher = LAUNCHERS[SELF_TESTED[regime]]
+    forward = getattr(importlib.import_module(launcher.forward), launcher.prefix + "forward")
+    backward = getattr(importlib.import_module(launcher.backward), launcher.prefix + "backward")
+    for masked in (False, True):
+
+        def r(*shape):
+            return (torch.randn(*shape, generator=gen, dtype=torch.float64) * 0.5).to(device=device, dtype=dtype)
+
+        layer = Layer(r(T, B, I), r(D, B, H), None, r(D, 3 * H, I), r(D, 3 * H, H), r(D, 3 * H), r(D, 3 * H), None,
+                      torch.tensor([5, 2, 4], device=device), (False, True))  # fmt: skip
+        h_mask = (torch.rand(D, B, H, generator=gen) > 0.3).to(device=device, dtype=dtype) / 0.7 if masked else None
+        regs = Regularisers(h_mask, (0.25, 0.0), torch.tensor([97], device=device)) if masked else Regularisers()
+        err_f, err_b = (torch.zeros(1, device=device, dtype=torch.int32) for _ in range(2))
+        y, h_n, gates = forward(layer, regs, True, self_test_config(device, dtype, regime, H, 0, False), err_f)
+        dy, dh = r(*y.shape), r(*h_n.shape)
+        grads = backward(layer, regs, y, gates, dy, dh, (True,) * 6, self_test_config(device, dtype, regime, H, 0, True),
+                         err_b)  # fmt: skip
+        if int(err_f.item()) or int(err_b.item()):
+            return "a barrier wait timed out (error flag set)"
+        want_y, want_h, want_gates = gru_step.forward(layer, regs, True)
+        want = gru_step.backward(layer, regs, want_y, want_gates, dy, dh, (True,) * 6)
+        names = ("y", "h_n", "dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh")
+        for name, have, expected in zip(names, (y, h_n, *grads), (want_y, want_h, *want)):
+            have, expected = have.to(torch.float64), expected.to(torch.float64)
+            scale = max(1.0, expected.abs().max().item())
+            bad = (have - expected).abs().max().item() if have.shape == expected.shape else float("inf")
+            if not bad <= tol * scale:  # NaN fails too
+                mask = ", recurrent dropout and zoneout" if masked else ""
+                return f"{name} differs from the per-step kernels by {bad:.3g} ({dtype}, {regime}{mask})"
+    return None

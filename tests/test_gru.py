@@ -435,7 +435,7 @@ def test_explain_names_the_gru_kernels():
     text = tritonlstm.explain(tritonlstm.GRU(3, 20), torch.randn(4, 2, 3))
     assert text.startswith("GRU: B=2, H=20")
     if INTERPRETER:
-        assert "per-step kernels [BLOCK_B=16, BLOCK_H=16" in text and "the GRU has per-step kernels only" in text
+        assert "sequence kernel, gru-batch regime [BLOCK_B=16, BLOCK_H=16" in text and "no SM count" in text
     else:
         assert "reference loop" in text
 

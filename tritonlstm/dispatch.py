@@ -125,8 +125,8 @@ class Plan(NamedTuple):
 
         from tritonlstm.kernels.config import LAUNCHERS
 
-        module = getattr(LAUNCHERS[self.regime], pass_)
-        launcher = getattr(importlib.import_module(module), pass_)
+        entry = LAUNCHERS[self.regime]
+        launcher = getattr(importlib.import_module(getattr(entry, pass_)), entry.prefix + pass_)
         checked = self.check and self.kernel == "sequence"
         err = torch.zeros(1, device=layer.x.device, dtype=torch.int32) if checked else None
         try:
@@ -134,21 +134,25 @@ class Plan(NamedTuple):
         except CompilationError as e:
             if self.regime in ("step", "gru-step"):
                 raise
-            T, B, D, H, R, P = layer.dims
+            gru = self.regime.startswith("gru-")
+            B, D, H = layer.x.shape[1], len(layer.reverse), layer.w_hh.shape[2] if gru else layer.dims[3]
+            P = 0 if gru else layer.dims[5]
             what = f"{pass_} {self.regime} kernel for B={B} H={H} P={P} D={D} {layer.x.dtype}"
-            kernels().HEALTH.uncompiled(_shape_key(layer.x.device, layer.x.dtype, B, H, P, D, pass_), what, e)
+            key = _shape_key(layer.x.device, layer.x.dtype, B, H, P, D, pass_, "gru" if gru else "lstm")
+            kernels().HEALTH.uncompiled(key, what, e)
             return _step_plan(self, "the kernel did not compile for this shape")._run(pass_, layer, regs, *args)
         if err is not None and not runtime.capturing(layer.x.device) and int(err.item()) != 0:
             raise RuntimeError(f"tritonlstm {pass_} {self.regime} kernel: a barrier wait timed out (outputs hold NaN)")
         return out
 
 
-def _shape_key(device, dtype, B, H, P, D, pass_) -> tuple:
-    return str(runtime.current(device)), dtype, B, H, P, D, pass_
+def _shape_key(device, dtype, B, H, P, D, pass_, cell="lstm") -> tuple:
+    return str(runtime.current(device)), dtype, B, H, P, D, pass_, cell
 
 
 def _step_plan(plan: Plan, why: str) -> Plan:
-    return plan._replace(kernel="step", regime="step", config=None, why=why)
+    step = "gru-step" if plan.regime is not None and plan.regime.startswith("gru-") else "step"
+    return plan._replace(kernel="step", regime=step, config=None, why=why)
 
 
 def sequence_unavailable(device: torch.device, dtype: torch.dtype, D: int) -> str | None:
@@ -185,14 +189,14 @@ def plan(
         return Plan("reference", None, None, None, reason)
     if not kernel:
         return Plan("triton", None, None, None, "")
+    D, G, R = w_hh.shape
     if cell == "gru":
-        return _gru_plan(x.shape[1], w_hh.shape[2], x.dtype, backward)
-    D, G, _ = w_hh.shape
+        return _kernel_plan(x.device, x.dtype, x.shape[1], R, 0, D, backward, "gru")
     B, H, P = x.shape[1], G // 4, w_hr.shape[1] if w_hr is not None else 0
     return _kernel_plan(x.device, x.dtype, B, H, P, D, backward)
 
 
-def _kernel_plan(device, dtype, B: int, H: int, P: int, D: int, backward: bool) -> Plan:
+def _kernel_plan(device, dtype, B: int, H: int, P: int, D: int, backward: bool, cell: str = "lstm") -> Plan:
     health = kernels().HEALTH
     from tritonlstm.kernels import config
 
@@ -203,20 +207,25 @@ def _kernel_plan(device, dtype, B: int, H: int, P: int, D: int, backward: bool) 
     pass_ = "backward" if backward else "forward"
     device = torch.device(device)
     sm = runtime.sm_count(device)
-    step = Plan("triton", "step", "step", None, "", check)
+    gru = cell == "gru"
+    step_cfg = config.gru_step_config(B, H, 3 * H if backward else H, dtype) if gru else None
+    step = Plan("triton", "step", "gru-step" if gru else "step", step_cfg, "", check)
     if mode == "step":
         return step._replace(why=f"{KERNEL_ENV}=step")
     reason = sequence_unavailable(device, dtype, D)
     if mode == "sequence":
         if reason:
             raise RuntimeError(f"{KERNEL_ENV}=sequence, but the sequence kernels cannot run here: {reason}")
-        cfg = config.sequence_config(B, H, P, D, dtype, sm, backward)
+        if gru:
+            cfg = config.gru_sequence_config(B, H, D, dtype, sm, backward)
+        else:
+            cfg = config.sequence_config(B, H, P, D, dtype, sm, backward)
         return Plan("triton", "sequence", cfg["regime"], cfg, f"{KERNEL_ENV}=sequence", check)
     if reason:
         return step._replace(why=f"the sequence kernels cannot run here: {reason}")
-    if not health.compiled(_shape_key(device, dtype, B, H, P, D, pass_)):
+    if not health.compiled(_shape_key(device, dtype, B, H, P, D, pass_, cell)):
         return step._replace(why="the kernel did not compile for this shape")
-    choice = config.choose(B, H, P, D, dtype, sm, backward)
+    choice = config.gru_choose(B, H, D, dtype, sm, backward) if gru else config.choose(B, H, P, D, dtype, sm, backward)
     if choice.regime == "step":
         return step._replace(config=choice.config, why=choice.why)
     device = runtime.current(device)
@@ -234,19 +243,6 @@ def _kernel_plan(device, dtype, B: int, H: int, P: int, D: int, backward: bool) 
         failed = failed or f"the {variant} regime failed its self-test on {device} in {dtype}"
         choice = choice.fallback
     return step._replace(why=failed)
-
-
-def _gru_plan(B: int, H: int, dtype: torch.dtype, backward: bool) -> Plan:
-    """The GRU's kernels: the per-step ones (its sequence kernels are not written yet), their tiles by the rule."""
-    from tritonlstm.kernels import config
-
-    check = os.environ.get(CHECK_ENV, "0") == "1"
-    mode = os.environ.get(KERNEL_ENV, "auto")
-    if mode not in KERNEL_MODES:
-        raise ValueError(f"{KERNEL_ENV} must be auto, sequence or step, got {mode!r}")
-    why = f"{KERNEL_ENV}=step" if mode == "step" else "the GRU has per-step kernels only"
-    cfg = config.gru_step_config(B, H, 3 * H if backward else H, dtype)
-    return Plan("triton", "step", "gru-step", cfg, why, check)
 
 
 def explain(module, input: torch.Tensor) -> str:
