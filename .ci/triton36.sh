@@ -18,16 +18,17 @@ if [ "$installed" != "$TRITON36_VERSION" ]; then
 fi
 
 # what each run checks, compile-only under the fake driver: the compile matrix (tests/test_step_compile.py) under
-# both versions, and the structure of the sequence kernels (tests/test_sequence_structure.py) under 3.6 (the
-# README's test command has just run it under today's Triton). Three runs on two cores: 3.6's two files are the
-# long ones, so each gets its own process.
-run() {  # run NAME PYTHONPATH TEST
-    local name=$1 path=$2 test=$3
+# both versions, and the structure of the sequence kernels (tests/test_sequence_structure.py, the GRU's
+# tests/test_gru_structure.py) under 3.6 (the README's test command has just run them under today's Triton). Three
+# runs on two cores: 3.6's matrix and structure runs are the long ones, so each gets its own process.
+run() {  # run NAME PYTHONPATH TEST...
+    local name=$1 path=$2
+    shift 2
     (
         export PYTHONPATH="$path" TRITONLSTM_COMPILE_MATRIX=1
         unset TRITON_INTERPRET
         python -c 'import triton, numpy; print("triton", triton.__version__, triton.__file__, "numpy", numpy.__version__)'
-        python -m pytest -q -p no:cacheprovider "$test"
+        python -m pytest -q -p no:cacheprovider "$@"
     ) >"$LOGS/$name.log" 2>&1
 }
 
@@ -37,7 +38,7 @@ run triton-current-step-matrix "" tests/test_step_compile.py &
 pids+=($!)
 run "triton-$TRITON36_VERSION-step-matrix" "$TRITON36_DIR" tests/test_step_compile.py &
 pids+=($!)
-run "triton-$TRITON36_VERSION-structure" "$TRITON36_DIR" tests/test_sequence_structure.py &
+run "triton-$TRITON36_VERSION-structure" "$TRITON36_DIR" tests/test_sequence_structure.py tests/test_gru_structure.py &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

@@ -397,7 +397,8 @@ def gru_sequence_config(
     without an SM count (the interpreter) batch-owned on the per-step kernels' tiles (bit for bit theirs);
     unit-split with 16 rows and 16 units a program where one program per SM covers every group and the dot
     operands fit ``OPERAND_BUDGET`` (:func:`_gru_operands`), the backward's dot (and float32's forward's) split
-    over the warps; else batch-owned. float64 is never unit-split."""
+    over the warps, the forward's inner length in blocks of at most 256 up to H = 512; else batch-owned. float64
+    is never unit-split."""
     step = gru_step_config(batch, hidden, 3 * hidden if backward else hidden, dtype)
     batch_owned = {"regime": "gru-batch", **step}
     if sm_count is None or batch == 0 or dtype == torch.float64:
@@ -412,6 +413,10 @@ def gru_sequence_config(
         cfg["K_SPLIT"] = cfg["num_warps"]
     if not backward and elt == 4:
         cfg.update(K_SPLIT=cfg["num_warps"], K_BLOCK=MAX_K_BLOCK // 2)
+    elif not backward and hidden <= MAX_K_BLOCK:
+        # h_{t-1} in blocks of at most 256: three 512-long resident dots spill 24 bytes in 16-bit (sm_90, 8 warps),
+        # two blocks of 256 none (tests/test_gru_structure.py); H = 768 stays 512 + 256
+        cfg["K_BLOCK"] = MAX_K_BLOCK // 2
     return cfg
 
 
