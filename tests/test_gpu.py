@@ -196,3 +196,47 @@ def test_gpu_bfloat16_training_step_matches_float64(variant):
         assert_close(grads[name], grads_ref[name], torch.bfloat16, f"grad {name}")
         assert updates_ref[name].abs().max() > 0, name
         assert_close(updates[name], updates_ref[name], torch.bfloat16, f"update/lr {name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "B, H, lengths", [(3, 40, False), (16, 256, True), (64, 512, False), (256, 768, True)],
+    ids=["B3-H40", "B16-H256-lengths", "B64-H512", "B256-H768-lengths"],
+)
+def test_gpu_gru_matches_nn_gru(B, H, lengths, dtype):
+    """tritonlstm.GRU on the kernels the plan picks (unit-split, batch-owned or graphed) against nn.GRU in float64,
+    bidirectional, every gradient; the plan must not fall back to the per-step kernels after a failed self-test."""
+    import tritonlstm
+    from tests.test_gru import _compare, _grads
+
+    ref = torch.nn.GRU(H, H, bidirectional=True).cuda().double()
+    ours = tritonlstm.GRU(H, H, bidirectional=True, backend="triton").cuda().to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(12, B, H, device="cuda", dtype=torch.float64)
+    text = tritonlstm.explain(ours, x.to(dtype))
+    assert "failed its self-test" not in text, text
+    lens = torch.randint(1, 13, (B,)) if lengths else None
+    if lens is not None:
+        lens[0] = 12
+
+    def packed(m, x, h0):
+        if lens is None:
+            return m(x, h0)
+        out, h = m(torch.nn.utils.rnn.pack_padded_sequence(x, lens, enforce_sorted=False), h0)
+        return torch.nn.utils.rnn.pad_packed_sequence(out, total_length=12)[0], h
+
+    def call(m, x, h0):
+        return m(x, h0) if lens is None else m(x, h0, lengths=lens)
+
+    with torch.backends.cudnn.flags(enabled=False):  # the float64 oracle: ATen's GRU
+        expected = _grads(ref, x, None, packed)
+    _compare(expected, _grads(ours, x.to(dtype), None, call), dtype)
+
+
+@pytest.mark.parametrize("regime", ["gru-split", "gru-split-k", "gru-batch", "gru-graphed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_gpu_gru_self_tests_pass(regime, dtype):
+    from tritonlstm.kernels import selftest
+
+    assert selftest.self_test("cuda", dtype, regime) is None

@@ -476,3 +476,75 @@ def test_step_kernels_match_the_reference_loop_in_their_dtype(dtype):
     assert_close(h_n, he, dtype, "h_n")
     for name, a, e in zip(["x", "h0", "w_ih", "w_hh", "b_ih", "b_hh"], grads, expected):
         assert_close(a, e, dtype, f"grad {name}")
+
+
+# ------------------------------------------------------------------ streaming
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_chunked_runs_give_the_whole_sequence_and_the_stream_holds_h_in_place(backend):
+    device = backend_device(backend)
+    gru = tritonlstm.GRU(4, 6, num_layers=2, batch_first=True, backend=backend).to(device).eval()
+    x = torch.randn(3, 11, 4, device=device)
+    with torch.no_grad():
+        y_whole, h_whole = gru(x)
+        h = gru.initial_state(3)
+        assert h.shape == (2, 3, 6) and not h.any()
+        pieces = []
+        for chunk in x.split(4, dim=1):
+            y, h = gru(chunk, h)
+            pieces.append(y)
+        y_chunked = torch.cat(pieces, 1)
+        if backend == "reference":
+            assert torch.equal(y_chunked, y_whole) and torch.equal(h, h_whole)
+        else:
+            assert_close(y_chunked, y_whole, torch.float32, "chunked output")
+        stream = gru.stream(3)
+        buffer = stream.state
+        stream(x[:, :8])
+        last = stream(x[:, 8:], lengths=torch.tensor([3, 1, 2]))
+        assert stream.state is buffer and last.shape == (3, 3, 6)
+        stream.reset()
+        assert not stream.state.any()
+    with pytest.raises(ValueError, match="is bidirectional and cannot stream"):
+        tritonlstm.GRU(2, 3, bidirectional=True).initial_state(1)
+
+
+# ------------------------------------------------------------------ property-based
+
+
+@pytest.mark.parametrize("seed", range(4 if INTERPRETER else 12))
+def test_random_configurations_match_nn_gru(seed):
+    """Random options, shapes (B = 0 included), unbatched input, h0 or none, lengths: outputs and gradients."""
+    g = torch.Generator().manual_seed(seed)
+
+    def pick(*values):
+        return values[int(torch.randint(len(values), (1,), generator=g))]
+
+    cfg = dict(input_size=pick(1, 3, 7), hidden_size=pick(1, 5, 17, 24), num_layers=pick(1, 2, 3), bias=pick(True, False),
+               batch_first=pick(True, False), bidirectional=pick(True, False))  # fmt: skip
+    dtype = pick(torch.float64, torch.float32)
+    ref, ours = _pair(dtype, **cfg)
+    T, B = pick(1, 2, 5), pick(None, 0, 1, 4)
+    if B is None:
+        x, h0 = torch.randn(T, cfg["input_size"], dtype=torch.float64, device=DEVICE), None
+    else:
+        x, h0 = _input(cfg, T, B), pick(None, _h0(cfg, B))
+    lengths = None
+    if B and pick(False, True):
+        lengths = torch.randint(1, T + 1, (B,), generator=g)
+        lengths[0] = T
+
+    def packed(m, x, h0):
+        if lengths is None:
+            return m(x, h0)
+        bf = cfg["batch_first"]
+        out, h = m(pack_padded_sequence(x, lengths, batch_first=bf, enforce_sorted=False), h0)
+        return pad_packed_sequence(out, batch_first=bf, total_length=T)[0], h
+
+    def ours_call(m, x, h0):
+        return m(x, h0) if lengths is None else m(x, h0, lengths=lengths)
+
+    expected = _grads(ref, x, h0, packed)
+    actual = _grads(ours, x.to(dtype), h0.to(dtype) if h0 is not None else None, ours_call)
+    _compare(expected, actual, dtype)

@@ -571,9 +571,24 @@ class GRU(nn.RNNBase):
             output, h_n = output.squeeze(batch_dim), h_n.squeeze(1)
         return output, h_n
 
-    def _zero_state(self, batch: int, device, dtype) -> torch.Tensor:
+    def initial_state(self, batch_size: int | None, *, device=None, dtype=None) -> torch.Tensor:
+        """Zero ``h_0`` ``[num_layers, B, hidden_size]`` (no ``B`` for ``batch_size=None``) to stream this GRU chunk
+        by chunk, ``y, h = gru(chunk, h)``; as :meth:`LSTM.initial_state` (bidirectional or ``reverse=True``:
+        ValueError)."""
+        from tritonlstm import streaming
+
+        return streaming.zero_state(self, batch_size, device, dtype)
+
+    def stream(self, batch_size: int | None, *, device=None, dtype=None):
+        """A :class:`tritonlstm.streaming.LSTMStream` holding this GRU's ``h`` in place, as :meth:`LSTM.stream`."""
+        from tritonlstm import streaming
+
+        return streaming.LSTMStream(self, batch_size, device, dtype)
+
+    def _zero_state(self, batch: int | None, device, dtype) -> torch.Tensor:
         layers = self.num_layers * (2 if self.bidirectional else 1)
-        return torch.zeros(layers, batch, self.hidden_size, dtype=dtype, device=device)
+        rows = () if batch is None else (batch,)
+        return torch.zeros(layers, *rows, self.hidden_size, dtype=dtype, device=device)
 
     def _forward_packed(self, input: PackedSequence, hx, params):
         """PackedSequence in and out, computed on the padded batch with per-sequence lengths (original order)."""

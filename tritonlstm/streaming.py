@@ -3,7 +3,8 @@
 Speech, TTS and online forecasting feed a model a chunk at a time. Two forms:
 
 * :class:`LSTMStream` (``lstm.stream(batch_size)``): one :class:`tritonlstm.LSTM` with its ``(h, c)`` held in
-  fixed buffers and updated in place, so a CUDA graph captured around one call replays on the same memory.
+  fixed buffers and updated in place, so a CUDA graph captured around one call replays on the same memory; a
+  :class:`tritonlstm.GRU`'s ``gru.stream(batch_size)`` holds its ``h`` the same way.
 * :class:`Stateful` (``tritonlstm.stateful(model)``): any model holding tritonlstm ``LSTM``/``LSTMCell`` or
   ``GRU``/``GRUCell`` layers, with the state of every layer as explicit inputs and outputs: one ``h`` and one ``c``
   tensor per LSTM layer, one ``h`` per GRU layer.
@@ -41,8 +42,9 @@ def check_streamable(module: nn.Module, name: str = "this LSTM") -> None:
         )
 
 
-def zero_state(lstm, batch_size: int | None, device=None, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(h_0, c_0)`` zeros for a unidirectional ``lstm``: ``[L, B, R]`` and ``[L, B, H]`` (no ``B`` if None)."""
+def zero_state(lstm, batch_size: int | None, device=None, dtype=None):
+    """``(h_0, c_0)`` zeros for a unidirectional ``lstm``: ``[L, B, R]`` and ``[L, B, H]`` (no ``B`` if None); a
+    GRU's ``h_0`` alone."""
     check_streamable(lstm)
     weight = lstm.weight_hh_l0
     device = weight.device if device is None else device
@@ -50,7 +52,8 @@ def zero_state(lstm, batch_size: int | None, device=None, dtype=None) -> tuple[t
 
 
 class LSTMStream:
-    """One :class:`tritonlstm.LSTM` run chunk by chunk, its state in fixed buffers updated in place.
+    """One :class:`tritonlstm.LSTM` (or :class:`tritonlstm.GRU`) run chunk by chunk, its state in fixed buffers
+    updated in place.
 
     Made by ``lstm.stream(batch_size)``. Each call runs one chunk from the held state, copies the final state back
     into the same buffers and returns the chunk's output; nothing reads back to the host, so on a GPU a CUDA graph
@@ -62,23 +65,26 @@ class LSTMStream:
         >>> stream = lstm.stream(batch_size=4)
         >>> for chunk in chunks:            # [4, T_chunk, I] each (batch_first=True)
         ...     y = stream(chunk)           # the numbers of lstm(torch.cat(chunks, 1)), chunk by chunk
-        >>> h_n, c_n = stream.state
+        >>> h_n, c_n = stream.state         # a GRU's stream holds h_n alone
         >>> stream.reset()                  # zeros, in place, for the next utterance
     """
 
     def __init__(self, lstm, batch_size: int | None, device=None, dtype=None) -> None:
         self.lstm = lstm
-        self.h, self.c = zero_state(lstm, batch_size, device, dtype)
+        state = zero_state(lstm, batch_size, device, dtype)
+        self.h, self.c = state if isinstance(state, tuple) else (state, None)
 
     @property
-    def state(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The held ``(h, c)``: ``[L, B, R]`` and ``[L, B, H]``, the buffers themselves (not copies)."""
-        return self.h, self.c
+    def state(self):
+        """The held ``(h, c)``: ``[L, B, R]`` and ``[L, B, H]``, the buffers themselves (not copies); a GRU's
+        ``h``."""
+        return self.h if self.c is None else (self.h, self.c)
 
     def reset(self) -> None:
         """Zero the state in place."""
-        self.h.zero_()
-        self.c.zero_()
+        for buffer in (self.h, self.c):
+            if buffer is not None:
+                buffer.zero_()
 
     def __call__(self, chunk: torch.Tensor, *, lengths: torch.Tensor | None = None) -> torch.Tensor:
         batched = self.h.dim() == 3
@@ -90,17 +96,19 @@ class LSTMStream:
         if batched:
             B = chunk.size(0 if self.lstm.batch_first else 1)
             if B != self.h.size(1):
+                shapes = f"h {tuple(self.h.shape)}" + (f", c {tuple(self.c.shape)}" if self.c is not None else "")
                 raise ValueError(
-                    f"the chunk's batch is {B}, the stream's is {self.h.size(1)} (state h {tuple(self.h.shape)}, "
-                    f"c {tuple(self.c.shape)}): make a stream per batch size with lstm.stream({B})"
+                    f"the chunk's batch is {B}, the stream's is {self.h.size(1)} (state {shapes}): make a stream per "
+                    f"batch size with {'lstm' if self.c is not None else 'gru'}.stream({B})"
                 )
         # with autograd on, the op saves its initial state for the backward: give it a copy, since the buffers
         # change in place below
-        hx = (self.h.clone(), self.c.clone()) if torch.is_grad_enabled() else (self.h, self.c)
-        y, (h, c) = self.lstm(chunk, hx, lengths=lengths)
+        buffers = (self.h,) if self.c is None else (self.h, self.c)
+        hx = tuple(b.clone() for b in buffers) if torch.is_grad_enabled() else buffers
+        y, state = self.lstm(chunk, hx[0] if self.c is None else hx, lengths=lengths)
         with torch.no_grad():
-            self.h.copy_(h)
-            self.c.copy_(c)
+            for buffer, new in zip(buffers, (state,) if self.c is None else state):
+                buffer.copy_(new)
         return y
 
 
