@@ -524,7 +524,8 @@ class _Check:
         """``count`` random chunkings of ``call`` through onnxruntime, each from the state ``start``, against
         PyTorch's whole-sequence results ``expected`` (outputs) and ``final`` (state)."""
         if time_dim is None:
-            first = next(m for m in self.model.modules() if isinstance(m, (tritonlstm.LSTM, tritonlstm.LSTMCell, tritonlstm.GRU, tritonlstm.GRUCell)))
+            kinds = (tritonlstm.LSTM, tritonlstm.LSTMCell, tritonlstm.GRU, tritonlstm.GRUCell)
+            first = next(m for m in self.model.modules() if isinstance(m, kinds))
             time_dim = 1 if getattr(first, "batch_first", False) else 0
         sequences = [a for a in call if _is_sequence(a)]
         if not sequences:

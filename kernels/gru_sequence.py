@@ -433,8 +433,10 @@ def backward(layer: Layer, regs: Regularisers, y, gates, dy, dh_n, needs, config
     if B > 0:
         lens = lengths.to(dtype=torch.int32).contiguous() if lengths is not None else flags
         zs = regs.seed if regs.seed is not None else flags
-        args = (dg, layer.w_hh.contiguous(), dy.contiguous() if dy is not None else y, dcarry, gates.contiguous(),
-                y.contiguous(), _by_row(h0), lens, _by_row(hm) if hm is not None else y, zs, float(regs.zoneout[0]))  # fmt: skip
+        args = (
+            dg, layer.w_hh.contiguous(), dy.contiguous() if dy is not None else y, dcarry, gates.contiguous(),
+            y.contiguous(), _by_row(h0), lens, _by_row(hm) if hm is not None else y, zs, float(regs.zoneout[0]),
+        )  # fmt: skip
         common = dict(
             HAS_DY=dy is not None, HAS_LENGTHS=lengths is not None, HAS_MASK=hm is not None, ZONEOUT=regs.mode,
             ACC_DTYPE=ACC[acc], INPUT_PRECISION=input_precision(dtype), H=H, **k,

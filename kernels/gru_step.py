@@ -103,8 +103,10 @@ def _gru_fwd_tile(
     the batch-owned sequence kernel does for each unit tile of each step (so the two agree bit for bit).
     ``gx_t``/``gates_t`` point at step t of their buffers; y's step t_prev (h0 out of range) is h_{t-1}."""
     h_prev_ptr = _step_or_initial(y_ptr, t_prev, T, stride_y_t, h0_ptr)
-    b_ar, b_az, b_an = _gru_fwd_dots(w_ptr, h_prev_ptr, h0_ptr, hm_ptr, o_b, o_u, m_b, m_u, v_prev, stride_y, H,
-                                     BLOCK_B, BLOCK_H, BLOCK_K, HAS_LENGTHS, HAS_MASK, ACC_DTYPE, INPUT_PRECISION)  # fmt: skip
+    b_ar, b_az, b_an = _gru_fwd_dots(
+        w_ptr, h_prev_ptr, h0_ptr, hm_ptr, o_b, o_u, m_b, m_u, v_prev, stride_y, H, BLOCK_B, BLOCK_H, BLOCK_K,
+        HAS_LENGTHS, HAS_MASK, ACC_DTYPE, INPUT_PRECISION,
+    )  # fmt: skip
     b_hu = _h_prev_tile(h_prev_ptr, h0_ptr, o_b, o_u, m_b, m_u, v_prev, stride_y, stride_y, HAS_LENGTHS).to(ACC_DTYPE)
     p_gx = gx_t + o_b[:, None] * stride_gx + o_u[None, :]
     p_y = y_ptr + t.to(tl.int64) * stride_y_t + o_b[:, None] * stride_y + o_u[None, :]

@@ -161,8 +161,8 @@ def _self_test_gru(device: torch.device, dtype: torch.dtype, regime: str) -> str
         err_f, err_b = (torch.zeros(1, device=device, dtype=torch.int32) for _ in range(2))
         y, h_n, gates = forward(layer, regs, True, self_test_config(device, dtype, regime, H, 0, False), err_f)
         dy, dh = r(*y.shape), r(*h_n.shape)
-        grads = backward(layer, regs, y, gates, dy, dh, (True,) * 6, self_test_config(device, dtype, regime, H, 0, True),
-                         err_b)  # fmt: skip
+        bcfg = self_test_config(device, dtype, regime, H, 0, True)
+        grads = backward(layer, regs, y, gates, dy, dh, (True,) * 6, bcfg, err_b)
         if int(err_f.item()) or int(err_b.item()):
             return "a barrier wait timed out (error flag set)"
         want_y, want_h, want_gates = gru_step.forward(layer, regs, True)

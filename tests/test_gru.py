@@ -22,7 +22,8 @@ from tests.helpers import (
 
 CONFIGS = [
     pytest.param(dict(input_size=4, hidden_size=5), id="L1-I4-H5"),
-    pytest.param(dict(input_size=7, hidden_size=33, num_layers=2, bidirectional=True, batch_first=True), id="L2-bi-bf-H33"),
+    pytest.param(dict(input_size=7, hidden_size=33, num_layers=2, bidirectional=True, batch_first=True),
+                 id="L2-bi-bf-H33"),  # fmt: skip
     pytest.param(dict(input_size=3, hidden_size=8, num_layers=2, bias=False), id="L2-nobias-H8"),
     pytest.param(dict(input_size=17, hidden_size=40, bidirectional=True), id="L1-bi-I17-H40"),
 ]
@@ -168,14 +169,16 @@ def test_parameters_init_state_dict_and_repr_match_nn_gru():
 @pytest.mark.parametrize("bias", [True, False])
 def test_gru_cell_matches_nn_gru_cell(bias, dtype):
     ref, ours = _pair(dtype, cell=True, input_size=5, hidden_size=20, bias=bias)
-    x, h0 = torch.randn(3, 5, dtype=torch.float64, device=DEVICE), torch.randn(3, 20, dtype=torch.float64, device=DEVICE)
+    x = torch.randn(3, 5, dtype=torch.float64, device=DEVICE)
+    h0 = torch.randn(3, 20, dtype=torch.float64, device=DEVICE)
     results = []
     for m, dt in ((ref, torch.float64), (ours, dtype)):
         xi, hi = x.to(dt).detach().requires_grad_(), h0.to(dt).detach().requires_grad_()
         h = m(xi, hi)
         (h.double() * torch.linspace(-1, 1, h.numel(), dtype=torch.float64, device=DEVICE).view_as(h)).sum().backward()
         results.append([h.detach(), xi.grad, hi.grad, *(p.grad for p in m.parameters())])
-    for name, e, a in zip(["h_1", "grad_input", "grad_h0", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh"], *results):
+    names = ["h_1", "grad_input", "grad_h0", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh"]
+    for name, e, a in zip(names, *results):
         assert_close(a, e, dtype, name)
     assert_close(ours(x[0].to(dtype)), ref(x[0]), dtype, "unbatched, no hx")
 
@@ -521,8 +524,8 @@ def test_random_configurations_match_nn_gru(seed):
     def pick(*values):
         return values[int(torch.randint(len(values), (1,), generator=g))]
 
-    cfg = dict(input_size=pick(1, 3, 7), hidden_size=pick(1, 5, 17, 24), num_layers=pick(1, 2, 3), bias=pick(True, False),
-               batch_first=pick(True, False), bidirectional=pick(True, False))  # fmt: skip
+    cfg = dict(input_size=pick(1, 3, 7), hidden_size=pick(1, 5, 17, 24), num_layers=pick(1, 2, 3),
+               bias=pick(True, False), batch_first=pick(True, False), bidirectional=pick(True, False))  # fmt: skip
     dtype = pick(torch.float64, torch.float32)
     ref, ours = _pair(dtype, **cfg)
     T, B = pick(1, 2, 5), pick(None, 0, 1, 4)

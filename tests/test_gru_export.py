@@ -58,7 +58,8 @@ def test_export_onnx_native_gru_nodes_verified_in_onnxruntime(kwargs, lengths):
     if gru is not None:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in gru.attribute}
         assert attrs["linear_before_reset"] == 1 and attrs["hidden_size"] == 6
-    report = verify_onnx(model, proto, _batch(bf, 3, 5, lengths), other_args=[_batch(bf, 1, 9, lengths), _batch(bf, 6, 2, lengths)])
+    others = [_batch(bf, 1, 9, lengths), _batch(bf, 6, 2, lengths)]
+    report = verify_onnx(model, proto, _batch(bf, 3, 5, lengths), other_args=others)
     assert report.passed and len(report.rows) == 3 * 2
 
 
@@ -85,8 +86,9 @@ def test_plain_torch_onnx_export_both_exporters():
     args = _batch(False, 3, 5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dynamo = torch.onnx.export(model, args, dynamo=True, verbose=False, dynamic_shapes={
-            "x": {0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO}, "lengths": {0: torch.export.Dim.AUTO}})  # fmt: skip
+        auto = torch.export.Dim.AUTO
+        dynamo = torch.onnx.export(model, args, dynamo=True, verbose=False,
+                                   dynamic_shapes={"x": {0: auto, 1: auto}, "lengths": {0: auto}})  # fmt: skip
         f = io.BytesIO()
         torch.onnx.export(model, args, f, dynamo=False, opset_version=18, input_names=["x", "lengths"],
                           dynamic_axes={"x": {0: "T", 1: "B"}, "lengths": {0: "B"}})  # fmt: skip

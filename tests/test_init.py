@@ -160,5 +160,6 @@ def test_gru_modules_initialise_as_keras_gru(make):
         elif name.startswith("weight_hh"):
             torch.testing.assert_close(p.T @ p, torch.eye(8), atol=1e-5, rtol=0)
         else:
-            limit = math.sqrt(6 / (5 + 24 if name in ("weight_ih_l0", "weight_ih_l0_reverse", "weight_ih") else 16 + 24))
+            fan_in = 5 if name in ("weight_ih_l0", "weight_ih_l0_reverse", "weight_ih") else 16  # layer 1: 2H in
+            limit = math.sqrt(6 / (fan_in + 24))
             assert p.abs().max() <= limit and p.abs().max() > 0.8 * limit, name

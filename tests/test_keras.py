@@ -420,7 +420,8 @@ def test_lengths_from_mask():
     "make",
     [
         pytest.param(lambda: keras.layers.GRU(H, return_sequences=True, return_state=True, dtype="float64"), id="GRU"),
-        pytest.param(lambda: keras.layers.GRU(H, go_backwards=True, return_sequences=True, dtype="float64"), id="backwards"),
+        pytest.param(lambda: keras.layers.GRU(H, go_backwards=True, return_sequences=True, dtype="float64"),
+                     id="backwards"),  # fmt: skip
         pytest.param(lambda: keras.layers.GRU(H, use_bias=False, dtype="float64"), id="nobias"),
         pytest.param(lambda: keras.layers.Bidirectional(
             keras.layers.GRU(H, return_sequences=True, return_state=True, dtype="float64"), dtype="float64"),

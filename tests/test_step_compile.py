@@ -185,8 +185,8 @@ SMOKE = [
     (90, Build("fp16", 256, H, lengths=True, cell="gru")),
 ]  # fmt: skip
 MATRIX = [
-    *[(arch, Build(d, b, H - 1 if ln else H, 0, ln, "gru")) for arch in (90, 80) for d in ("bf16", "fp16", "fp32", "tf32")
-      for b in (16, 256) for ln in (False, True)],
+    *[(arch, Build(d, b, H - 1 if ln else H, 0, ln, "gru")) for arch in (90, 80)
+      for d in ("bf16", "fp16", "fp32", "tf32") for b in (16, 256) for ln in (False, True)],
     (90, Build("fp64", 16, H, 0, True, "gru")),
     *[(90, Build(d, b, H, 0, ln)) for d in ("bf16", "fp16", "fp32", "tf32") for b in (16, 256) for ln in (False, True)],
     *[(90, Build(d, 16, H, 256, ln)) for d in ("bf16", "fp16", "fp32", "tf32") for ln in (False, True)],

@@ -99,7 +99,8 @@ class Forecaster(nn.Module):
         super().__init__()
         cls = {"lstm": tritonlstm.LSTM, "gru": tritonlstm.GRU}[cell]
         layer = cls(n_features, hidden, num_layers=layers, batch_first=True, backend=backend,
-                    dropout=0.1 if layers > 1 else 0.0, recurrent_dropout=recurrent_dropout, zoneout=zoneout)  # fmt: skip
+                    dropout=0.1 if layers > 1 else 0.0, recurrent_dropout=recurrent_dropout,
+                    zoneout=zoneout)  # fmt: skip
         setattr(self, cell, layer)
         self.cell = cell
         self.head = nn.Linear(hidden, horizon)

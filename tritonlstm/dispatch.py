@@ -109,7 +109,8 @@ class Plan(NamedTuple):
         if self.kernel is None:
             return "Triton kernels"
         tiles = ", ".join(f"{k}={v}" for k, v in (self.config or {}).items() if k != "regime")
-        kind = "per-step kernels" if self.regime in ("step", "gru-step") else f"{self.kernel} kernel, {self.regime} regime"
+        per_step = self.regime in ("step", "gru-step")
+        kind = "per-step kernels" if per_step else f"{self.kernel} kernel, {self.regime} regime"
         return f"{kind} [{tiles}] ({self.why})"
 
     def forward(self, layer, regs, store: bool):
@@ -117,7 +118,8 @@ class Plan(NamedTuple):
         return self._run("forward", layer, regs, store)
 
     def backward(self, layer, regs, *args):
-        """Run the backward: the LSTM's ``(saved, grad_out, needs)`` bundles, the GRU's ``(y, gates, dy, dh_n, needs)``."""
+        """Run the backward: the LSTM's ``(saved, grad_out, needs)`` bundles, the GRU's
+        ``(y, gates, dy, dh_n, needs)``."""
         return self._run("backward", layer, regs, *args)
 
     def _run(self, pass_: str, layer, regs, *args):

@@ -202,7 +202,9 @@ def _stack(cell, input, hx, params, has_biases, num_layers, dropout, train, bidi
                 **regularisers,
             )  # fmt: skip
         else:
-            x, *out = _gru_layer(x, hx[0][states], stacked(0), w_hh, b_ih, b_hh, lengths, reverse, backend, **regularisers)
+            x, *out = _gru_layer(
+                x, hx[0][states], stacked(0), w_hh, b_ih, b_hh, lengths, reverse, backend, **regularisers
+            )
         for kind, state in zip(finals, out):
             kind.append(state)
         if dropout > 0 and train and layer < num_layers - 1:

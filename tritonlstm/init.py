@@ -74,7 +74,9 @@ def _parameters(module: nn.Module):
     """``(w_ih, w_hh, b_ih, b_hh, w_hr)`` of every layer and direction (absent ones ``None``)."""
     if isinstance(module, nn.RNNBase):
         if module.mode not in ("LSTM", "GRU"):
-            raise TypeError(f"keras_ initialises LSTMs and GRUs, got a {type(module).__name__} with mode {module.mode!r}")
+            raise TypeError(
+                f"keras_ initialises LSTMs and GRUs, got a {type(module).__name__} with mode {module.mode!r}"
+            )
         directions = ["", "_reverse"] if module.bidirectional else [""]
         suffixes = [f"_l{layer}{d}" for layer in range(module.num_layers) for d in directions]
     elif isinstance(module, nn.RNNCellBase):
@@ -92,7 +94,9 @@ def _parameters(module: nn.Module):
 
 def _is_lstm(module: nn.Module) -> bool:
     """Four gates (an LSTM or LSTM cell) rather than a GRU's three."""
-    return module.mode == "LSTM" if isinstance(module, nn.RNNBase) else module.weight_ih.shape[0] == 4 * module.hidden_size
+    if isinstance(module, nn.RNNBase):
+        return module.mode == "LSTM"
+    return module.weight_ih.shape[0] == 4 * module.hidden_size
 
 
 def _glorot_uniform_(w: torch.Tensor, generator: torch.Generator | None) -> None:

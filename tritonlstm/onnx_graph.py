@@ -265,7 +265,8 @@ def _gru_torchscript_symbolic(g, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse
     order = g.op("Constant", value_t=_gru_gate_order(H, torch.device("cpu")))
     inputs = [x, g.op("Gather", w_ih, order, axis_i=1), g.op("Gather", w_hh, order, axis_i=1)]
     if not b_ih.node().mustBeNone():
-        inputs.append(g.op("Concat", g.op("Gather", b_ih, order, axis_i=1), g.op("Gather", b_hh, order, axis_i=1), axis_i=1))
+        biases = (g.op("Gather", b, order, axis_i=1) for b in (b_ih, b_hh))
+        inputs.append(g.op("Concat", *biases, axis_i=1))
     else:
         inputs.append(g.op("Constant", value_t=torch.zeros(D, 2 * G)))
     if not lengths.node().mustBeNone():

@@ -139,9 +139,9 @@ class Stateful(nn.Module):
     part of ``state`` (zeros, as the layer itself makes them, when ``state`` is None) and the layers' final states
     come back in the same order and shapes, ready for the next chunk. ``state`` is a tuple with, per recurrent
     module (in ``model.named_modules()`` order) and per layer, ``h`` ``[B, R]`` then ``c`` ``[B, H]`` (``[R]`` and
-    ``[H]`` for unbatched input; a GRU layer has ``h`` ``[B, H]`` alone). Their names, as the stateful ONNX export writes them, are
-    :attr:`state_input_names` and :attr:`state_output_names`: ``h_in_l0, c_in_l0, h_in_l1, ...`` and
-    ``h_out_l0, ...`` when the model holds one recurrent module, prefixed by the module's path
+    ``[H]`` for unbatched input; a GRU layer has ``h`` ``[B, H]`` alone). Their names, as the stateful ONNX
+    export writes them, are :attr:`state_input_names` and :attr:`state_output_names`: ``h_in_l0, c_in_l0,
+    h_in_l1, ...`` and ``h_out_l0, ...`` when the model holds one recurrent module, prefixed by the module's path
     (``decoder_cell_h_in_l0``) when it holds more.
 
     The model must not pass a state to its recurrent modules itself (that is what this supplies). A module the
