@@ -1,6 +1,7 @@
 """Distributed training: DistributedDataParallel and FSDP2 (``fully_shard``) with gloo on 2 CPU processes.
 
-A small language model (Embedding -> 2-layer tritonlstm.LSTM -> Linear) in float64 takes a few SGD steps; each
+A small language model (Embedding -> 2-layer tritonlstm.LSTM -> Linear; under DDP also with a tritonlstm.GRU) in
+float64 takes a few SGD steps; each
 rank sees its half of every global batch. The oracle is the same model trained in one process on the whole
 (concatenated) batch: data-parallel training averages the ranks' gradients, which equals the gradient of the
 mean loss over the whole batch. The reference backend runs on any CPU, so no interpreter is needed.
@@ -28,20 +29,22 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 
 
 class TinyLM(nn.Module):
-    def __init__(self):
+    def __init__(self, cell: str = "lstm"):
         super().__init__()
+        self.cell = cell
         self.embed = nn.Embedding(VOCAB, EMBED)
-        self.lstm = tritonlstm.LSTM(EMBED, HIDDEN, num_layers=2, batch_first=True, backend="reference")
+        rnn = {"lstm": tritonlstm.LSTM, "gru": tritonlstm.GRU}[cell]
+        setattr(self, cell, rnn(EMBED, HIDDEN, num_layers=2, batch_first=True, backend="reference"))
         self.head = nn.Linear(HIDDEN, VOCAB)
 
     def forward(self, tokens):
-        y, _ = self.lstm(self.embed(tokens))
+        y, _ = getattr(self, self.cell)(self.embed(tokens))
         return self.head(y)
 
 
-def _model() -> TinyLM:
+def _model(cell: str = "lstm") -> TinyLM:
     torch.manual_seed(0)  # every rank and the oracle start from the same weights
-    return TinyLM().double()
+    return TinyLM(cell).double()
 
 
 def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -77,6 +80,9 @@ def _worker(rank: int, port: int, out: str) -> None:
         ddp = DistributedDataParallel(_model())
         _train(ddp, rank)
         results["ddp"] = {k: v.detach().clone() for k, v in ddp.module.named_parameters()}
+        ddp_gru = DistributedDataParallel(_model("gru"))
+        _train(ddp_gru, rank)
+        results["ddp-gru"] = {k: v.detach().clone() for k, v in ddp_gru.module.named_parameters()}
 
         model = _model()
         mesh = init_device_mesh("cpu", (WORLD,))
@@ -103,10 +109,9 @@ def ranks(tmp_path_factory) -> list[dict]:
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 
-@pytest.fixture(scope="module")
-def single_process() -> dict:
+def _single_process(cell: str) -> dict:
     """The oracle: one process, the whole batch, same initial weights."""
-    model = _model()
+    model = _model(cell)
     initial = {k: v.detach().clone() for k, v in model.named_parameters()}
     _train(model)
     trained = {k: v.detach().clone() for k, v in model.named_parameters()}
@@ -115,13 +120,14 @@ def single_process() -> dict:
     return trained
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_data_parallel_matches_single_process(ranks, single_process, mode):
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "ddp-gru"])
+def test_data_parallel_matches_single_process(ranks, mode):
+    cell = "gru" if mode.endswith("gru") else "lstm"
     expected_names = {
-        f"lstm.{p}_l{k}" for k in range(2) for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        f"{cell}.{p}_l{k}" for k in range(2) for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
     } | {"embed.weight", "head.weight", "head.bias"}
     for r in range(WORLD):
         assert set(ranks[r][mode]) == expected_names, f"rank {r}: {sorted(ranks[r][mode])}"
-    for name, expected in single_process.items():
+    for name, expected in _single_process(cell).items():
         assert torch.equal(ranks[0][mode][name], ranks[1][mode][name]), f"{mode}: {name} differs between ranks"
         assert_close(ranks[0][mode][name], expected, torch.float64, f"{mode} {name}")

@@ -240,3 +240,46 @@ def test_gpu_gru_self_tests_pass(regime, dtype):
     from tritonlstm.kernels import selftest
 
     assert selftest.self_test("cuda", dtype, regime) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_gpu_cuda_graph_captures_a_gru_forward_with_cuda_lengths(dtype):
+    """As for the LSTM above: a GRU forward with CUDA lengths captured once, replayed on new inputs and lengths
+    copied into the captured tensors, against packed nn.GRU in float64."""
+    import tritonlstm
+
+    ref = torch.nn.GRU(24, 64, num_layers=2, bidirectional=True, batch_first=True).cuda().double()
+    ours = tritonlstm.GRU(24, 64, num_layers=2, bidirectional=True, batch_first=True).cuda().to(dtype).eval()
+    ours.load_state_dict(ref.state_dict())
+    ref.load_state_dict(ours.state_dict())
+    B, T = 6, 30
+    x = torch.randn(B, T, 24, device="cuda", dtype=dtype)
+    lengths = torch.full((B,), T, device="cuda", dtype=torch.int64)
+
+    def forward():
+        with torch.no_grad():
+            return ours(x, lengths=lengths)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            forward()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = forward()
+    for replay in range(3):
+        new_lengths = torch.randint(1, T + 1, (B,))
+        new_lengths[replay % B] = T if replay else 1
+        x.copy_(torch.randn(B, T, 24, device="cuda", dtype=torch.float64))
+        lengths.copy_(new_lengths)
+        graph.replay()
+        torch.cuda.synchronize()
+        with torch.no_grad(), torch.backends.cudnn.flags(enabled=False):
+            packed = torch.nn.utils.rnn.pack_padded_sequence(x.double(), new_lengths, batch_first=True,
+                                                             enforce_sorted=False)  # fmt: skip
+            out, h = ref(packed)
+            y = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T)[0]
+        assert_close(static[0], y, dtype, f"replay {replay} output")
+        assert_close(static[1], h, dtype, f"replay {replay} h_n")
