@@ -126,16 +126,23 @@ def _self_test(device: torch.device, dtype: torch.dtype, regime: str) -> str | N
         want_y, want_h, want_c, want_gates, want_cs = step.forward(layer, regs, True)
         want = step.backward(layer, regs, Saved(want_y, want_gates, want_cs), upstream, Needs())
         pairs = {"y": (y, want_y), "h_n": (h_n, want_h), "c_n": (c_n, want_c)}
-        pairs.update((name, (grads[i], want[i])) for i, name in enumerate(grads._fields))
-        for name, (have, expected) in pairs.items():
-            if name == "dw_hr" and not P:
-                continue
-            have, expected = have.to(torch.float64), expected.to(torch.float64)
-            scale = max(1.0, expected.abs().max().item())
-            bad = (have - expected).abs().max().item() if have.shape == expected.shape else float("inf")
-            if not bad <= tol * scale:  # NaN fails too
-                mask = ", recurrent dropout and zoneout" if masked else ""
-                return f"{name} differs from the per-step kernels by {bad:.3g} (P={P}{mask}, {dtype}, {regime})"
+        pairs.update((name, (grads[i], want[i])) for i, name in enumerate(grads._fields) if name != "dw_hr" or P)
+        mask = ", recurrent dropout and zoneout" if masked else ""
+        failure = _differs(pairs, tol, f"P={P}{mask}, {dtype}, {regime}")
+        if failure:
+            return failure
+    return None
+
+
+def _differs(pairs: dict, tol: float, where: str) -> str | None:
+    """The first of ``{name: (have, expected)}`` off by more than ``tol`` (relative to max(1, max|expected|); NaN
+    and a shape mismatch count), said in words, or ``None``."""
+    for name, (have, expected) in pairs.items():
+        have, expected = have.to(torch.float64), expected.to(torch.float64)
+        scale = max(1.0, expected.abs().max().item())
+        bad = (have - expected).abs().max().item() if have.shape == expected.shape else float("inf")
+        if not bad <= tol * scale:  # NaN fails too
+            return f"{name} differs from the per-step kernels by {bad:.3g} ({where})"
     return None
 
 
@@ -168,11 +175,8 @@ def _self_test_gru(device: torch.device, dtype: torch.dtype, regime: str) -> str
         want_y, want_h, want_gates = gru_step.forward(layer, regs, True)
         want = gru_step.backward(layer, regs, want_y, want_gates, dy, dh, (True,) * 6)
         names = ("y", "h_n", "dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh")
-        for name, have, expected in zip(names, (y, h_n, *grads), (want_y, want_h, *want)):
-            have, expected = have.to(torch.float64), expected.to(torch.float64)
-            scale = max(1.0, expected.abs().max().item())
-            bad = (have - expected).abs().max().item() if have.shape == expected.shape else float("inf")
-            if not bad <= tol * scale:  # NaN fails too
-                mask = ", recurrent dropout and zoneout" if masked else ""
-                return f"{name} differs from the per-step kernels by {bad:.3g} ({dtype}, {regime}{mask})"
+        pairs = dict(zip(names, zip((y, h_n, *grads), (want_y, want_h, *want))))
+        failure = _differs(pairs, tol, f"{dtype}, {regime}" + (", recurrent dropout and zoneout" if masked else ""))
+        if failure:
+            return failure
     return None

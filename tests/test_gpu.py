@@ -137,15 +137,7 @@ def test_gpu_cuda_graph_captures_a_forward_with_cuda_lengths(dtype, proj_size):
             y, (h, c) = ours(x, lengths=lengths)
         return y, h, c
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up (compilation, allocator) off the capturing stream, as capture requires
-        for _ in range(2):
-            forward()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static = forward()
+    graph, static = _captured(forward)
     for replay in range(3):
         new_lengths = torch.randint(1, T + 1, (B,))
         new_lengths[replay % B] = T if replay else 1  # the extremes of the range, too
@@ -156,6 +148,21 @@ def test_gpu_cuda_graph_captures_a_forward_with_cuda_lengths(dtype, proj_size):
         expected = _packed_oracle(ref, x, new_lengths)
         for name, a, e in zip(("output", "h_n", "c_n"), static, expected):
             assert_close(a, e, dtype, f"replay {replay} {name}")
+
+
+def _captured(forward):
+    """``forward()`` captured in a CUDA graph after two warm-up calls (compilation, allocator) on a side stream, as
+    capture requires: ``(graph, its outputs)``."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            forward()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = forward()
+    return graph, static
 
 
 @pytest.mark.parametrize("variant", ["bf16-module", "autocast-fp32-master"])
@@ -260,15 +267,7 @@ def test_gpu_cuda_graph_captures_a_gru_forward_with_cuda_lengths(dtype):
         with torch.no_grad():
             return ours(x, lengths=lengths)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            forward()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static = forward()
+    graph, static = _captured(forward)
     for replay in range(3):
         new_lengths = torch.randint(1, T + 1, (B,))
         new_lengths[replay % B] = T if replay else 1

@@ -266,22 +266,29 @@ class LSTM(nn.RNNBase):
         return h, c
 
     def _forward_packed(self, input: PackedSequence, hx, params):
-        """PackedSequence in and out, computed on the padded batch with per-sequence lengths (original order)."""
-        data, batch_sizes, sorted_indices, unsorted_indices = input
-        max_batch_size = int(batch_sizes[0])
-        hx = self._zero_state(max_batch_size, data.device, data.dtype) if hx is None else hx
-        # nn.LSTM sorts hx into the packed order; here the batch stays in the caller's order, so hx is used as given
-        self.check_forward_args(data, hx, batch_sizes)
-        hx = tuple(_autocast(hx, data.device))
-        data, *params = _autocast([data, *params], data.device)
-        _check_attributes(data.unsqueeze(0), hx, params)
-        t_index, b_index, lengths = functional.packed_layout(batch_sizes, sorted_indices, data.device)
-        padded = data.new_zeros(len(batch_sizes), max_batch_size, data.size(-1)).index_put((t_index, b_index), data)
-        output, h_n, c_n = functional.lstm(
-            padded, hx, params, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
-            False, backend=self.backend, lengths=lengths, reverse=self.reverse, **self._regularisers(),
-        )  # fmt: skip
-        return PackedSequence(output[t_index, b_index], batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
+        output, h_n, c_n = _run_packed(self, functional.lstm, input, hx, params)
+        return output, (h_n, c_n)
+
+
+def _run_packed(module, run, input: PackedSequence, hx, params):
+    """PackedSequence in and out, computed on the padded batch with per-sequence lengths (original order) by
+    ``run`` (:func:`functional.lstm` or :func:`functional.gru`): ``(packed output, *final states)``."""
+    data, batch_sizes, sorted_indices, unsorted_indices = input
+    max_batch_size = int(batch_sizes[0])
+    hx = module._zero_state(max_batch_size, data.device, data.dtype) if hx is None else hx
+    # nn.LSTM/nn.GRU sort hx into the packed order; here the batch stays in the caller's order, so hx is used as given
+    module.check_forward_args(data, hx, batch_sizes)
+    states = tuple(_autocast(hx if isinstance(hx, tuple) else (hx,), data.device))
+    data, *params = _autocast([data, *params], data.device)
+    _check_attributes(data.unsqueeze(0), states, params)
+    t_index, b_index, lengths = functional.packed_layout(batch_sizes, sorted_indices, data.device)
+    padded = data.new_zeros(len(batch_sizes), max_batch_size, data.size(-1)).index_put((t_index, b_index), data)
+    output, *finals = run(
+        padded, states if isinstance(hx, tuple) else states[0], params, module.bias, module.num_layers,
+        module.dropout, module.training, module.bidirectional, False, backend=module.backend, lengths=lengths,
+        reverse=module.reverse, **module._regularisers(),
+    )  # fmt: skip
+    return PackedSequence(output[t_index, b_index], batch_sizes, sorted_indices, unsorted_indices), *finals
 
 
 def _options_repr(module, s: str) -> str:
@@ -591,20 +598,7 @@ class GRU(nn.RNNBase):
         return torch.zeros(layers, *rows, self.hidden_size, dtype=dtype, device=device)
 
     def _forward_packed(self, input: PackedSequence, hx, params):
-        """PackedSequence in and out, computed on the padded batch with per-sequence lengths (original order)."""
-        data, batch_sizes, sorted_indices, unsorted_indices = input
-        max_batch_size = int(batch_sizes[0])
-        hx = self._zero_state(max_batch_size, data.device, data.dtype) if hx is None else hx
-        self.check_forward_args(data, hx, batch_sizes)  # hx in the caller's order, as the batch stays
-        data, hx, *params = _autocast([data, hx, *params], data.device)
-        _check_attributes(data.unsqueeze(0), (hx,), params)
-        t_index, b_index, lengths = functional.packed_layout(batch_sizes, sorted_indices, data.device)
-        padded = data.new_zeros(len(batch_sizes), max_batch_size, data.size(-1)).index_put((t_index, b_index), data)
-        output, h_n = functional.gru(
-            padded, hx, params, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
-            False, backend=self.backend, lengths=lengths, reverse=self.reverse, **self._regularisers(),
-        )  # fmt: skip
-        return PackedSequence(output[t_index, b_index], batch_sizes, sorted_indices, unsorted_indices), h_n
+        return _run_packed(self, functional.gru, input, hx, params)
 
 
 class GRUCell(nn.RNNCellBase):

@@ -175,13 +175,16 @@ def _torchscript_symbolic(g, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, r
         inputs.append(g.op("prim::Constant").setType(torch._C.OptionalType.ofTensor()))
     inputs += [h0, c0]
     Y, Y_h, Y_c = g.op("LSTM", *inputs, hidden_size_i=H, direction_s=_direction(D, rev), layout_i=0, outputs=3)
-    if D == 1:
-        y = g.op("Squeeze", Y, g.op("Constant", value_t=torch.tensor([1])))
-    else:
-        y = g.op("Transpose", Y, perm_i=[0, 2, 1, 3])
-        y = g.op("Reshape", y, g.op("Constant", value_t=torch.tensor([0, 0, -1])))
     empty = g.op("Constant", value_t=torch.zeros(0))
-    return y, Y_h, Y_c, empty, empty
+    return _ts_sequence_output(g, Y, D), Y_h, Y_c, empty, empty
+
+
+def _ts_sequence_output(g, Y, D: int):
+    """ONNX's ``Y [T, D, B, H]`` as the op's ``y [T, B, D*H]`` (the directions side by side), TorchScript form."""
+    if D == 1:
+        return g.op("Squeeze", Y, g.op("Constant", value_t=torch.tensor([1])))
+    y = g.op("Transpose", Y, perm_i=[0, 2, 1, 3])
+    return g.op("Reshape", y, g.op("Constant", value_t=torch.tensor([0, 0, -1])))
 
 
 def _gru_gate_order(hidden: int, device: torch.device) -> torch.Tensor:
@@ -276,12 +279,7 @@ def _gru_torchscript_symbolic(g, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse
     inputs.append(h0)
     Y, Y_h = g.op("GRU", *inputs, hidden_size_i=H, direction_s=_direction(D, bool(_constant(reverse))), layout_i=0,
                   linear_before_reset_i=1, outputs=2)  # fmt: skip
-    if D == 1:
-        y = g.op("Squeeze", Y, g.op("Constant", value_t=torch.tensor([1])))
-    else:
-        y = g.op("Transpose", Y, perm_i=[0, 2, 1, 3])
-        y = g.op("Reshape", y, g.op("Constant", value_t=torch.tensor([0, 0, -1])))
-    return y, Y_h, g.op("Constant", value_t=torch.zeros(0))
+    return _ts_sequence_output(g, Y, D), Y_h, g.op("Constant", value_t=torch.zeros(0))
 
 
 def register_torchscript_symbolic() -> None:

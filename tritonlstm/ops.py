@@ -168,13 +168,14 @@ def _autograd_inside_op():
         yield
 
 
-def _reference_backward(layer: Layer, regs: Regularisers, grad_out: GradOutputs, needs: Needs):
-    """Vector-Jacobian product of the reference loop: autograd through it, run again here."""
-    names = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
-    inputs = dict(zip(names, layer))
+def _reference_vjp(forward, layer: Layer, regs: Regularisers, grad_out, returned: tuple[str, ...], needs):
+    """Vector-Jacobian product of a reference loop (``forward(layer, regs)``): autograd through it, run again here.
+    Returns the gradients of the ``returned`` fields of ``layer``, ``None`` where not in ``needs`` (zeros where
+    needed but unreached)."""
+    inputs = {k: v for k, v in layer._asdict().items() if isinstance(v, torch.Tensor) and k != "lengths"}
     with _autograd_inside_op():
-        leaves = {k: v.detach().requires_grad_() for k, v in inputs.items() if v is not None}
-        outputs = _reference_forward(layer._replace(**{k: leaves.get(k) for k in names}), regs)
+        leaves = {k: v.detach().requires_grad_() for k, v in inputs.items()}
+        outputs = forward(layer._replace(**leaves), regs)
         pairs = [(o, g) for o, g in zip(outputs, grad_out) if g is not None]
         grads = dict.fromkeys(leaves)
         if pairs:
@@ -183,12 +184,18 @@ def _reference_backward(layer: Layer, regs: Regularisers, grad_out: GradOutputs,
             )
             grads.update(zip(leaves, found))
     result = []
-    for name, need in zip(("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "w_hr"), needs):
+    for name, need in zip(returned, needs):
         g = grads.get(name)
-        if need and g is None and inputs[name] is not None:
+        if need and g is None and name in inputs:
             g = torch.zeros_like(inputs[name])
         result.append(g if need else None)
     return result
+
+
+def _reference_backward(layer: Layer, regs: Regularisers, grad_out: GradOutputs, needs: Needs):
+    """The reference LSTM's VJP: ``[dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr]`` (``db``: b_ih's, which is b_hh's)."""
+    returned = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "w_hr")
+    return _reference_vjp(_reference_forward, layer, regs, grad_out, returned, needs)
 
 
 @torch.library.custom_op("tritonlstm::layer_backward", mutates_args=())
@@ -342,25 +349,9 @@ def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, store_for_backward, backe
 
 
 def _reference_gru_backward(layer: Layer, regs: Regularisers, dy, dh_n, needs):
-    names = ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh")
-    inputs = {k: getattr(layer, k) for k in names}
-    with _autograd_inside_op():
-        leaves = {k: v.detach().requires_grad_() for k, v in inputs.items() if v is not None}
-        outputs = _reference_gru_forward(layer._replace(**leaves), regs)
-        pairs = [(o, g) for o, g in zip(outputs, (dy, dh_n)) if g is not None]
-        grads = dict.fromkeys(leaves)
-        if pairs:
-            found = torch.autograd.grad(
-                [o for o, _ in pairs], list(leaves.values()), [g for _, g in pairs], allow_unused=True
-            )
-            grads.update(zip(leaves, found))
-    result = []
-    for name, need in zip(names, needs):
-        g = grads.get(name)
-        if need and g is None and inputs[name] is not None:
-            g = torch.zeros_like(inputs[name])
-        result.append(g if need else None)
-    return result
+    """The reference GRU's VJP: ``[dx, dh0, dw_ih, dw_hh, db_ih, db_hh]``."""
+    returned = ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh")
+    return _reference_vjp(_reference_gru_forward, layer, regs, (dy, dh_n), returned, needs)
 
 
 @torch.library.custom_op("tritonlstm::gru_backward", mutates_args=())
