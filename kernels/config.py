@@ -55,7 +55,8 @@ LAUNCHERS = {
     "gru-graphed": Launcher("tritonlstm.kernels.graphed", "tritonlstm.kernels.graphed", "step", "gru_"),
 }
 """Regime -> its launchers: ``forward(layer, regs, store, config, err)`` and ``backward(layer, regs, saved,
-grad_out, needs, config, err)``, taking the bundles of :mod:`tritonlstm.kernels.common`."""
+grad_out, needs, config, err)``, taking the bundles of :mod:`tritonlstm.kernels.common` (the GRU's ``backward(layer,
+regs, y, gates, dy, dh_n, needs, config, err)``: no cell state, six gradients)."""
 
 SELF_TESTED = {
     "split": "split", "split-tagged": "split", "split-k": "split", "split-chunked": "split", "batch": "batch",

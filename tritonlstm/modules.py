@@ -30,14 +30,17 @@ def _scalar_type_name(dtype: torch.dtype) -> str:
     return _SCALAR_TYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
 
 
-def _check_attributes(input: torch.Tensor, hx: tuple[torch.Tensor, ...], params: list[torch.Tensor]) -> None:
-    """The checks ATen's LSTM makes after nn.LSTM's Python ones, in the same order and with the same messages.
+def _check_attributes(
+    input: torch.Tensor, hx: tuple[torch.Tensor, ...], params: list[torch.Tensor], states: int = 2
+) -> None:
+    """The checks ATen's LSTM (GRU: ``states=1``) makes after nn.LSTM's Python ones, in the same order and with
+    the same messages.
 
     nn.LSTM's own message for a hidden state or parameter of another dtype depends on which ATen backend the
     call lands in (mkldnn on CPU says "get_mkldnn_dtype: unsupported data type"); ours is ATen's generic
     check_attributes wording, with the same exception type.
     """
-    if len(hx) not in (1, 2):  # the GRU's one state, the LSTM's two
+    if len(hx) != states:  # the LSTM's two, the GRU's one
         raise RuntimeError("lstm expects two hidden states")
     for name, tensors in (("hidden", hx), ("parameter", params)):
         for t in tensors:
@@ -278,13 +281,14 @@ def _run_packed(module, run, input: PackedSequence, hx, params):
     hx = module._zero_state(max_batch_size, data.device, data.dtype) if hx is None else hx
     # nn.LSTM/nn.GRU sort hx into the packed order; here the batch stays in the caller's order, so hx is used as given
     module.check_forward_args(data, hx, batch_sizes)
-    states = tuple(_autocast(hx if isinstance(hx, tuple) else (hx,), data.device))
+    single = isinstance(hx, torch.Tensor)  # a GRU's h_0; an LSTM's (h_0, c_0) as a tuple or list
+    states = tuple(_autocast((hx,) if single else hx, data.device))
     data, *params = _autocast([data, *params], data.device)
-    _check_attributes(data.unsqueeze(0), states, params)
+    _check_attributes(data.unsqueeze(0), states, params, 1 if single else 2)
     t_index, b_index, lengths = functional.packed_layout(batch_sizes, sorted_indices, data.device)
     padded = data.new_zeros(len(batch_sizes), max_batch_size, data.size(-1)).index_put((t_index, b_index), data)
     output, *finals = run(
-        padded, states if isinstance(hx, tuple) else states[0], params, module.bias, module.num_layers,
+        padded, states[0] if single else states, params, module.bias, module.num_layers,
         module.dropout, module.training, module.bidirectional, False, backend=module.backend, lengths=lengths,
         reverse=module.reverse, **module._regularisers(),
     )  # fmt: skip
@@ -565,7 +569,7 @@ class GRU(nn.RNNBase):
             hx = self._zero_state(input.size(0) if self.batch_first else input.size(1), input.device, input.dtype)
         self.check_forward_args(input, hx, None)
         input, hx, *params = _autocast([input, hx, *params], input.device)
-        _check_attributes(input.transpose(0, 1) if self.batch_first else input, (hx,), params)
+        _check_attributes(input.transpose(0, 1) if self.batch_first else input, (hx,), params, states=1)
         if lengths is not None:
             if not is_batched:
                 raise ValueError("lengths= needs batched (3-D) input")
