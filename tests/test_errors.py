@@ -352,6 +352,11 @@ def test_hx_as_list(batched):
     y, (h, c) = ours(x, hx)
     for name, got, exp in (("output", y, y_ref), ("h_n", h, h_ref), ("c_n", c, c_ref)):
         assert_close(got, exp, torch.float64, name)
+    if batched:  # a PackedSequence with hx as a list too (the packed path tells it from a GRU's one tensor)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, [T] + [1] * (B - 1))
+        (y_ref, (h_ref, c_ref)), (y, (h, c)) = ref(packed, hx), ours(packed, hx)
+        for name, got, exp in (("output", y.data, y_ref.data), ("h_n", h, h_ref), ("c_n", c, c_ref)):
+            assert_close(got, exp, torch.float64, f"packed {name}")
 
 
 def test_unbatched_hx_with_extra_tensor_works_like_nn_lstm():
