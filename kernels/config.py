@@ -60,8 +60,8 @@ regs, y, gates, dy, dh_n, needs, config, err)``: no cell state, six gradients)."
 
 SELF_TESTED = {
     "split": "split", "split-tagged": "split", "split-k": "split", "split-chunked": "split", "batch": "batch",
-    "graphed": "graphed", "gru-split": "gru-split", "gru-split-k": "gru-split", "gru-batch": "gru-batch",
-    "gru-graphed": "gru-graphed",
+    "graphed": "graphed", "gru-split": "gru-split", "gru-split-k": "gru-split", "gru-split-chunked": "gru-split",
+    "gru-batch": "gru-batch", "gru-graphed": "gru-graphed",
 }
 """What the first-use self-test validates separately (:func:`variant` names a config's entry), and the regime of
 :data:`LAUNCHERS` each one runs. The per-step kernels are the oracle: never self-tested."""
@@ -386,7 +386,7 @@ def _gru_operands(H: int, elt: int, backward: bool) -> int:
     """Bytes of a unit-split GRU program's dot operands (16 rows, 16 units): forward the r, z, n columns of W_hh^T
     over H plus h_{t-1}'s row block; backward W_hh's 3H gate rows plus dG_{t+1}'s row block (each inner length
     covered by :func:`k_blocks`)."""
-    k = sum(k_blocks(3 * H if backward else H))
+    k = sum(k_blocks(3 * H, CHUNK_ROWS) if backward else k_blocks(H))
     return (k * 16 * elt) * (2 if backward else 4)
 
 
@@ -398,8 +398,9 @@ def gru_sequence_config(
     without an SM count (the interpreter) batch-owned on the per-step kernels' tiles (bit for bit theirs);
     unit-split with 16 rows and 16 units a program where one program per SM covers every group and the dot
     operands fit ``OPERAND_BUDGET`` (:func:`_gru_operands`), the backward's dot (and float32's forward's) split
-    over the warps, the forward's inner length in blocks of at most 256 up to H = 512; else batch-owned. float64
-    is never unit-split."""
+    over the warps, the forward's inner length in blocks of at most 256 up to H = 512; the 16-bit backward beyond
+    the budget (to H = 1024) with W_hh in chunks of ``CHUNK_ROWS`` gate rows, as the LSTM's; else batch-owned.
+    float64 is never unit-split."""
     step = gru_step_config(batch, hidden, 3 * hidden if backward else hidden, dtype)
     batch_owned = {"regime": "gru-batch", **step}
     if sm_count is None or batch == 0 or dtype == torch.float64:
@@ -407,10 +408,16 @@ def gru_sequence_config(
     elt = torch.finfo(dtype).bits // 8
     groups = triton.cdiv(batch, 16) * directions
     operands = _gru_operands(hidden, elt, backward)
-    if groups * triton.cdiv(hidden, 16) > sm_count or operands > OPERAND_BUDGET[backward]:
+    if groups * triton.cdiv(hidden, 16) > sm_count:
         return batch_owned
     cfg = {"regime": "gru-split", "BLOCK_B": 16, "BLOCK_H": 16, "num_warps": 8 if operands > 16384 else 4}
-    if backward and 3 * hidden >= 16 * cfg["num_warps"]:
+    if operands > OPERAND_BUDGET[backward]:
+        chunks = triton.cdiv(3 * hidden, CHUNK_ROWS)
+        if not backward or elt != 2 or chunks > 3:
+            return batch_owned
+        # the backward beyond H=512, as the LSTM's: W_hh[:, 16 units] resident in chunks of gate rows
+        cfg.update(G_CHUNKS=chunks, num_warps=8)
+    if backward and 3 * hidden // cfg.get("G_CHUNKS", 1) >= 16 * cfg["num_warps"]:
         cfg["K_SPLIT"] = cfg["num_warps"]
     if not backward and elt == 4:
         cfg.update(K_SPLIT=cfg["num_warps"], K_BLOCK=MAX_K_BLOCK // 2)
@@ -426,11 +433,20 @@ def gru_constexprs(cfg: dict, H: int, backward: bool) -> tuple[dict, int]:
     k = {"BLOCK_B": cfg["BLOCK_B"], "BLOCK_H": cfg["BLOCK_H"]}
     if cfg["regime"] != "gru-split":
         return {**k, "BLOCK_K": cfg["BLOCK_K"]}, 1
-    first, second = k_blocks(3 * H if backward else H, cfg.get("K_BLOCK", MAX_K_BLOCK))
+    chunks = cfg.get("G_CHUNKS", 1)
+    if not backward:
+        blocks = k_blocks(H, cfg.get("K_BLOCK", MAX_K_BLOCK))
+    elif chunks > 1:  # equal chunks of gate rows, the last padded
+        blocks = (max(16, triton.next_power_of_2(triton.cdiv(3 * H, chunks))),) * chunks
+    else:  # the 3H gate rows in one or two power-of-two blocks (1536 as 1024 + 512)
+        blocks = k_blocks(3 * H, CHUNK_ROWS)
+    blocks = (*blocks, 0, 0, 0)[: 4 if backward else 2]
     split = cfg.get("K_SPLIT", 1)  # each split of a block at least 16 long: a tl.dot's inner dimension
     name = "BLOCK_G" if backward else "BLOCK_R"
-    k.update({name: first, f"{name}2": second, "K_SPLIT": min(split, first // 16),
-              "K_SPLIT2": max(1, min(split, second // 16))})  # fmt: skip
+    k.update({name: blocks[0], f"{name}2": blocks[1], "K_SPLIT": min(split, blocks[0] // 16),
+              "K_SPLIT2": max(1, min(split, blocks[1] // 16))})  # fmt: skip
+    if backward:
+        k.update(BLOCK_G3=blocks[2], BLOCK_G4=blocks[3])
     return k, triton.cdiv(H, cfg["BLOCK_H"])
 
 
@@ -443,6 +459,8 @@ def gru_choose(
     cfg = gru_sequence_config(batch, hidden, directions, dtype, sm_count, backward)
     if cfg["regime"] == "gru-split":
         why = "unit-split: 16 units per program, every group co-resident"
+        if cfg.get("G_CHUNKS", 1) > 1:  # as the LSTM's chunked backward: no plainer form to fall back to
+            return Choice("gru-split", cfg, why + f", W_hh in {cfg['G_CHUNKS']} chunks of gate rows, dots split")
         if cfg.get("K_SPLIT", 1) > 1:
             plain = {k: v for k, v in cfg.items() if k not in ("K_SPLIT", "K_BLOCK")}
             return Choice("gru-split", cfg, why + ", dot split over the warps", Choice("gru-split", plain, why))
@@ -460,6 +478,8 @@ def gru_choose(
 def variant(cfg: dict) -> str:
     """The :data:`SELF_TESTED` entry a sequence config belongs to."""
     if cfg["regime"].startswith("gru-"):
+        if cfg.get("G_CHUNKS", 1) > 1:
+            return "gru-split-chunked"
         return "gru-split-k" if cfg.get("K_SPLIT", 1) > 1 else cfg["regime"]
     if cfg.get("TAGGED"):
         return "split-tagged"
@@ -476,6 +496,8 @@ def self_test_config(device: torch.device, dtype: torch.dtype, regime: str, H: i
         cfg = {"regime": "gru-split", "BLOCK_B": 16, "BLOCK_H": units, "num_warps": 4}
         if regime == "gru-split-k":
             cfg["K_SPLIT"] = 4
+        if regime == "gru-split-chunked" and backward:  # three chunks of gate rows, each dot split 4 ways
+            cfg.update(G_CHUNKS=3, K_SPLIT=4, num_warps=8)
         return cfg
     if regime == "graphed":
         return {"regime": "graphed", **step_config(3, H, 4 * H if backward else (P or H), dtype, P)}

@@ -8,7 +8,8 @@ GRU's cell (:mod:`tritonlstm.kernels.gru_step`):
   steps. With the per-step kernels' tiles it reproduces them bit for bit.
 * ``"gru-split"``: the programs of a (batch tile, direction) group split the hidden units, keep their slices of
   W_hh on chip for the whole sequence (forward: the r, z and n columns of their units over R = H, in one or two
-  power-of-two blocks; backward: every one of the 3H gate rows for their units, likewise), and meet at the LSTM's
+  power-of-two blocks; backward: every one of the 3H gate rows for their units, likewise, or beyond the operand
+  budget in up to three chunks of 1024 gate rows, as the LSTM's chunked backward), and meet at the LSTM's
   counter barrier (:func:`tritonlstm.kernels.jit.barrier`) after every step; h_t (backward: dG_t) goes through
   global memory and is read with ``.cg`` loads. ``K_SPLIT`` splits each dot over its inner dimension, one split a
   warp (:func:`tritonlstm.kernels.jit.split_k_dot`). Recurrent dropout goes through the LSTM's exchange slots of
@@ -65,6 +66,16 @@ def _w_rows(w_d, k0, o_u, m_u, H, BLOCK: tl.constexpr, K_SPLIT: tl.constexpr):
         o_k = k0 + tl.arange(0, K_SPLIT)[:, None, None] * KS + tl.arange(0, KS)[None, :, None]
         b_w = tl.load(w_d + o_k * H + o_u[None, None, :], mask=(o_k < 3 * H) & m_u[None, None, :], other=0.0)
     return b_w
+
+
+@triton.jit
+def _dgh_block_dot(dgn, m_b, n, k0, b_w, H, BLOCK: tl.constexpr, K_SPLIT: tl.constexpr, ACC_DTYPE: tl.constexpr,
+                   INPUT_PRECISION: tl.constexpr):  # fmt: skip
+    """dG_{t+1}[rows, gate rows k0 .. k0 + BLOCK] (``dgn``: its rows' base, ``.cg`` loads after the barrier; zero
+    at the first step, n == 0) @ the resident W_hh block ``b_w``."""
+    o_k = k0 + tl.arange(0, BLOCK)[None, :]
+    b_dgn = tl.load(dgn + o_k, mask=and_(m_b[:, None] & (o_k < 3 * H), n > 0), other=0.0, cache_modifier=".cg")
+    return split_k_dot(b_dgn, b_w, K_SPLIT, ACC_DTYPE, INPUT_PRECISION)
 
 
 @triton.jit
@@ -289,9 +300,11 @@ def _gru_seq_bwd_split_kernel(
     H: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
-    BLOCK_G: tl.constexpr,  # the 3H gate rows' first block; with BLOCK_G2 they cover 3H
+    BLOCK_G: tl.constexpr,  # the 3H gate rows in up to four resident blocks, one after another (0: absent)
     BLOCK_G2: tl.constexpr,
-    K_SPLIT: tl.constexpr,
+    BLOCK_G3: tl.constexpr,
+    BLOCK_G4: tl.constexpr,
+    K_SPLIT: tl.constexpr,  # each block's dot split that many ways over its gate rows
     K_SPLIT2: tl.constexpr,
     HAS_DY: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
@@ -311,15 +324,23 @@ def _gru_seq_bwd_split_kernel(
     sync = sync_ptr + i_d * tl.num_programs(0) + i_b
     failed = tl.program_id(0) * 0
 
-    # W_hh[every gate row, the program's units], loaded once for the whole sequence
+    # W_hh[every gate row, the program's units], loaded once for the whole sequence, in up to four blocks of gate
+    # rows (beyond the operand budget: chunks, which the compiler keeps in shared memory)
     o_u = i_s * BLOCK_H + tl.arange(0, BLOCK_H)
     m_u = o_u < H
     m_bu = m_b[:, None] & m_u[None, :]
     o_bu = o_b[:, None] * ldy + o_u[None, :]
+    G2: tl.constexpr = BLOCK_G
+    G3: tl.constexpr = BLOCK_G + BLOCK_G2
+    G4: tl.constexpr = BLOCK_G + BLOCK_G2 + BLOCK_G3
     b_w = _w_rows(w_d, 0, o_u, m_u, H, BLOCK_G, K_SPLIT)
-    b_w2 = b_w  # unread with one block
+    b_w2, b_w3, b_w4 = b_w, b_w, b_w  # unread where absent
     if BLOCK_G2 > 0:
-        b_w2 = _w_rows(w_d, BLOCK_G, o_u, m_u, H, BLOCK_G2, K_SPLIT2)
+        b_w2 = _w_rows(w_d, G2, o_u, m_u, H, BLOCK_G2, K_SPLIT2)
+    if BLOCK_G3 > 0:
+        b_w3 = _w_rows(w_d, G3, o_u, m_u, H, BLOCK_G3, K_SPLIT)
+    if BLOCK_G4 > 0:
+        b_w4 = _w_rows(w_d, G4, o_u, m_u, H, BLOCK_G4, K_SPLIT)
     b_hm = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
     if HAS_MASK:
         b_hm = tl.load(hm_d + o_bu, mask=m_bu, other=0.0).to(ACC_DTYPE)
@@ -331,14 +352,13 @@ def _gru_seq_bwd_split_kernel(
         poison = tl.where(failed != 0, float("nan"), 0.0)
         # dG_{t+1} of every gate row (all the group's programs wrote it last step) @ W_hh[:, its units]
         dgn = dg_d + tl.minimum(tl.maximum(t_next, 0), T - 1).to(tl.int64) * B * (4 * H) + o_b[:, None] * (4 * H)
-        o_k = tl.arange(0, BLOCK_G)[None, :]
-        b_dgn = tl.load(dgn + o_k, mask=and_(m_b[:, None] & (o_k < 3 * H), n > 0), other=0.0, cache_modifier=".cg")
-        b_rec = split_k_dot(b_dgn, b_w, K_SPLIT, ACC_DTYPE, INPUT_PRECISION)
+        b_rec = _dgh_block_dot(dgn, m_b, n, 0, b_w, H, BLOCK_G, K_SPLIT, ACC_DTYPE, INPUT_PRECISION)
         if BLOCK_G2 > 0:
-            o_k2 = BLOCK_G + tl.arange(0, BLOCK_G2)[None, :]
-            b_dgn2 = tl.load(dgn + o_k2, mask=and_(m_b[:, None] & (o_k2 < 3 * H), n > 0), other=0.0,
-                             cache_modifier=".cg")  # fmt: skip
-            b_rec += split_k_dot(b_dgn2, b_w2, K_SPLIT2, ACC_DTYPE, INPUT_PRECISION)
+            b_rec += _dgh_block_dot(dgn, m_b, n, G2, b_w2, H, BLOCK_G2, K_SPLIT2, ACC_DTYPE, INPUT_PRECISION)
+        if BLOCK_G3 > 0:
+            b_rec += _dgh_block_dot(dgn, m_b, n, G3, b_w3, H, BLOCK_G3, K_SPLIT, ACC_DTYPE, INPUT_PRECISION)
+        if BLOCK_G4 > 0:
+            b_rec += _dgh_block_dot(dgn, m_b, n, G4, b_w4, H, BLOCK_G4, K_SPLIT, ACC_DTYPE, INPUT_PRECISION)
         if HAS_MASK:  # the next step's product saw h_t * mask
             b_rec *= b_hm
         b_rec += tl.load(dcarry_d + o_bu, mask=m_bu, other=0.0).to(ACC_DTYPE)

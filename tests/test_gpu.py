@@ -241,7 +241,7 @@ def test_gpu_gru_matches_nn_gru(B, H, lengths, dtype):
     _compare(expected, _grads(ours, x.to(dtype), None, call), dtype)
 
 
-@pytest.mark.parametrize("regime", ["gru-split", "gru-split-k", "gru-batch", "gru-graphed"])
+@pytest.mark.parametrize("regime", ["gru-split", "gru-split-k", "gru-split-chunked", "gru-batch", "gru-graphed"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_gpu_gru_self_tests_pass(regime, dtype):
     from tritonlstm.kernels import selftest

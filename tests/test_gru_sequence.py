@@ -79,25 +79,30 @@ def test_batch_regime_reproduces_the_step_kernels_bitwise(case, dtype):
 @requires_interpreter
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize(
-    "H, k_split, case",
+    "H, k_split, chunks, case",
     [
-        pytest.param(20, 1, dict(), id="H20-lengths-bi"),
-        pytest.param(48, 1, dict(masked=True, zoneout=2), id="H48-two-blocks-mask-train-zoneout"),
-        pytest.param(64, 4, dict(masked=True, zoneout=1, lengths=(3, 5, 1)), id="H64-k-split-mask-eval-zoneout"),
+        pytest.param(20, 1, 1, dict(), id="H20-lengths-bi"),
+        pytest.param(48, 1, 1, dict(masked=True, zoneout=2), id="H48-two-blocks-mask-train-zoneout"),
+        pytest.param(64, 4, 1, dict(masked=True, zoneout=1, lengths=(3, 5, 1)), id="H64-k-split-mask-eval-zoneout"),
+        pytest.param(40, 4, 3, dict(masked=True, zoneout=2), id="H40-chunked-k-split-mask-train-zoneout"),
     ],
 )
-def test_split_regime_matches_the_step_kernels(H, k_split, case, dtype):
+def test_split_regime_matches_the_step_kernels(H, k_split, chunks, case, dtype):
     layer, regs, upstream = _problem(dtype, H=H, **case)
     cfg = {"regime": "gru-split", "BLOCK_B": 16, "BLOCK_H": max(16, 1 << (H - 1).bit_length()), "num_warps": 4}
     if k_split > 1:
         cfg["K_SPLIT"] = k_split
+    if chunks > 1:
+        cfg["G_CHUNKS"] = chunks
     k_fwd, ns = C.gru_constexprs(cfg, H, backward=False)
     k_bwd, _ = C.gru_constexprs(cfg, H, backward=True)
     assert ns == 1, "one program per group: the interpreter runs programs one after another"
     if H == 48:
         assert (k_fwd["BLOCK_R"], k_fwd["BLOCK_R2"]) == (32, 16) and (k_bwd["BLOCK_G"], k_bwd["BLOCK_G2"]) == (128, 16)
-    if k_split > 1:
-        assert k_fwd["K_SPLIT"] == 4 and k_bwd["K_SPLIT"] == 4
+    if k_split > 1:  # split one way per warp, each split at least 16 long
+        assert k_fwd["K_SPLIT"] == min(4, k_fwd["BLOCK_R"] // 16) > 1 and k_bwd["K_SPLIT"] == 4
+    if chunks > 1:  # 120 gate rows in three resident chunks of 64
+        assert [k_bwd[f"BLOCK_G{s}"] for s in ("", "2", "3", "4")] == [64, 64, 64, 0]
     ours, theirs = _both(layer, regs, upstream, cfg, cfg)
     for name, a, e in zip(NAMES, ours, theirs):
         assert_close(a, e, dtype, name)
@@ -127,6 +132,12 @@ def test_rule_regimes_and_reasons():
     back = C.gru_choose(16, 512, 1, f16, 132, backward=True)
     assert back.regime == "gru-split" and back.config["K_SPLIT"] == 8 and back.fallback.config.get("K_SPLIT") is None
     assert C.variant(back.config) == "gru-split-k" and C.variant(back.fallback.config) == "gru-split"
+    k, _ = C.gru_constexprs(back.config, 512, backward=True)
+    assert (k["BLOCK_G"], k["BLOCK_G2"]) == (1024, 512), "1536 gate rows as 1024 + 512, not padded to 2048"
+    chunked = C.gru_choose(16, 1024, 1, f16, 132, backward=True)
+    assert chunked.config["G_CHUNKS"] == 3 and chunked.fallback is None and "3 chunks" in chunked.why
+    assert C.variant(chunked.config) == "gru-split-chunked"
+    assert C.gru_choose(16, 1024, 1, torch.float32, 132, backward=True).regime == "gru-graphed"  # 16-bit only
     # H=1024 does not fit a unit-split program, and B=256 at H=768 does not fit one program per SM
     for B, H in ((16, 1024), (256, 768)):
         big = C.gru_choose(B, H, 1, f16, 132)
@@ -180,7 +191,7 @@ def test_a_failed_self_test_warns_once_and_falls_back_to_the_step_kernels(monkey
 
 
 @requires_interpreter
-@pytest.mark.parametrize("regime", ["gru-batch", "gru-split", "gru-split-k", "gru-graphed"])
+@pytest.mark.parametrize("regime", ["gru-batch", "gru-split", "gru-split-k", "gru-split-chunked", "gru-graphed"])
 def test_self_tests_pass_in_the_interpreter(regime):
     from tritonlstm.kernels import selftest
 
