@@ -76,6 +76,8 @@ def _compare(expected, actual, dtype):
 @pytest.mark.parametrize("with_hx", [False, True], ids=["no_hx", "hx"])
 @pytest.mark.parametrize("cfg", CONFIGS)
 def test_matches_nn_gru(cfg, with_hx, dtype):
+    if INTERPRETER and not with_hx and cfg != CONFIGS[0].values[0]:
+        pytest.skip("the interpreter leg runs the zero initial state on the first configuration (the plain leg on all)")
     ref, ours = _pair(dtype, **cfg)
     x, h0 = _input(cfg, 5, 3), (_h0(cfg, 3) if with_hx else None)
     expected = _grads(ref, x, h0)

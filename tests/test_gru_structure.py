@@ -67,16 +67,13 @@ def _launched(B: int, H: int, D: int, dtype: torch.dtype, backward: bool, masked
 # (B, H, D, dtype, backward, masked, zoneout): the unit-split shapes the GRU's rule gives, at their largest H
 SPLIT_CASES = [
     pytest.param(16, 40, 1, torch.float16, False, True, 1, id="fwd-B16-H40-fp16-4-warps-rdrop-zoneout"),
-    pytest.param(16, 256, 2, torch.float16, False, False, 0, id="fwd-B16-H256-D2-fp16"),
     pytest.param(16, 768, 1, torch.bfloat16, False, True, 2, id="fwd-B16-H768-bf16-two-k-blocks-rdrop-zoneout"),
     pytest.param(64, 512, 1, torch.float16, False, False, 0, id="fwd-B64-H512-fp16"),
     pytest.param(16, 256, 1, torch.float32, False, True, 2, id="fwd-B16-H256-fp32-rdrop-zoneout"),
     pytest.param(16, 512, 1, torch.bfloat16, True, False, 0, id="bwd-B16-H512-bf16-two-g-blocks"),
-    pytest.param(16, 768, 1, torch.float16, True, True, 2, id="bwd-B16-H768-fp16-chunked-rdrop-zoneout"),
     pytest.param(16, 1024, 2, torch.bfloat16, True, False, 0, id="bwd-B16-H1024-D2-bf16-chunked"),
     pytest.param(16, 256, 1, torch.float16, True, True, 2, id="bwd-B16-H256-fp16-rdrop-zoneout"),
     pytest.param(16, 256, 1, torch.float32, True, False, 0, id="bwd-B16-H256-fp32"),
-    pytest.param(32, 40, 2, torch.bfloat16, True, False, 0, id="bwd-B32-H40-D2-bf16"),
 ]
 
 
