@@ -31,11 +31,17 @@ class Layer(NamedTuple):
     reverse: tuple[bool, ...]  # per direction: runs from the last step to the first
 
     @property
+    def cell(self) -> str:
+        """``"lstm"``, or ``"gru"`` for a GRU layer (no cell state)."""
+        return "gru" if self.c0 is None else "lstm"
+
+    @property
     def dims(self) -> tuple[int, int, int, int, int, int]:
-        """``(T, B, D, H, R, P)``; P is 0 without a projection."""
+        """``(T, B, D, H, R, P)``; P is 0 without a projection (always for a GRU, whose R is H)."""
         T, B = self.x.shape[0], self.x.shape[1]
         D, G, R = self.w_hh.shape
-        return T, B, D, G // 4, R, (self.w_hr.shape[1] if self.w_hr is not None else 0)
+        H = R if self.cell == "gru" else G // 4
+        return T, B, D, H, R, (self.w_hr.shape[1] if self.w_hr is not None else 0)
 
     def bias(self) -> torch.Tensor | None:
         """``b_ih + b_hh`` ([D, G]), the one bias the input projection adds."""

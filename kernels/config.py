@@ -58,6 +58,9 @@ LAUNCHERS = {
 grad_out, needs, config, err)``, taking the bundles of :mod:`tritonlstm.kernels.common` (the GRU's ``backward(layer,
 regs, y, gates, dy, dh_n, needs, config, err)``: no cell state, six gradients)."""
 
+STEP_REGIMES = {"lstm": "step", "gru": "gru-step"}
+"""Each cell's per-step kernels: the oracle and the last fallback of its other regimes."""
+
 SELF_TESTED = {
     "split": "split", "split-tagged": "split", "split-k": "split", "split-chunked": "split", "batch": "batch",
     "graphed": "graphed", "gru-split": "gru-split", "gru-split-k": "gru-split", "gru-split-chunked": "gru-split",

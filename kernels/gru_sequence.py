@@ -392,9 +392,8 @@ def forward(layer: Layer, regs: Regularisers = NONE, store: bool = True, config:
     check_dtype(dtype)
     cfg = config or gru_sequence_config(B, H, D, dtype, sm_count(dev))
     split = cfg["regime"] == "gru-split"
-    projections = [gru_step.input_projection(layer.direction(d)) for d in range(D)]
-    gx = torch.stack([p[0] for p in projections])
-    bhn = torch.stack([p[1] for p in projections]) if layer.b_ih is not None else gx
+    gx, bhn = gru_step.input_projection(layer)
+    bhn = bhn if bhn is not None else gx  # gx: unread without biases
     w_t = layer.w_hh.transpose(1, 2).contiguous()  # [D, H, 3H]
     y = torch.empty(T, B, D * H, device=dev, dtype=dtype)
     gates = torch.empty(D, T, B, 4 * H, device=dev, dtype=dtype) if store else y  # y: unwritten without store

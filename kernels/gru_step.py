@@ -305,17 +305,23 @@ def forward(layer: Layer, regs: Regularisers = NONE, store: bool = True, config:
 
 
 def input_projection(layer: Layer) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One direction's ``gx = x W_ih^T + b_ih`` with b_hh's r and z rows folded in (``[T, B, 3H]``, one GEMM over
-    every step), and b_hh's n rows (``[H]``, which r multiplies), ``None`` without biases."""
-    x, w_ih = layer.x, layer.w_ih[0]
+    """Every direction's ``gx = x W_ih^T + b_ih`` with b_hh's r and z rows folded in (``[D, T, B, 3H]``, one
+    (batched) GEMM over every step), and b_hh's n rows (``[D, H]``, which r multiplies), ``None`` without biases."""
+    x = layer.x
     T, B, I = x.shape
-    H = layer.w_hh.shape[2]
+    D, H = layer.w_hh.shape[0], layer.w_hh.shape[2]
+    w_t = layer.w_ih.transpose(1, 2)  # [D, I, 3H]
     x2 = x.reshape(T * B, I)
-    if layer.b_ih is None:
-        return torch.mm(x2, w_ih.t()).view(T, B, 3 * H), None
-    b_ih, b_hh = layer.b_ih[0], layer.b_hh[0]
-    gx = torch.addmm(torch.cat([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :]]), x2, w_ih.t())
-    return gx.view(T, B, 3 * H), b_hh[2 * H :].contiguous()
+    bias = bhn = None
+    if layer.b_ih is not None:
+        bias = torch.cat([layer.b_ih[:, : 2 * H] + layer.b_hh[:, : 2 * H], layer.b_ih[:, 2 * H :]], dim=1)
+        bhn = layer.b_hh[:, 2 * H :].contiguous()
+    if D == 1:
+        gx = torch.addmm(bias[0], x2, w_t[0]) if bias is not None else torch.mm(x2, w_t[0])
+    else:
+        x3 = x2.expand(D, T * B, I)
+        gx = torch.baddbmm(bias[:, None], x3, w_t) if bias is not None else torch.bmm(x3, w_t)
+    return gx.view(D, T, B, 3 * H), bhn
 
 
 def final_state(y: torch.Tensor, h0: torch.Tensor, lengths, reverse: bool) -> torch.Tensor:
@@ -336,6 +342,7 @@ def _forward_one(layer: Layer, regs: Regularisers, d: int, store: bool, config):
     H = w_hh.shape[1]
     dtype, acc = x.dtype, acc_dtype(x.dtype)
     gx, bhn = input_projection(layer)
+    gx, bhn = gx[0], bhn[0] if bhn is not None else None
     w_t = w_hh.t().contiguous()  # [H, 3H]
     y = torch.empty(T, B, H, device=x.device, dtype=dtype)
     gates = torch.empty(T, B, 4 * H, device=x.device, dtype=dtype) if store else y  # y: unwritten without store

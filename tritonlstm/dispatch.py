@@ -109,7 +109,9 @@ class Plan(NamedTuple):
         if self.kernel is None:
             return "Triton kernels"
         tiles = ", ".join(f"{k}={v}" for k, v in (self.config or {}).items() if k != "regime")
-        per_step = self.regime in ("step", "gru-step")
+        from tritonlstm.kernels.config import STEP_REGIMES
+
+        per_step = self.regime in STEP_REGIMES.values()
         kind = "per-step kernels" if per_step else f"{self.kernel} kernel, {self.regime} regime"
         return f"{kind} [{tiles}] ({self.why})"
 
@@ -125,7 +127,7 @@ class Plan(NamedTuple):
     def _run(self, pass_: str, layer, regs, *args):
         from triton.compiler.errors import CompilationError
 
-        from tritonlstm.kernels.config import LAUNCHERS
+        from tritonlstm.kernels.config import LAUNCHERS, STEP_REGIMES
 
         entry = LAUNCHERS[self.regime]
         launcher = getattr(importlib.import_module(getattr(entry, pass_)), entry.prefix + pass_)
@@ -134,15 +136,15 @@ class Plan(NamedTuple):
         try:
             out = launcher(layer, regs, *args, self.config, err)
         except CompilationError as e:
-            if self.regime in ("step", "gru-step"):
+            if self.regime in STEP_REGIMES.values():
                 raise
-            gru = self.regime.startswith("gru-")
-            B, D, H = layer.x.shape[1], len(layer.reverse), layer.w_hh.shape[2] if gru else layer.dims[3]
-            P = 0 if gru else layer.dims[5]
+            T, B, D, H, R, P = layer.dims
             what = f"{pass_} {self.regime} kernel for B={B} H={H} P={P} D={D} {layer.x.dtype}"
-            key = _shape_key(layer.x.device, layer.x.dtype, B, H, P, D, pass_, "gru" if gru else "lstm")
+            key = _shape_key(layer.x.device, layer.x.dtype, B, H, P, D, pass_, layer.cell)
             kernels().HEALTH.uncompiled(key, what, e)
-            return _step_plan(self, "the kernel did not compile for this shape")._run(pass_, layer, regs, *args)
+            step = self._replace(kernel="step", regime=STEP_REGIMES[layer.cell], config=None,
+                                 why="the kernel did not compile for this shape")  # fmt: skip
+            return step._run(pass_, layer, regs, *args)
         if err is not None and not runtime.capturing(layer.x.device) and int(err.item()) != 0:
             raise RuntimeError(f"tritonlstm {pass_} {self.regime} kernel: a barrier wait timed out (outputs hold NaN)")
         return out
@@ -150,11 +152,6 @@ class Plan(NamedTuple):
 
 def _shape_key(device, dtype, B, H, P, D, pass_, cell="lstm") -> tuple:
     return str(runtime.current(device)), dtype, B, H, P, D, pass_, cell
-
-
-def _step_plan(plan: Plan, why: str) -> Plan:
-    step = "gru-step" if plan.regime is not None and plan.regime.startswith("gru-") else "step"
-    return plan._replace(kernel="step", regime=step, config=None, why=why)
 
 
 def sequence_unavailable(device: torch.device, dtype: torch.dtype, D: int) -> str | None:
@@ -211,7 +208,7 @@ def _kernel_plan(device, dtype, B: int, H: int, P: int, D: int, backward: bool, 
     sm = runtime.sm_count(device)
     gru = cell == "gru"
     step_cfg = config.gru_step_config(B, H, 3 * H if backward else H, dtype) if gru else None
-    step = Plan("triton", "step", "gru-step" if gru else "step", step_cfg, "", check)
+    step = Plan("triton", "step", config.STEP_REGIMES[cell], step_cfg, "", check)
     if mode == "step":
         return step._replace(why=f"{KERNEL_ENV}=step")
     reason = sequence_unavailable(device, dtype, D)

@@ -167,11 +167,7 @@ def gru_layer(
         n = torch.tanh(gx_n + r * gh_n)
         h_t = (1 - z) * n + z * h_prev
         if zoneout > 0:
-            if zoneout_masks is None:
-                h_t = zoneout * h_prev + (1 - zoneout) * h_t
-            else:
-                keep = torch.rand(h.shape, generator=zoneout_masks, device=zoneout_masks.device, dtype=acc) < zoneout
-                h_t = torch.where(keep.to(h_t.device), h_prev, h_t)
+            h_t, _ = _zoneout(h_prev, None, h_t, None, zoneout, 0.0, zoneout_masks, acc)
         h_t = h_t.to(dtype)
         if lengths is None:
             h, ys[t] = h_t, h_t
