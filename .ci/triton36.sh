@@ -19,7 +19,7 @@ fi
 
 # what each run checks, compile-only under the fake driver: the compile matrix (tests/test_step_compile.py) under
 # both versions, and the structure of the sequence kernels (tests/test_sequence_structure.py, the GRU's
-# tests/test_gru_structure.py) under 3.6 (the README's test command has just run them under today's Triton). Three
+# tests/test_gru_structure.py, the tile regime's tests/test_tile_structure.py) under 3.6 (the README's test command has just run them under today's Triton). Three
 # runs on two cores: 3.6's matrix and structure runs are the long ones, so each gets its own process.
 run() {  # run NAME PYTHONPATH TEST...
     local name=$1 path=$2
@@ -38,7 +38,8 @@ run triton-current-step-matrix "" tests/test_step_compile.py &
 pids+=($!)
 run "triton-$TRITON36_VERSION-step-matrix" "$TRITON36_DIR" tests/test_step_compile.py &
 pids+=($!)
-run "triton-$TRITON36_VERSION-structure" "$TRITON36_DIR" tests/test_sequence_structure.py tests/test_gru_structure.py &
+run "triton-$TRITON36_VERSION-structure" "$TRITON36_DIR" tests/test_sequence_structure.py tests/test_gru_structure.py \
+    tests/test_tile_structure.py &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

@@ -14,7 +14,10 @@ for the forward and backward alike:
 * ``*-wide``: twice the units per forward program, so half the programs poll the exchange;
 * ``w4``, ``wide-w4``: 4 warps a forward program (8 with the rule), plain dots;
 * ``split32``: where the rule leaves the split regime (B=64 with H >= 768), the split kernels with 32-row batch
-  tiles and 16 units a program (:func:`tritonlstm.kernels.config.split32_form`), forward and backward.
+  tiles and 16 units a program (:func:`tritonlstm.kernels.config.split32_form`), forward and backward;
+* ``graphed``: where the rule gives the tile regime (B >= 64 with H >= 768), the graphed per-step kernels it
+  replaced (the tile regime's fallback), so the two are timed side by side;
+* ``tile-wide``: the tile backward with 32 units a program where the rule gives 16 (B = 64).
 
 (Until commit b020640 the rule was the tagged form; its first run, ``benchmarks/results/nvidia-h200/variants.csv``,
 names the variants as they were then: ``rule`` the tagged form, ``barrier`` today's ``plain``, ``barrier-ksplit``
@@ -100,13 +103,32 @@ VARIANTS = {
     "w4": _warps4(_identity),
     "wide-w4": _warps4(_wide(_identity)),
 }
-FORMS = {"split32": "split32_form"}
-"""Variants that give a config where the rule's is not unit-split: name -> the form's function in
-:mod:`tritonlstm.kernels.config` (``(batch, hidden, proj_size, directions, dtype, sm_count, backward)`` -> config or
-None)."""
+def graphed_form(batch, hidden, proj_size, directions, dtype, sm_count, backward=False):
+    """Where the rule gives the tile regime: the batch-owned config, which ``choose`` turns into the graphed per-step
+    kernels (a W_hh that does not stay in one SM); elsewhere None."""
+    from tritonlstm.kernels import config as C
+
+    if _rule()(batch, hidden, proj_size, directions, dtype, sm_count, backward)["regime"] != "tile":
+        return None
+    return {"regime": "batch", **C.step_config(batch, hidden, 4 * hidden if backward else hidden, dtype, proj_size)}
+
+
+def tile_wide_form(batch, hidden, proj_size, directions, dtype, sm_count, backward=False):
+    """Where the rule's tile backward takes 16 units a program (B = 64 at H >= 768): 32, in two epilogue tiles (the
+    per-step kernels' L2 bytes, half the programs); elsewhere None."""
+    cfg = _rule()(batch, hidden, proj_size, directions, dtype, sm_count, backward)
+    if not backward or cfg["regime"] != "tile" or cfg["BLOCK_H"] != 16:
+        return None
+    return {**cfg, "BLOCK_H": 32}
+
+
+FORMS = {"split32": "split32_form", "graphed": graphed_form, "tile-wide": tile_wide_form}
+"""Variants that give a config where the rule's is not unit-split: name -> the form's function
+(``(batch, hidden, proj_size, directions, dtype, sm_count, backward)`` -> config or None), or its name in
+:mod:`tritonlstm.kernels.config`."""
 NAMES = [*VARIANTS, *FORMS]
 CORE = ("rule", "plain", "tagged")
-SHAPES = ["16,1024", "16,256", "16,768", "64,256", "64,1024"]
+SHAPES = ["16,1024", "16,256", "16,768", "64,256", "64,1024", "256,1024"]
 
 
 _RULE = []  # the rule's own sequence_config, kept at the first patch
@@ -127,7 +149,8 @@ def patched(name: str):
     from tritonlstm.kernels import config as C
 
     rule = _rule()
-    form = getattr(C, FORMS[name]) if name in FORMS else None
+    form = FORMS.get(name)
+    form = getattr(C, form) if isinstance(form, str) else form
     transform = VARIANTS.get(name)
 
     def config(batch, hidden, proj_size, directions, dtype, sm_count, backward=False):
@@ -239,8 +262,8 @@ def main(argv=None) -> None:
                 continue
             model, ref, x, xg, g = setup[B, H]
             row = dict(what=what, variant=name, B=B, H=H, T=T)
-            if not applies(name, B, H, False):
-                emit({**row, "note": "not applicable: the variant leaves the rule's forward config as it is"})
+            if not (applies(name, B, H, False) or (what != "fwd" and applies(name, B, H, True))):
+                emit({**row, "note": f"not applicable: the variant leaves the rule's {what} configs as they are"})
                 continue
             use(name)
             try:

@@ -22,6 +22,14 @@ Regimes (each one a kernel in its own file, registered in :data:`LAUNCHERS`):
   it) is a built and tested form the rule does not pick (:data:`TAGGED_EXCHANGE`: it measured slower). Each
   variant is self-tested at first use, and a failed one falls back to its plain form.
 
+* ``"tile"`` (the large-batch regime): the split kernels on a persistent 2-D grid of batch tiles of 64 or 128
+  rows x unit slices, at most one program per SM, where the 16-row unit-split form does not fit. The forward keeps
+  W_hh^T[:, its gate columns] resident (chunks of ``K_CHUNK`` rows, wgmma operands in shared memory) and reads
+  h_{t-1} a chunk at a time; the backward streams W_hh and dG_{t+1} from L2 in chunks of gate rows (it moves fewer
+  bytes than a resident slice: :func:`tile_config`). The programs of a group meet through one flag per producer
+  (``FLAGS``: :func:`tritonlstm.kernels.jit.wait_flags`), not a counter. Self-tested as ``"tile"``; its fallback
+  is the graphed per-step kernels.
+
 :func:`choose` is the rule for a shape; the plan (:mod:`tritonlstm.dispatch`) adds what a rule cannot know (the
 environment, the self-test, compile failures). T plays no part anywhere.
 """
@@ -48,6 +56,7 @@ LAUNCHERS = {
     "step": Launcher("tritonlstm.kernels.step", "tritonlstm.kernels.step", "step"),
     "batch": _SEQUENCE,
     "split": _SEQUENCE,
+    "tile": _SEQUENCE,
     "graphed": Launcher("tritonlstm.kernels.graphed", "tritonlstm.kernels.graphed", "step"),
     "gru-step": Launcher("tritonlstm.kernels.gru_step", "tritonlstm.kernels.gru_step", "step"),
     "gru-batch": Launcher("tritonlstm.kernels.gru_sequence", "tritonlstm.kernels.gru_sequence", "sequence"),
@@ -63,7 +72,8 @@ STEP_REGIMES = {"lstm": "step", "gru": "gru-step"}
 
 SELF_TESTED = {
     "split": "split", "split-tagged": "split", "split-k": "split", "split-chunked": "split", "batch": "batch",
-    "graphed": "graphed", "gru-split": "gru-split", "gru-split-k": "gru-split", "gru-split-chunked": "gru-split",
+    "graphed": "graphed", "tile": "tile", "gru-split": "gru-split", "gru-split-k": "gru-split",
+    "gru-split-chunked": "gru-split",
     "gru-batch": "gru-batch", "gru-graphed": "gru-graphed",
 }
 """What the first-use self-test validates separately (:func:`variant` names a config's entry), and the regime of
@@ -235,7 +245,7 @@ def sequence_config(
     units = max(min_units, p2(triton.cdiv(hidden * groups, sm_count)))
     programs = triton.cdiv(hidden, units)
     if groups * programs > sm_count:
-        return batch_owned
+        return _large_batch(batch_owned, batch, hidden, proj_size, directions, dtype, sm_count, backward)
     block_p = max(16, p2(triton.cdiv(proj_size, programs))) if proj_size else 0
     operands = operand_bytes(block_b, hidden, proj_size, units, block_p, elt, backward)
     cfg = {"regime": "split", "BLOCK_B": block_b, "BLOCK_H": units}
@@ -243,7 +253,7 @@ def sequence_config(
     if operands > OPERAND_BUDGET[backward]:
         chunks = triton.cdiv(4 * hidden, CHUNK_ROWS)
         if not backward or proj_size or elt != 2 or units != 16 or chunks > 4:
-            return batch_owned
+            return _large_batch(batch_owned, batch, hidden, proj_size, directions, dtype, sm_count, backward)
         # the backward beyond H=512: W_hh[:, 16 units] resident in chunks of gate rows, each step's dot split over
         # the warps (a spill-free build up to H=1024 for sm_90, tests/test_sequence_structure.py)
         cfg.update(G_CHUNKS=chunks, num_warps=8)
@@ -258,6 +268,83 @@ def sequence_config(
         cfg["K_BLOCK"] = MAX_K_BLOCK // 2
     # the 16-bit forward keeps one plain tl.dot and every form meets at the counter barrier (TAGGED_EXCHANGE)
     return tagged_form(cfg, proj_size, dtype, backward) if TAGGED_EXCHANGE else cfg
+
+
+TILE_W_BYTES = 128 * 1024
+"""The most shared memory the tile regime's forward gives its resident W_hh^T slice, 1024 x 64 in 16-bit (the rest
+of the SM's 227 KB holds a staged h_{t-1} chunk and the epilogue's layout conversions:
+tests/test_tile_structure.py)."""
+
+TILE_K_CHUNK = 128 if tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 7) else 64
+"""Rows of the tile forward's resident W_hh^T per chunk in 16-bit: the builds (sm_90, B=64-256, H=768-1024) are
+spill-free with 128 under Triton 3.6 (with 64 they spill 72-80 bytes) and with 64 under 3.9 (with 128, a
+kilobyte): tests/test_tile_structure.py checks the installed version's choice under both."""
+
+TILE_ROWS = (64, 128)
+"""The tile regime's batch tiles: a wgmma is 64 rows a warpgroup, so no MMA runs on fewer."""
+
+
+def tile_config(
+    batch: int, hidden: int, proj_size: int, directions: int, dtype: torch.dtype, sm_count: int | None,
+    backward: bool = False,
+) -> dict | None:
+    """The large-batch regime's config (``"tile"``), or None where it does not apply: no SM count, a projection,
+    B <= 32, or no tiling with one program per SM, and float32 (its exact dots run on FMA units, not wgmma, and
+    keep the graphed per-step kernels).
+
+    Forward: 16 units a program (a 64-column wgmma), whose W_hh^T[:, 64 gate columns] must fit ``TILE_W_BYTES``
+    (H <= 1024), and the smallest batch tile of :data:`TILE_ROWS` with ``tiles * D * slices <= sm_count``. The L2
+    traffic per step is the h_{t-1} row block each program reads, B * R * 2 * (H / units) bytes over the grid.
+    Backward: W_hh streamed. A resident W_hh[:, units] slice is 4H * units * 2 bytes, so at most 16 units at
+    H=1024 with 128-row tiles, whose programs read the dG row block B * 4H * 2 * (H / units) bytes a step (128 MiB
+    at B=256); the streamed 64-row x 32-unit tiles read 96 MiB, dG's row blocks and W_hh's columns
+    (:func:`l2_bytes_per_step`, benchmarks/NOTES.md). 64-row tiles, and 16 or 32 units (one or two epilogue tiles of
+    16), the fewest with one program per SM."""
+    if sm_count is None or proj_size or torch.finfo(dtype).bits != 16 or batch <= 32 or batch * 4 * hidden >= 2**31:
+        return None  # (B <= 32: at least half of a 64-row tile would be padding; its offsets are 32-bit)
+    if backward:
+        for units in (16, 32):
+            if triton.cdiv(batch, TILE_ROWS[0]) * directions * triton.cdiv(hidden, units) <= sm_count:
+                return {"regime": "tile", "BLOCK_B": TILE_ROWS[0], "BLOCK_H": units, "K_CHUNK": 64, "num_warps": 8}
+        return None
+    if hidden * 4 * 16 * 2 > TILE_W_BYTES:
+        return None
+    slices = triton.cdiv(hidden, 16) * directions
+    for tile in TILE_ROWS:
+        if triton.cdiv(batch, tile) * slices <= sm_count:
+            # one warpgroup per 64 rows (8 warps at 64 rows spill under Triton 3.6: tests/test_tile_structure.py)
+            chunk = min(TILE_K_CHUNK, max(16, p2(hidden)))
+            return {"regime": "tile", "BLOCK_B": tile, "BLOCK_H": 16, "K_CHUNK": chunk, "num_warps": tile // 16}
+    return None
+
+
+def l2_bytes_per_step(
+    cfg: dict, batch: int, hidden: int, directions: int, dtype: torch.dtype, backward: bool = False
+) -> int:
+    """The bytes one step of a layer reads from L2 across its grid for the recurrent product, for a tile config
+    (``"tile"``), a per-step config (``"step"``/``"graphed"``, :func:`step_config`'s tiles) or ``"resident"`` (the
+    backward design the tile regime does not use: W_hh[:, BLOCK_H units] kept in shared memory). Forward: each
+    program's row block of h_{t-1}, plus its W_hh^T columns where they are not resident; backward: dG_{t+1}'s row
+    block plus W_hh's columns where streamed. The gate projections, states and outputs, which every regime moves
+    alike, are left out (benchmarks/NOTES.md states both)."""
+    elt = torch.finfo(dtype).bits // 8
+    K = 4 * hidden if backward else hidden  # the inner length (no projection)
+    rows, units = cfg["BLOCK_B"], cfg["BLOCK_H"]
+    slices, tiles = triton.cdiv(hidden, units), triton.cdiv(batch, rows)
+    activations = slices * batch * K  # every unit slice reads the whole row block of its batch tile
+    if cfg["regime"] == "resident" or (cfg["regime"] == "tile" and not backward):
+        weights = 0
+    else:  # W_hh's columns of each program's units (backward) or gates (forward), streamed by every batch tile
+        weights = tiles * K * slices * units * (1 if backward else 4)
+    return directions * (activations + weights) * elt
+
+
+def _large_batch(batch_owned: dict, batch, hidden, proj_size, directions, dtype, sm_count, backward) -> dict:
+    """Where the 16-row unit-split form does not fit: the tile regime, except where W_hh is small enough to stay
+    in one SM (``SMALL_W_BYTES``: the batch-owned form then has no cross-program exchange at all)."""
+    w_bytes = 4 * hidden * (proj_size or hidden) * (torch.finfo(dtype).bits // 8)
+    tile = tile_config(batch, hidden, proj_size, directions, dtype, sm_count, backward)
+    return tile if tile is not None and w_bytes > SMALL_W_BYTES else batch_owned
 
 
 def _split_backward_dot(cfg: dict, hidden: int) -> None:
@@ -295,8 +382,9 @@ def split32_form(
     batch: int, hidden: int, proj_size: int, directions: int, dtype: torch.dtype, sm_count: int | None,
     backward: bool = False,
 ) -> dict | None:
-    """A candidate the rule does not pick yet (not timed on a GPU; benchmarks/NOTES.md): where the rule leaves the
-    unit-split regime at 16 rows (B=64 with H >= 768 on 132 SMs), the same kernels with 32-row batch tiles and 16
+    """A candidate the rule does not pick (not timed on a GPU; benchmarks/NOTES.md): where the rule leaves the
+    unit-split regime at 16 rows for the tile regime (B=64 with H >= 768 on 132 SMs), the split kernels with 32-row
+    batch tiles and 16
     units per program, so every group still has an SM per program: ``ceil(B/32) * D * ceil(H/16) <= sm_count``.
     Each dot is then 2 MMA row tiles by 8 column tiles, one tile per warp of 8 (no replication); the backward holds
     W_hh in chunks of ``CHUNK_ROWS`` gate rows with its dot split over the warps. 16-bit, no projection, H <= 1024
@@ -317,7 +405,8 @@ def split32_form(
 
 def constexprs(cfg: dict, H: int, R: int, P: int, backward: bool) -> tuple[dict, int]:
     """Kernel constexprs for a config, and the number of unit programs per (batch tile, direction) group."""
-    split = cfg.get("regime", "batch") == "split"
+    split = cfg.get("regime", "batch") in ("split", "tile")
+    tile = cfg.get("regime") == "tile"
     bh = cfg["BLOCK_H"]
     ns = triton.cdiv(H, bh) if split else 1
     if split:
@@ -334,6 +423,12 @@ def constexprs(cfg: dict, H: int, R: int, P: int, backward: bool) -> tuple[dict,
             K_SPLIT=cfg.get("K_SPLIT", 1) if split else 1,  # the rule keeps 16 gate rows a split (the GPU's minimum)
             BLOCK_F=max(16, triton.next_power_of_2(P)) if split and P else 16,
         )
+        if tile:  # W_hh and dG_{t+1} streamed in blocks of K_CHUNK gate rows; one flag per program
+            k.update(BLOCK_G=cfg["K_CHUNK"], FLAG_ALL=max(2, p2(ns)), SUB_H=bh if bh <= 16 else bh // 2)
+    elif tile:  # the resident W_hh^T in chunks of K_CHUNK rows covering R; h_{t-1} waited for chunk by chunk
+        kc = cfg["K_CHUNK"]
+        k.update(BLOCK_R=kc, BLOCK_F=16, K_CHUNK=kc, K_CHUNKS=triton.cdiv(R, kc), EVEN_K=R % kc == 0, FLAGS=True,
+                 FLAG_BLOCK=max(2, kc // bh))
     else:
         k.update(BLOCK_R=16, BLOCK_F=max(16, triton.next_power_of_2(H)) if split and P else 16)
         if split:
@@ -373,16 +468,28 @@ def choose(
             plain = {k: v for k, v in cfg.items() if k not in ("K_SPLIT", "K_BLOCK")}
             return Choice("split", cfg, why + ", dot split over the warps", Choice("split", plain, why))
         return Choice("split", cfg, why)
+    if cfg["regime"] == "tile":
+        slices = triton.cdiv(hidden, cfg["BLOCK_H"])
+        why = (f"tile: {triton.cdiv(batch, cfg['BLOCK_B']) * directions} batch tiles of {cfg['BLOCK_B']} rows x "
+               f"{slices} unit slices, one program per SM, flags per producer")
+        return Choice("tile", cfg, why, _graphed(batch, hidden, proj_size, directions, dtype, backward))
     if sm_count is None:
         return Choice("batch", cfg, "batch-owned: no SM count (the interpreter), the per-step kernels' tiles")
     R = proj_size or hidden
     w_bytes = 4 * hidden * R * (torch.finfo(dtype).bits // 8)
     if batch > 0 and w_bytes > SMALL_W_BYTES:
-        # a GPU (there is an SM count): the per-step kernels, their launches replayed from a CUDA graph
-        step = {"regime": "graphed", **step_config(batch, hidden, 4 * hidden if backward else R, dtype, proj_size)}
-        return Choice("graphed", step, f"per-step, graphed: W_hh ({w_bytes // 1024} KB) is streamed from L2 either "
-                      f"way, and the unit-split form does not fit ({triton.cdiv(batch, 16) * directions} groups)")
+        return _graphed(batch, hidden, proj_size, directions, dtype, backward)
     return Choice("batch", cfg, "batch-owned: W_hh stays in one SM's L1")
+
+
+def _graphed(batch: int, hidden: int, proj_size: int, directions: int, dtype: torch.dtype, backward: bool) -> Choice:
+    """The per-step kernels, their launches replayed from a CUDA graph (a GPU: there is an SM count)."""
+    R = proj_size or hidden
+    w_bytes = 4 * hidden * R * (torch.finfo(dtype).bits // 8)
+    step = {"regime": "graphed", **step_config(batch, hidden, 4 * hidden if backward else R, dtype, proj_size)}
+    return Choice("graphed", step, f"per-step, graphed: W_hh ({w_bytes // 1024} KB) is streamed from L2 either "
+                  f"way, and neither the unit-split nor the tile form fits ({triton.cdiv(batch, 16) * directions} "
+                  "groups)")
 
 
 def _gru_operands(H: int, elt: int, backward: bool) -> int:
@@ -484,6 +591,8 @@ def variant(cfg: dict) -> str:
         if cfg.get("G_CHUNKS", 1) > 1:
             return "gru-split-chunked"
         return "gru-split-k" if cfg.get("K_SPLIT", 1) > 1 else cfg["regime"]
+    if cfg["regime"] == "tile":
+        return "tile"
     if cfg.get("TAGGED"):
         return "split-tagged"
     if cfg.get("G_CHUNKS", 1) > 1:
@@ -506,6 +615,11 @@ def self_test_config(device: torch.device, dtype: torch.dtype, regime: str, H: i
         return {"regime": "graphed", **step_config(3, H, 4 * H if backward else (P or H), dtype, P)}
     if regime == "batch":
         return {"regime": "batch", **step_config(3, H, 4 * H if backward else (P or H), dtype, P)}
+    if regime == "tile":
+        # on a GPU (H=40) the forward has 3 unit slices and 3 chunks of R (the last one partial), the backward 2
+        # slices of 2 epilogue tiles (as at B=256); one slice in the interpreter, which runs programs in turn
+        units = (32 if backward else 16) if device.type == "cuda" else triton.next_power_of_2(H)
+        return {"regime": "tile", "BLOCK_B": 64, "BLOCK_H": units, "K_CHUNK": 16, "num_warps": 8 if backward else 4}
     # on a GPU several programs per group, so the barrier really synchronises; the interpreter runs programs one
     # after another, so there a single program per group (the barrier code still runs)
     units = 16 if device.type == "cuda" else triton.next_power_of_2(H)

@@ -233,3 +233,36 @@ def wait_words(ptrs, mask, tag, failed, spin_limit):
 def publish_words(ptrs, values, tag, mask, WORD: tl.constexpr):
     """Store ``values`` as words carrying ``tag`` (``.cg``: straight to L2, where the readers poll)."""
     tl.store(ptrs, tag_words(values, tag, WORD), mask=mask, cache_modifier=".cg")
+
+
+# Per-producer flags (the large-batch "tile" regime): program s of a group stores its step's outputs, then
+# release-stores n + 1 into its own flag; a consumer acquires the flags of the producers whose columns it is about
+# to read, in producer order, until each holds at least the step it needs. No counter that every program
+# increments (whose atomics serialise at one L2 address), and a consumer may start on the first producers' columns
+# while the last ones are still computing. Two slots of anything rewritten each step stay enough: a producer
+# publishes step n + 1 only after reading every producer's step n, which each published after reading step n - 1.
+
+
+@triton.jit
+def release_flag(flag_ptr, n):
+    """Publish step n: every thread's stores of this step precede the release of ``n + 1`` into the flag."""
+    tl.debug_barrier()
+    tl.atomic_xchg(flag_ptr, tl.zeros([], dtype=tl.int32) + (n + 1), sem="release", scope="gpu")
+
+
+@triton.jit
+def wait_flags(flag_ptr, first, last, target, failed, spin_limit, BLOCK: tl.constexpr):
+    """Wait until the flags of producers ``first`` .. ``last - 1`` (``last - first <= BLOCK``) hold at least
+    ``target`` (acquire), polling at most ``spin_limit`` times; returns the updated failure flag. The test is
+    a min over integers (no count over a boolean tile: see :func:`wait_words`)."""
+    o_p = first + tl.arange(0, BLOCK)
+    m_p = o_p < last
+    f = tl.atomic_add(flag_ptr + o_p, 0, mask=m_p, sem="acquire", scope="gpu")
+    low = tl.min(tl.where(m_p, f, target), axis=0)
+    it = low * 0
+    while (low < target) & (it < spin_limit) & (failed == 0):
+        f = tl.atomic_add(flag_ptr + o_p, 0, mask=m_p, sem="acquire", scope="gpu")
+        low = tl.min(tl.where(m_p, f, target), axis=0)
+        it += 1
+    tl.debug_barrier()
+    return failed | (low < target).to(tl.int32)

@@ -1,4 +1,4 @@
-"""Sequence backward kernels: one launch runs a whole layer's time loop in reverse, every direction. Two regimes,
+"""Sequence backward kernels: one launch runs a whole layer's time loop in reverse, every direction. Three regimes,
 one kernel each, with the forward's (:mod:`tritonlstm.kernels.sequence_fwd`) layouts and safety.
 
 * ``_seq_bwd_batch_kernel`` (``"batch"``): a program owns a batch tile and every unit; it forms the gradient
@@ -9,7 +9,11 @@ one kernel each, with the forward's (:mod:`tritonlstm.kernels.sequence_fwd`) lay
   forward's helpers, :func:`tritonlstm.kernels.jit.wait_words`) or through the barrier. Each step's own inputs
   (the forward's gates and cells, dy_t) are loaded before the previous step's wait and carried over.
 
-Both write NaN into everything computed after a timed-out wait. No atomics in any reduction (the barrier counter
+* ``_seq_bwd_tile_kernel`` (``"tile"``, large batches): the batch-owned step with its units split over the
+  programs of a group, which meet through one flag per program; each program streams dG_{t+1} and W_hh[:, its
+  units] from L2 in blocks of gate rows, each dG block shared by its one or two epilogue tiles of 16 units.
+
+All write NaN into everything computed after a timed-out wait. No atomics in any reduction (the barrier counter
 is synchronisation only): weight, input and bias gradients are GEMMs after the loop, here in :func:`backward`.
 """
 
@@ -39,10 +43,12 @@ from tritonlstm.kernels.jit import (
     batch_rows,
     cell_backward,
     publish_words,
+    release_flag,
     split_gates,
     split_k_dot,
     step_tag,
     torch_rows,
+    wait_flags,
     wait_words,
     word_values,
     zoneout_rates,
@@ -199,9 +205,30 @@ def _load_dc(dc_d, dcn_d, o_b, o_u, m_b, m_u, n, H, HAS_DCN: tl.constexpr, ACC_D
 
 
 @triton.jit
+def _dg_dot(dgn_t, w_d, o_b, o_c, m_b, m_c, n, H, R, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
+            BLOCK_K: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):  # fmt: skip
+    """dG_{t+1} @ W_hh[:, o_c], both streamed from L2 in blocks of BLOCK_K gate rows (zero at the first step)."""
+    b_rec = tl.zeros((BLOCK_B, BLOCK_C), dtype=ACC_DTYPE)
+    if n > 0:
+        for k in range(0, 4 * H, BLOCK_K):
+            o_k = k + tl.arange(0, BLOCK_K)
+            m_k = o_k < 4 * H
+            b_dgn = tl.load(
+                dgn_t + o_b[:, None] * (4 * H) + o_k[None, :],
+                mask=m_b[:, None] & m_k[None, :],
+                other=0.0,
+                cache_modifier=".cg",
+            )
+            b_w = tl.load(
+                w_d + torch_rows(o_k, H)[:, None] * R + o_c[None, :], mask=m_k[:, None] & m_c[None, :], other=0.0
+            )
+            b_rec += tl.dot(b_dgn, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+    return b_rec
+
+
+@triton.jit
 def _bwd_grad_into_h(
-    dgn_t,
-    w_d,
+    b_rec,  # dG_{t+1} @ W_hh[:, o_c] (:func:`_dg_dot`)
     dy_t,
     dcarry_d,
     dhn_d,
@@ -223,39 +250,20 @@ def _bwd_grad_into_h(
     zo_stream,
     t,
     zo_h,
-    BLOCK_B: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_K: tl.constexpr,
     HAS_DY: tl.constexpr,
     HAS_DHN: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
     HAS_MASK: tl.constexpr,
     ZONEOUT: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
 ):
-    """Batch-owned: the gradient reaching h_t[:, o_c] (all of it: through the state, carried, dy_t); with zoneout
-    only the share that goes through the cell, the kept share being carried to h_{t-1}.
+    """Batch-owned and tile: the gradient reaching h_t[:, o_c] (all of it: through the state, carried, dy_t); with
+    zoneout only the share that goes through the cell, the kept share being carried to h_{t-1}.
 
     On the extra pass (n == T) the part through the state is h0's gradient: it is stored to dh0 instead.
     """
     m_bc = m_b[:, None] & m_c[None, :]
     o_bc = o_b[:, None] * R + o_c[None, :]
-    b_rec = tl.zeros((BLOCK_B, BLOCK_C), dtype=ACC_DTYPE)
-    if n > 0:
-        for k in range(0, 4 * H, BLOCK_K):
-            o_k = k + tl.arange(0, BLOCK_K)
-            m_k = o_k < 4 * H
-            b_dgn = tl.load(
-                dgn_t + o_b[:, None] * (4 * H) + o_k[None, :],
-                mask=m_b[:, None] & m_k[None, :],
-                other=0.0,
-                cache_modifier=".cg",
-            )
-            b_w = tl.load(
-                w_d + torch_rows(o_k, H)[:, None] * R + o_c[None, :], mask=m_k[:, None] & m_c[None, :], other=0.0
-            )
-            b_rec += tl.dot(b_dgn, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
     if HAS_MASK:  # the next step's product saw h_t * mask
         b_rec *= tl.load(hm_d + o_bc, mask=m_bc, other=0.0).to(ACC_DTYPE)
     # what reached the state without a gate: h_n's gradient on the first pass, skipped steps' with lengths,
@@ -282,6 +290,38 @@ def _bwd_grad_into_h(
     if HAS_LENGTHS:
         b_dh = tl.where(v_t[:, None], b_dh, 0.0)
     return b_dh
+
+
+
+@triton.jit
+def _bwd_unit_tile(
+    b_rec, dy_t, dcarry_d, dhn_d, dh0_d, hm_d, dc_d, dcn_d, dc0_d, c0_d, gates_t, cs_t, cs_p, dg_t, first_fwd, o_b,
+    u, m_b, v_t, n, T, B, H, R, ldy, last_step, poison, zs_ptr, zo_stream, t, zo_h, zo_c, BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr, HAS_DY: tl.constexpr, HAS_DHN: tl.constexpr, HAS_DCN: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, HAS_MASK: tl.constexpr, ZONEOUT: tl.constexpr, ACC_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """Batch-owned and tile, no projection: the step of units u .. u + BLOCK_H from their share of the recurrent
+    dot (b_rec): the gradient into h_t, then (n < T) the cell's; stores dG_t, and dc_{t-1} into the scratch dc."""
+    o_u = u + tl.arange(0, BLOCK_H)
+    o_g = 4 * u + tl.arange(0, 4 * BLOCK_H)
+    m_u, m_g = o_u < H, o_g < 4 * H
+    b_dh = _bwd_grad_into_h(
+        b_rec, dy_t, dcarry_d, dhn_d, dh0_d, hm_d, o_b, o_u, m_b, m_u, v_t, n, T, B, H, R, ldy, poison, zs_ptr,
+        zo_stream, t, zo_h, HAS_DY, HAS_DHN, HAS_LENGTHS, HAS_MASK, ZONEOUT, ACC_DTYPE,
+    )  # fmt: skip
+    if n < T:
+        b_dc = _load_dc(dc_d, dcn_d, o_b, o_u, m_b, m_u, n, H, HAS_DCN, ACC_DTYPE)
+        b_kc = b_dc  # unread without zoneout
+        if ZONEOUT > 0:
+            b_kc = zoneout_rates(zs_ptr, zo_stream + 1, t, o_b, o_u, B, H, zo_c, ZONEOUT, ACC_DTYPE)
+        b_gates, b_cp, b_c = _bwd_cell_inputs(gates_t, cs_t, cs_p, c0_d, first_fwd, o_b, o_u, o_g, m_b, m_u, m_g, H,
+                                              ZONEOUT, ACC_DTYPE)  # fmt: skip
+        b_dc, b_dg = _bwd_cell(
+            b_dh, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, b_gates, b_cp, b_c, dg_t, dc0_d, H,
+            b_kc, BLOCK_B, BLOCK_H, HAS_LENGTHS, ZONEOUT,
+        )  # fmt: skip
+        m_bu = m_b[:, None] & m_u[None, :]
+        tl.store(dc_d + o_b[:, None] * H + o_u[None, :], b_dc.to(dc_d.dtype.element_ty), mask=m_bu)
 
 
 @triton.jit(do_not_specialize=["T", "B", "rev_mask", "spin_limit"])
@@ -583,10 +623,11 @@ def _seq_bwd_batch_kernel(
         if HAS_PROJ:
             o_c = tl.arange(0, BLOCK_P)
             m_c = o_c < P
+            b_rec = _dg_dot(dgn_t, w_d, o_b, o_c, m_b, m_c, n, H, R, BLOCK_B, BLOCK_P, BLOCK_K, ACC_DTYPE,
+                            INPUT_PRECISION)  # fmt: skip
             b_dh = _bwd_grad_into_h(
-                dgn_t, w_d, dy_t, dcarry_d, dhn_d, dh0_d, hm_d, o_b, o_c, m_b, m_c, v_t, n, T, B, H, R, ldy, poison,
-                zs_ptr, zo_stream, t, zo_h, BLOCK_B, BLOCK_P, BLOCK_K, HAS_DY, HAS_DHN, HAS_LENGTHS, HAS_MASK, 0,
-                ACC_DTYPE, INPUT_PRECISION,
+                b_rec, dy_t, dcarry_d, dhn_d, dh0_d, hm_d, o_b, o_c, m_b, m_c, v_t, n, T, B, H, R, ldy, poison, zs_ptr,
+                zo_stream, t, zo_h, HAS_DY, HAS_DHN, HAS_LENGTHS, HAS_MASK, 0, ACC_DTYPE,
             )  # fmt: skip
             if n < T:
                 dh_t = dhall_d + tc * B * P
@@ -616,34 +657,149 @@ def _seq_bwd_batch_kernel(
         else:
             for u in range(0, H, BLOCK_H):
                 o_u = u + tl.arange(0, BLOCK_H)
-                o_g = 4 * u + tl.arange(0, 4 * BLOCK_H)
-                m_u, m_g = o_u < H, o_g < G
-                b_dh = _bwd_grad_into_h(
-                    dgn_t, w_d, dy_t, dcarry_d, dhn_d, dh0_d, hm_d, o_b, o_u, m_b, m_u, v_t, n, T, B, H, R, ldy,
-                    poison, zs_ptr, zo_stream, t, zo_h, BLOCK_B, BLOCK_H, BLOCK_K, HAS_DY, HAS_DHN, HAS_LENGTHS,
-                    HAS_MASK, ZONEOUT, ACC_DTYPE, INPUT_PRECISION,
+                b_rec = _dg_dot(dgn_t, w_d, o_b, o_u, m_b, o_u < H, n, H, R, BLOCK_B, BLOCK_H, BLOCK_K, ACC_DTYPE,
+                                INPUT_PRECISION)  # fmt: skip
+                _bwd_unit_tile(
+                    b_rec, dy_t, dcarry_d, dhn_d, dh0_d, hm_d, dc_d, dcn_d, dc0_d, c0_d, gates_t, cs_t, cs_p, dg_t,
+                    first_fwd, o_b, u, m_b, v_t, n, T, B, H, R, ldy, last_step, poison, zs_ptr, zo_stream, t, zo_h,
+                    zo_c, BLOCK_B, BLOCK_H, HAS_DY, HAS_DHN, HAS_DCN, HAS_LENGTHS, HAS_MASK, ZONEOUT, ACC_DTYPE,
                 )  # fmt: skip
-                if n < T:
-                    b_dc = _load_dc(dc_d, dcn_d, o_b, o_u, m_b, m_u, n, H, HAS_DCN, ACC_DTYPE)
-                    b_kc = b_dc  # unread without zoneout
-                    if ZONEOUT > 0:
-                        b_kc = zoneout_rates(zs_ptr, zo_stream + 1, t, o_b, o_u, B, H, zo_c, ZONEOUT, ACC_DTYPE)
-                    b_gates, b_cp, b_c = _bwd_cell_inputs(gates_t, cs_t, cs_p, c0_d, first_fwd, o_b, o_u, o_g, m_b,
-                                                          m_u, m_g, H, ZONEOUT, ACC_DTYPE)  # fmt: skip
-                    b_dc, b_dg = _bwd_cell(
-                        b_dh, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, b_gates, b_cp, b_c, dg_t,
-                        dc0_d, H, b_kc, BLOCK_B, BLOCK_H, HAS_LENGTHS, ZONEOUT,
-                    )  # fmt: skip
-                    tl.store(
-                        dc_d + o_b[:, None] * H + o_u[None, :],
-                        b_dc.to(dc_ptr.dtype.element_ty),
-                        mask=m_b[:, None] & m_u[None, :],
-                    )
         tl.debug_barrier()  # this step's dG_t, written by every thread, precedes the next step's loads
     tl.store(err_ptr, failed, mask=failed != 0)
 
 
-KERNELS = {"batch": _seq_bwd_batch_kernel, "split": _seq_bwd_split_kernel}
+@triton.jit(do_not_specialize=["T", "B", "rev_mask", "spin_limit"])
+def _seq_bwd_tile_kernel(
+    dy_ptr,  # [T, B, D*R]  gradient of y (read if HAS_DY)
+    dhn_ptr,  # [D, B, R]  gradient of h_n (read if HAS_DHN)
+    dcn_ptr,  # [D, B, H]  gradient of c_n (read if HAS_DCN)
+    w_ptr,  # [D, G, R]  W_hh, torch's layout
+    wr_ptr,  # unread (no projection)
+    gates_ptr,  # [D, T, B, G]  activated gates from the forward
+    cs_ptr,  # [D, T, B, H]  every c_t, accumulator dtype
+    c0_ptr,  # [D, B, H]
+    dg_ptr,  # [D, T, B, G]  out: gate pre-activation gradients
+    dgw_ptr,  # unread
+    dhall_ptr,  # unread
+    dc_ptr,  # [D, B, H]  scratch: dc_t between steps, accumulator dtype
+    dcarry_ptr,  # [D, B, R]  scratch: gradient reaching the state not through the gates, accumulator dtype
+    dh0_ptr,  # [D, B, R]  out
+    dc0_ptr,  # [D, B, H]  out
+    len_ptr,  # [B]
+    hm_ptr,  # [D, B, R]  the forward's recurrent dropout mask (read if HAS_MASK)
+    zs_ptr,  # [1]  the forward's zoneout seed: its masks are drawn again (ZONEOUT == 2)
+    zo_h: tl.float64,
+    zo_c: tl.float64,
+    sync_ptr,  # [D, NB, NS]  int32 flags, one per program, zero at launch
+    err_ptr,  # [1]
+    T,
+    B,
+    H,
+    R,
+    P,
+    rev_mask,
+    spin_limit,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,  # units per program: SUB_H or 2 * SUB_H
+    BLOCK_K: tl.constexpr,  # (unread)
+    BLOCK_P: tl.constexpr,  # (unread)
+    BLOCK_G: tl.constexpr,  # gate rows per streamed block of dG_{t+1} and W_hh
+    G_CHUNKS: tl.constexpr,  # (unread)
+    K_SPLIT: tl.constexpr,  # (unread)
+    BLOCK_F: tl.constexpr,  # (unread)
+    HAS_DY: tl.constexpr,
+    HAS_DHN: tl.constexpr,
+    HAS_DCN: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    HAS_PROJ: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    ZONEOUT: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    FLAG_ALL: tl.constexpr = 2,  # >= the programs of a group
+    SUB_H: tl.constexpr = 16,  # units per epilogue tile
+):
+    """The tile regime's backward (see the module docstring): the batch-owned kernel's step, its units split over the
+    programs of a (batch tile, direction) group, which meet through per-producer flags. Each step a program waits
+    for every producer of dG_{t+1} once (a wait inside the streamed loop would stop its software pipelining), then
+    streams dG_{t+1}'s row block and W_hh[:, its units] from L2 in blocks of BLOCK_G gate rows, one dot per
+    epilogue tile sharing each block of dG, summed in a fixed order; dc and the carried gradient go through the
+    scratch buffers (program-private: its rows and units), not registers."""
+    tl.static_assert(not HAS_PROJ, "the tile regime takes no projection")
+    tl.static_assert(BLOCK_H == SUB_H or BLOCK_H == 2 * SUB_H, "one or two epilogue tiles a program")
+    # offsets within a step in 32 bits (the rule checks B * 4H < 2**31): a 64-row tile's 64-bit offsets, hoisted
+    # out of the time loop, spill the sm_90 build
+    i_b, i_d, i_s = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    NS = tl.num_programs(2)
+    G = 4 * H
+    ldy = tl.num_programs(1) * R
+    rev = (rev_mask >> tl.program_id(1)) & 1
+    zo_stream = 2 * tl.program_id(1)
+    o_b, m_b, b_len = batch_rows(len_ptr, i_b, B, T, BLOCK_B, HAS_LENGTHS)
+    hm_d = hm_ptr + i_d * B * R
+    w_d = w_ptr + i_d * G * R
+    gates_d = gates_ptr + i_d * T * B * G
+    dg_d = dg_ptr + i_d * T * B * G
+    cs_d = cs_ptr + i_d * T * B * H
+    c0_d = c0_ptr + i_d * B * H
+    dc_d = dc_ptr + i_d * B * H
+    dcn_d = dcn_ptr + i_d * B * H
+    dc0_d = dc0_ptr + i_d * B * H
+    dcarry_d = dcarry_ptr + i_d * B * R
+    dhn_d = dhn_ptr + i_d * B * R
+    dh0_d = dh0_ptr + i_d * B * R
+    dy_d = dy_ptr + i_d * R
+    flag_g = sync_ptr + (i_d * tl.num_programs(0) + i_b) * NS
+    failed = tl.program_id(0) * 0
+    u0 = i_s * BLOCK_H
+    o_u0 = u0 + tl.arange(0, SUB_H)
+    o_u1 = o_u0 + SUB_H
+
+    for n in range(0, T + 1):
+        t, t_next, tf_prev, v_t = _bwd_time(n, T, rev, b_len)
+        first_fwd = (tf_prev < 0) | (tf_prev >= T)
+        last_step = n == T - 1
+        tn = tl.minimum(tl.maximum(t_next, 0), T - 1).to(tl.int64)
+        tc = tl.minimum(tl.maximum(t, 0), T - 1).to(tl.int64)
+        dgn_t = dg_d + tn * B * G
+        dg_t = dg_d + tc * B * G
+        gates_t = gates_d + tc * B * G
+        cs_t = cs_d + tc * B * H
+        cs_p = cs_d + tl.minimum(tl.maximum(tf_prev, 0), T - 1).to(tl.int64) * B * H
+        dy_t = dy_d + tc * B * ldy
+        failed = wait_flags(flag_g, 0, NS, n, failed, spin_limit, FLAG_ALL)
+        poison = tl.where(failed != 0, float("nan"), 0.0)
+        b_rec0 = tl.zeros((BLOCK_B, SUB_H), dtype=ACC_DTYPE)
+        b_rec1 = b_rec0  # unread with one epilogue tile
+        if n > 0:
+            for k in range(0, G, BLOCK_G):
+                o_k = k + tl.arange(0, BLOCK_G)
+                m_k = o_k < G
+                b_dgn = tl.load(dgn_t + o_b[:, None] * G + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0,
+                                cache_modifier=".cg")  # fmt: skip
+                p_w = w_d + torch_rows(o_k, H)[:, None] * R
+                b_w = tl.load(p_w + o_u0[None, :], mask=m_k[:, None] & (o_u0 < H)[None, :], other=0.0)
+                b_rec0 = tl.dot(b_dgn, b_w, b_rec0, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+                if BLOCK_H > SUB_H:
+                    b_w = tl.load(p_w + o_u1[None, :], mask=m_k[:, None] & (o_u1 < H)[None, :], other=0.0)
+                    b_rec1 = tl.dot(b_dgn, b_w, b_rec1, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+        _bwd_unit_tile(
+            b_rec0, dy_t, dcarry_d, dhn_d, dh0_d, hm_d, dc_d, dcn_d, dc0_d, c0_d, gates_t, cs_t, cs_p, dg_t, first_fwd,
+            o_b, u0, m_b, v_t, n, T, B, H, R, ldy, last_step, poison, zs_ptr, zo_stream, t, zo_h, zo_c, BLOCK_B, SUB_H,
+            HAS_DY, HAS_DHN, HAS_DCN, HAS_LENGTHS, HAS_MASK, ZONEOUT, ACC_DTYPE,
+        )  # fmt: skip
+        if BLOCK_H > SUB_H:
+            _bwd_unit_tile(
+                b_rec1, dy_t, dcarry_d, dhn_d, dh0_d, hm_d, dc_d, dcn_d, dc0_d, c0_d, gates_t, cs_t, cs_p, dg_t,
+                first_fwd, o_b, u0 + SUB_H, m_b, v_t, n, T, B, H, R, ldy, last_step, poison, zs_ptr, zo_stream, t, zo_h,
+                zo_c, BLOCK_B, SUB_H, HAS_DY, HAS_DHN, HAS_DCN, HAS_LENGTHS, HAS_MASK, ZONEOUT, ACC_DTYPE,
+            )  # fmt: skip
+        if n < T:
+            release_flag(flag_g + i_s, n)
+    tl.store(err_ptr, failed, mask=failed != 0)
+
+
+KERNELS = {"batch": _seq_bwd_batch_kernel, "split": _seq_bwd_split_kernel, "tile": _seq_bwd_tile_kernel}
 
 
 def backward(
@@ -664,7 +820,7 @@ def backward(
     dev = x.device
     check_regularisers(layer, regs)
     cfg = config or sequence_config(B, H, P, D, dtype, sm_count(dev), backward=True)
-    split = cfg["regime"] == "split"
+    split = cfg["regime"] in ("split", "tile")  # (a grid that must be co-resident)
     k, ns = constexprs(cfg, H, R, P, backward=True)
     nb = triton.cdiv(B, k["BLOCK_B"])
 
@@ -672,15 +828,16 @@ def backward(
     dh_all = torch.empty(D, T, B, P, device=dev, dtype=dtype) if P else None
     dh0 = torch.empty(D, B, R, device=dev, dtype=dtype)
     dc0 = torch.empty(D, B, H, device=dev, dtype=dtype)
-    flags = torch.zeros(1 + D * nb, device=dev, dtype=torch.int32)  # as in the forward
+    flags = torch.zeros(1 + D * nb * (ns if k.get("FLAG_ALL") else 1), device=dev, dtype=torch.int32)  # as forward
     sync = flags[1:]
     if err is None:
         err = flags[:1]
     hm = regs.h_mask.to(dtype).contiguous() if regs.h_mask is not None else None  # the kernel's mask and dW_hh's
     if B > 0:
-        dc = torch.empty(D, B, H, device=dev, dtype=acc) if not split else dc0
+        scratch = cfg["regime"] != "split"  # dc and the carried gradient go through scratch buffers
+        dc = torch.empty(D, B, H, device=dev, dtype=acc) if scratch else dc0
         carried = lengths is not None or any(p > 0 for p in regs.zoneout)
-        dcarry = torch.empty(D, B, R, device=dev, dtype=acc) if carried and not split else dh0
+        dcarry = torch.empty(D, B, R, device=dev, dtype=acc) if carried and scratch else dh0
         lens = lengths.to(dtype=torch.int32).contiguous() if lengths is not None else flags
         rev_mask = sum(1 << d for d, r in enumerate(reverse) if r)
         # a config shared with the forward may ask for tagged words: the backward has them with one chunk, no P
@@ -698,7 +855,8 @@ def backward(
                 T, B, H, R, P, rev_mask, cfg.get("spin_limit", DEFAULT_SPIN_LIMIT), HAS_DY=dy is not None,
                 HAS_DHN=dh_n is not None, HAS_DCN=dc_n is not None, HAS_LENGTHS=lengths is not None, HAS_PROJ=P > 0,
                 HAS_MASK=hm is not None, ZONEOUT=regs.mode, ACC_DTYPE=ACC[acc],
-                INPUT_PRECISION=input_precision(dtype), **k, **tagged, **launch_options(x, split, cfg["num_warps"]),
+                INPUT_PRECISION=input_precision(dtype), **k, **tagged,
+                **launch_options(x, split, cfg["num_warps"]),
             )  # fmt: skip
     else:
         dh0.zero_()

@@ -1,4 +1,4 @@
-"""Sequence forward kernels: one launch runs a whole layer's time loop, every direction. Two regimes, one kernel each.
+"""Sequence forward kernels: one launch runs a whole layer's time loop, every direction. Two kernels, three regimes.
 
 Shapes follow the legend of :mod:`tritonlstm.kernels.jit`. The weights are read in torch's own layout ([D, G, R],
 gate-major rows): the kernels map the interleaved gate column 4*j + k to torch's row k*H + j themselves, so no
@@ -19,9 +19,14 @@ weight is re-laid out on the host per call. The grid is (batch tiles, directions
   h_t = m_t W_hr^T split over P. ``K_SPLIT`` splits each dot over its inner dimension, one split per warp
   (:func:`tritonlstm.kernels.jit.split_k_dot`), where a 16-row dot puts several warps on the same rows: the rule
   gives it float32 (whose plain dot spills) and the tagged form. R is covered by one or two power-of-two blocks (``BLOCK_R``,
-  ``BLOCK_R2``; :func:`tritonlstm.kernels.config.k_blocks`), so H=768 is not padded to 1024. Both kernels take
-  one signature (the split one adds TAGGED, WORD and the splits), so the launcher binds one argument pack to
-  either.
+  ``BLOCK_R2``; :func:`tritonlstm.kernels.config.k_blocks`), so H=768 is not padded to 1024.
+* The same kernel in the ``"tile"`` regime (``K_CHUNKS > 0``, ``FLAGS``: large batches): batch tiles of 64 or 128
+  rows, W_hh^T[:, the program's gate columns] resident in shared memory as ``K_CHUNKS`` chunks of ``K_CHUNK``
+  rows (wgmma operands read in place), h_{t-1} read chunk by chunk after the flags of that chunk's producers
+  (:func:`tritonlstm.kernels.jit.wait_flags`), and the program's own flag released after each step.
+
+Both kernels take one signature (the split one adds TAGGED, WORD, the splits and the tile regime's constexprs), so
+the launcher binds one argument pack to either.
 
 Safety: every spin is bounded (``spin_limit`` polls). A program whose wait times out sets the error flag, stops
 waiting and writes NaN into everything it computes and publishes afterwards (outputs, final states), so a failed
@@ -47,9 +52,11 @@ from tritonlstm.kernels.jit import (
     batch_rows,
     cell_forward,
     publish_words,
+    release_flag,
     split_k_dot,
     step_tag,
     torch_rows,
+    wait_flags,
     wait_words,
     word_values,
     zoneout_rates,
@@ -129,6 +136,47 @@ def _w_resident(w_d, k0, o_g, m_g, H, R, BLOCK: tl.constexpr, K_SPLIT: tl.conste
         b_w = tl.load(w_d + torch_rows(o_g, H)[None, None, :] * R + o_k, mask=(o_k < R) & m_g[None, None, :],
                       other=0.0)  # fmt: skip
     return b_w
+
+
+@triton.jit
+def _h_chunk(y_d, h0_d, xh_d, n, o_b, k0, m_b, v_prev, tp, B, R, ldy, K_CHUNK: tl.constexpr, PARTIAL: tl.constexpr,
+             HAS_MASK: tl.constexpr):  # fmt: skip
+    """The tile regime's [BLOCK_B, K_CHUNK] chunk of h_{t-1} (times the dropout mask with HAS_MASK) at columns
+    k0 .. k0 + K_CHUNK, as :func:`_h_prev` reads it; only a PARTIAL chunk (the last, where K_CHUNK does not divide
+    R) masks columns. The chunk's offset goes into the per-row pointers, so every chunk shares one broadcast
+    column index: per-chunk index and mask tiles, invariant in the time loop, are hoisted out of it and held in
+    registers (a 128 x 64 tile of them per chunk spills the sm_90 build)."""
+    if HAS_MASK:  # the previous step's slot of h * mask, or h0 * mask in slot 2
+        xh_prev = xh_d + ((n + 1) % 2) * (B.to(tl.int64) * R)
+        p_row = tl.where(v_prev, xh_prev + o_b * R, xh_d + 2 * (B.to(tl.int64) * R) + o_b * R)
+    else:
+        p_row = tl.where(v_prev, y_d + (tp * B + o_b) * ldy, h0_d + o_b * R)
+    o_k = tl.arange(0, K_CHUNK)
+    if PARTIAL:
+        m = m_b[:, None] & (k0 + o_k < R)[None, :]
+    else:
+        m = m_b[:, None]
+    return tl.load((p_row + k0)[:, None] + o_k[None, :], mask=m, other=0.0, cache_modifier=".cg")
+
+
+@triton.jit
+def _tile_dot(y_d, h0_d, xh_d, flag_g, b_ws, n, o_b, m_b, v_prev, tp, B, R, ldy, NS, failed, spin_limit,
+              BLOCK_B: tl.constexpr, N: tl.constexpr, BLOCK_H: tl.constexpr, K_CHUNKS: tl.constexpr,
+              K_CHUNK: tl.constexpr, EVEN_K: tl.constexpr, FLAG_BLOCK: tl.constexpr, HAS_MASK: tl.constexpr,
+              ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):  # fmt: skip
+    """The tile regime's recurrent dot, h_{t-1} @ W_hh^T[:, its gate columns], chunk by chunk of the inner
+    dimension in producer order: each chunk's producers are waited for (their flags at step n) just before its
+    columns are loaded, so a program starts on the first producers' columns while the last ones still compute.
+    (Waiting for every producer at once instead lets the compiler hoist every chunk's load above the dots, and
+    the sm_90 build spills 56-184 bytes: benchmarks/NOTES.md.) Returns ([BLOCK_B, N] in ACC_DTYPE, failed)."""
+    b_acc = tl.zeros([BLOCK_B, N], dtype=ACC_DTYPE)
+    for c in tl.static_range(K_CHUNKS):
+        first = (c * K_CHUNK) // BLOCK_H  # the producers of this chunk's columns (one, where a producer has more)
+        failed = wait_flags(flag_g, first, tl.minimum(NS, first + FLAG_BLOCK), n, failed, spin_limit, FLAG_BLOCK)
+        b_hc = _h_chunk(y_d, h0_d, xh_d, n, o_b, c * K_CHUNK, m_b, v_prev, tp, B, R, ldy, K_CHUNK,
+                        not EVEN_K and c + 1 == K_CHUNKS, HAS_MASK)  # fmt: skip
+        b_acc = tl.dot(b_hc, b_ws[c], b_acc, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+    return b_acc, failed
 
 
 @triton.jit
@@ -253,9 +301,18 @@ def _seq_fwd_split_kernel(
     BLOCK_R2: tl.constexpr = 0,  # > 0: R's columns past BLOCK_R, a second block of the recurrent dot
     K_SPLIT2: tl.constexpr = 1,  # that block's split
     K_SPLIT_F: tl.constexpr = 1,  # the projection's dot over BLOCK_F, split that many ways
+    K_CHUNKS: tl.constexpr = 0,  # > 0 (the tile regime): W_hh^T resident as that many chunks of K_CHUNK rows
+    K_CHUNK: tl.constexpr = 16,
+    EVEN_K: tl.constexpr = False,  # K_CHUNK divides R
+    FLAGS: tl.constexpr = False,  # the tile regime: per-producer flags (sync_ptr [D, NB, NS]), not the counter
+    FLAG_BLOCK: tl.constexpr = 2,  # >= the producers of one chunk's columns
 ):
     i_b, i_d, i_s = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     NS = tl.num_programs(2)
+    if K_CHUNKS > 0:
+        tl.static_assert(not (TAGGED or HAS_PROJ), "the tile regime exchanges h_t through flags, no projection")
+        # offsets within a step in 32 bits (the rule checks B * 4H < 2**31), as in the tile backward
+        i_b, i_s = tl.program_id(0), tl.program_id(2)
     G = 4 * H
     ldy = tl.num_programs(1) * R
     rev = (rev_mask >> tl.program_id(1)) & 1
@@ -278,6 +335,7 @@ def _seq_fwd_split_kernel(
         m_d = m_ptr + i_d * B * H
     y_d = y_ptr + i_d * R
     sync = sync_ptr + i_d * tl.num_programs(0) + i_b
+    flag_g = sync_ptr + (i_d * tl.num_programs(0) + i_b) * NS  # the group's flags, one per unit program (FLAGS)
     failed = tl.program_id(0) * 0
 
     # the program's units and its slice of the weights, loaded once and kept on chip for the whole sequence
@@ -286,7 +344,16 @@ def _seq_fwd_split_kernel(
     m_u, m_g = o_u < H, o_g < G
     # R in one block of BLOCK_R columns, or two (BLOCK_R + BLOCK_R2: 768 as 512 + 256), so that no MMA runs on
     # more than a granule of padding where two powers of two cover R
-    b_w = _w_resident(w_d, 0, o_g, m_g, H, R, BLOCK_R, K_SPLIT)
+    if K_CHUNKS > 0:
+        # the tile regime: W_hh^T[:, its gate columns] as K_CHUNKS chunks of K_CHUNK rows, one tensor each (a
+        # tuple, indexed by a static chunk number), so each step's dot takes h_{t-1} a chunk at a time; a chunk
+        # of 16 rows or more is a wgmma operand read from shared memory in place (tests/test_tile_structure.py)
+        b_ws = ()
+        for c in tl.static_range(K_CHUNKS):
+            b_ws = b_ws + (_w_resident(w_d, c * K_CHUNK, o_g, m_g, H, R, K_CHUNK, 1),)
+        b_w = b_ws[0]
+    else:
+        b_w = _w_resident(w_d, 0, o_g, m_g, H, R, BLOCK_R, K_SPLIT)
     b_w2 = b_w  # unread with one block
     if BLOCK_R2 > 0:
         b_w2 = _w_resident(w_d, BLOCK_R, o_g, m_g, H, R, BLOCK_R2, K_SPLIT2)
@@ -329,21 +396,30 @@ def _seq_fwd_split_kernel(
             cs_t = cs_d + (n % 2) * (B.to(tl.int64) * H)
         gx_t = gx_d + t.to(tl.int64) * B * G
         y_t = y_d + t.to(tl.int64) * B * ldy
-        # the step's gate projections (the host's GEMM, written before the launch) are loaded before the wait, so
-        # their latency hides behind it; then both blocks of h_{t-1}, before either dot: one wait, not one per dot
-        p_gx = gx_t + o_b[:, None] * G + o_g[None, :]
-        b_gx = tl.load(p_gx, mask=m_b[:, None] & m_g[None, :], other=0.0)
-        b_hp, failed = _h_prev(y_d, h0_d, xh_d, n, o_b, tl.arange(0, BLOCK_R), m_b, v_prev, tp, B, R, ldy, failed,
-                               spin_limit, TAGGED, HAS_MASK, WORD, y_ptr.dtype.element_ty)  # fmt: skip
-        b_hp2 = b_hp  # unread with one block
-        if BLOCK_R2 > 0:
-            o_k2 = BLOCK_R + tl.arange(0, BLOCK_R2)
-            b_hp2, failed = _h_prev(y_d, h0_d, xh_d, n, o_b, o_k2, m_b, v_prev, tp, B, R, ldy, failed, spin_limit,
-                                    TAGGED, HAS_MASK, WORD, y_ptr.dtype.element_ty)  # fmt: skip
-        b_acc = split_k_dot(b_hp, b_w, K_SPLIT, ACC_DTYPE, INPUT_PRECISION)
-        if BLOCK_R2 > 0:
-            b_acc += split_k_dot(b_hp2, b_w2, K_SPLIT2, ACC_DTYPE, INPUT_PRECISION)
-        if TAGGED:
+        # unit-split: the step's gate projections (the host's GEMM, written before the launch) are loaded before
+        # the wait, so their latency hides behind it; then both blocks of h_{t-1}, before either dot: one wait, not
+        # one per dot. The tile regime waits and loads chunk by chunk, and loads the projections after its dot.
+        if K_CHUNKS > 0:
+            b_acc, failed = _tile_dot(y_d, h0_d, xh_d, flag_g, b_ws, n, o_b, m_b, v_prev, tp, B, R, ldy, NS,
+                                      failed, spin_limit, BLOCK_B, 4 * BLOCK_H, BLOCK_H, K_CHUNKS, K_CHUNK, EVEN_K,
+                                      FLAG_BLOCK, HAS_MASK, ACC_DTYPE, INPUT_PRECISION)  # fmt: skip
+            # after the dot: the tile's rows of them (and their pointers) held across it spill the sm_90 build
+            p_gx = gx_t + o_b[:, None] * G + o_g[None, :]
+            b_gx = tl.load(p_gx, mask=m_b[:, None] & m_g[None, :], other=0.0)
+        else:
+            p_gx = gx_t + o_b[:, None] * G + o_g[None, :]
+            b_gx = tl.load(p_gx, mask=m_b[:, None] & m_g[None, :], other=0.0)
+            b_hp, failed = _h_prev(y_d, h0_d, xh_d, n, o_b, tl.arange(0, BLOCK_R), m_b, v_prev, tp, B, R, ldy,
+                                   failed, spin_limit, TAGGED, HAS_MASK, WORD, y_ptr.dtype.element_ty)  # fmt: skip
+            b_hp2 = b_hp  # unread with one block
+            if BLOCK_R2 > 0:
+                o_k2 = BLOCK_R + tl.arange(0, BLOCK_R2)
+                b_hp2, failed = _h_prev(y_d, h0_d, xh_d, n, o_b, o_k2, m_b, v_prev, tp, B, R, ldy, failed,
+                                        spin_limit, TAGGED, HAS_MASK, WORD, y_ptr.dtype.element_ty)  # fmt: skip
+            b_acc = split_k_dot(b_hp, b_w, K_SPLIT, ACC_DTYPE, INPUT_PRECISION)
+            if BLOCK_R2 > 0:
+                b_acc += split_k_dot(b_hp2, b_w2, K_SPLIT2, ACC_DTYPE, INPUT_PRECISION)
+        if TAGGED or FLAGS:  # a wait inside this step's dot that timed out poisons the step itself
             poison = tl.where(failed != 0, float("nan"), 0.0)
         b_pre = b_acc + b_gx.to(ACC_DTYPE)
         b_hu = b_c  # unread without zoneout
@@ -405,7 +481,10 @@ def _seq_fwd_split_kernel(
         else:
             if HAS_MASK:
                 _publish_masked(xh_d, n, B, R, o_b, o_u, m_bx, b_m, b_hmx, y_ptr.dtype.element_ty, ACC_DTYPE)
-            failed = barrier(sync, NS * (n + 1), failed, spin_limit)
+            if FLAGS:
+                release_flag(flag_g + i_s, n)
+            else:
+                failed = barrier(sync, NS * (n + 1), failed, spin_limit)
     tl.store(err_ptr, failed, mask=failed != 0)
 
 
@@ -538,7 +617,8 @@ def _seq_fwd_batch_kernel(
     tl.store(err_ptr, failed, mask=failed != 0)
 
 
-KERNELS = {"batch": _seq_fwd_batch_kernel, "split": _seq_fwd_split_kernel}
+# the tile regime runs the split kernel with its tile constexprs (K_CHUNKS, FLAGS: config.constexprs)
+KERNELS = {"batch": _seq_fwd_batch_kernel, "split": _seq_fwd_split_kernel, "tile": _seq_fwd_split_kernel}
 
 
 def tagged_words(cfg: dict, dtype: torch.dtype) -> dict:
@@ -553,8 +633,8 @@ def tagged_words(cfg: dict, dtype: torch.dtype) -> dict:
 
 
 def launch_options(x: torch.Tensor, split: bool, num_warps: int) -> dict:
-    """Warps, and a cooperative launch for a unit-split grid on a GPU (it fails instead of hanging when the grid
-    is not co-resident)."""
+    """Warps, and a cooperative launch for a unit-split (or tile) grid on a GPU (it fails instead of hanging when the
+    grid is not co-resident)."""
     opts = {"num_warps": num_warps}
     if split and x.is_cuda and cooperative_supported():
         opts["launch_cooperative_grid"] = True
@@ -587,7 +667,7 @@ def forward(
     check_dtype(dtype)
     check_regularisers(layer, regs)
     cfg = config or sequence_config(B, H, P, D, dtype, sm_count(x.device))
-    split = cfg["regime"] == "split"
+    split = cfg["regime"] in ("split", "tile")
     dev = x.device
     bias = layer.bias()
 
@@ -608,7 +688,7 @@ def forward(
     k, ns = constexprs(cfg, H, R, P, backward=False)
     nb = triton.cdiv(B, k["BLOCK_B"])
     # the error flag, then the barrier counters: their offsets do not depend on B (no alignment-driven recompiles)
-    flags = torch.zeros(1 + D * nb, device=dev, dtype=torch.int32)
+    flags = torch.zeros(1 + D * nb * (ns if k.get("FLAGS") else 1), device=dev, dtype=torch.int32)
     sync = flags[1:]
     if err is None:
         err = flags[:1]

@@ -433,6 +433,11 @@ def test_variants_dry_run_gives_each_variant_its_config_and_leaves_the_rule(caps
     assert variants.applies("split32", 64, 1024, True) and not variants.applies("split32", 16, 1024, False)
     assert variants.patched("split32")(64, 1024, 0, 1, torch.float16, 132, True) == C.split32_form(
         64, 1024, 0, 1, torch.float16, 132, True)
+    # the tile regime's shapes: the graphed per-step kernels it replaced, and its backward with 32 units
+    assert variants.applies("graphed", 256, 1024, False) and not variants.applies("graphed", 16, 1024, False)
+    assert variants.patched("graphed")(256, 1024, 0, 1, torch.float16, 132)["regime"] == "batch"
+    assert variants.applies("tile-wide", 64, 1024, True) and not variants.applies("tile-wide", 64, 1024, False)
+    assert variants.patched("tile-wide")(64, 1024, 0, 1, torch.float16, 132, True)["BLOCK_H"] == 32
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="needs a CUDA GPU"):
             variants.main([])

@@ -77,6 +77,31 @@ def test_gpu_matches_nn_lstm(cfg, T, B, dtype, with_hx):
     compare_with_nn_lstm(ref, ours, torch.randn(shape, device="cuda", dtype=torch.float64), hx, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("B, H, bidirectional", [(64, 768, False), (256, 1024, False), (128, 1024, True)])
+def test_gpu_tile_regime_matches_nn_lstm(B, H, bidirectional, dtype):
+    """The large-batch tile regime (many unit programs meeting through per-producer flags, which the interpreter
+    cannot run) against nn.LSTM in float64, forward and every gradient, plain and with lengths."""
+    ref, ours = make_pair(dtype, input_size=64, hidden_size=H, bidirectional=bidirectional)
+    plan = tritonlstm.explain(ours, torch.empty(12, B, 64, device="cuda", dtype=dtype))
+    assert plan.count("tile regime") == 2, plan
+    x = torch.randn(12, B, 64, device="cuda", dtype=torch.float64).to(dtype)
+    compare_with_nn_lstm(ref, ours, x.double(), None, dtype)
+    lengths = torch.randint(1, 13, (B,), device="cuda")
+    want_y, want_h, want_c = _packed_oracle(ref, x, lengths, batch_first=False)
+    with torch.no_grad():
+        y, (h, c) = ours(x, lengths=lengths)
+    for name, a, e in (("y", y, want_y), ("h_n", h, want_h), ("c_n", c, want_c)):
+        assert_close(a, e, dtype, f"tile with lengths: {name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_gpu_tile_self_test_passes(dtype):
+    from tritonlstm.kernels import selftest
+
+    assert selftest.self_test("cuda", dtype, "tile") is None
+
+
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
 def test_gpu_deterministic(dtype):
     m = tritonlstm.LSTM(64, 256, num_layers=2, bidirectional=True, backend="triton").to("cuda", dtype)

@@ -725,21 +725,27 @@ def test_no_recompile_across_T_and_batch_sizes_of_one_tile():
 # ------------------------------------------------------------------------------------------------------------
 
 
-def test_rule_graphs_the_per_step_kernels_on_a_gpu_only():
-    """Every shape of the benchmark grid that used to run the per-step kernels on a GPU gets the graphed form;
-    without an SM count (CPU tensors) the rule never picks it."""
+def test_rule_runs_no_benchmark_shape_on_the_per_step_kernels():
+    """Issue 19's criterion: on a 132-SM GPU no shape of the benchmark grid (B 16/64/256 x H 256/768/1024, 16-bit)
+    runs the per-step kernels, graphed or not: the unit-split regime, or the tile regime for large B with a large
+    W_hh, whose fallback (if its self-test fails) is the graphed per-step kernels. Without an SM count (CPU
+    tensors) the rule picks neither."""
     for B in (16, 64, 256):
         for H in (256, 768, 1024):
             for dtype in (torch.float16, torch.bfloat16):
                 for backward in (False, True):
                     choice = C.choose(B, H, 0, 1, dtype, 132, backward)
-                    assert choice.regime in ("split", "batch", "graphed"), (B, H, choice)
-                    if choice.regime == "graphed":
+                    assert choice.regime in ("split", "tile"), (B, H, choice)
+                    if choice.regime == "tile":
+                        assert B >= 64 and H >= 768, (B, H)
+                        assert choice.fallback.regime == "graphed" and choice.fallback.fallback is None
                         step_tiles = C.step_config(B, H, 4 * H if backward else H, dtype, 0)
-                        assert choice.config == {"regime": "graphed", **step_tiles}
-                        assert choice.why.startswith("per-step, graphed")
+                        assert choice.fallback.config == {"regime": "graphed", **step_tiles}
                     assert C.choose(B, H, 0, 1, dtype, None, backward).regime == "batch"
-    assert C.LAUNCHERS["graphed"].kernel == "step" and "graphed" in C.SELF_TESTED
+    # beyond the tile regime (more tiles than SMs), the graphed per-step kernels
+    beyond = C.choose(1024, 1024, 0, 1, torch.bfloat16, 132, False)
+    assert beyond.regime == "graphed" and beyond.why.startswith("per-step, graphed")
+    assert C.LAUNCHERS["graphed"].kernel == "step" and "graphed" in C.SELF_TESTED and "tile" in C.SELF_TESTED
 
 
 @pytest.fixture

@@ -273,11 +273,11 @@ def test_plain_forward_variants_without_replicated_mmas(change):
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
 def test_split32_form_builds_unreplicated_and_spill_free(backward):
     """The candidate for B=64 with H >= 768 (config.split32_form, timed by benchmarks.variants): 32-row batch tiles of
-    16 units, where the rule runs the (graphed) per-step kernels. W_hh stays on chip, one MMA tile a warp, no
+    16 units, where the rule runs the tile regime. W_hh stays on chip, one MMA tile a warp, no
     spills, an SM per program."""
     from tritonlstm.kernels import config as C
 
-    assert C.choose(64, 1024, 0, 1, torch.float16, SMS, backward).regime == "graphed", "not the rule's (yet)"
+    assert C.choose(64, 1024, 0, 1, torch.float16, SMS, backward).regime == "tile", "not the rule's: a candidate"
     cfg = C.split32_form(64, 1024, 0, 1, torch.float16, SMS, backward)
     _, grid, asm, variant, args = _launched(64, 1024, 0, 1, torch.float16, backward, config=tuple(cfg.items()))
     loads = _global_loads_in_time_loop(asm["ttgir"], args)
