@@ -1,4 +1,5 @@
-"""The exchange on a GPU: every regime's self-test, tagged words between two programs, the counter barrier alone.
+"""The exchange on a GPU: every regime's self-test, tagged words between two programs, the counter barrier and the
+per-producer flags alone.
 
     python -m benchmarks.exchange [--csv FILE]
 
@@ -8,6 +9,9 @@
   the unit-split forward's exchange) N times; a round trip is two one-way hops, so one hop is the time / 2N.
 * barrier: P programs meet N times at the counter barrier (``kernels/jit.py``: ``barrier``, the exchange of the
   split backward and of the forward's fallback); one meeting is the time / N.
+* flags: P programs meet N times through one flag each (``kernels/jit.py``: ``release_flag``/``wait_flags``,
+  the tile regime's exchange): each releases its flag, then waits for all of them, in 8 groups of producers (the
+  forward's chunks at H=1024 under Triton 3.6); one meeting is the time / N.
 
 Both are timed with ``triton.testing.do_bench`` after warm-up. Every wait is bounded and sets an error flag, so a
 grid that is not co-resident gives an error row, not a hang.
@@ -24,7 +28,7 @@ import triton
 import triton.language as tl
 
 from tritonlstm.kernels.config import DEFAULT_SPIN_LIMIT
-from tritonlstm.kernels.jit import barrier, publish_words, step_tag, wait_words
+from tritonlstm.kernels.jit import barrier, publish_words, release_flag, step_tag, wait_flags, wait_words
 
 ROUNDS = 2000
 PROGRAMS = (2, 32, 96, 128)  # barrier groups: the split forward at B=16 runs 32, 96 and 128 programs a group
@@ -56,6 +60,19 @@ def _barrier_kernel(sync_ptr, err_ptr, rounds, spin_limit):
     failed = tl.program_id(0) * 0
     for i in range(rounds):
         failed = barrier(sync_ptr, programs * (i + 1), failed, spin_limit)
+    tl.store(err_ptr, failed, mask=failed != 0)
+
+
+@triton.jit(do_not_specialize=["rounds", "spin_limit"])
+def _flags_kernel(flags_ptr, err_ptr, rounds, spin_limit, GROUPS: tl.constexpr, BLOCK: tl.constexpr):
+    programs = tl.num_programs(0)
+    per = tl.cdiv(programs, GROUPS)
+    failed = tl.program_id(0) * 0
+    for i in range(rounds):
+        release_flag(flags_ptr + tl.program_id(0), i)
+        for g in tl.static_range(GROUPS):  # in producer order, a group at a time, as the tile forward's chunks
+            failed = wait_flags(flags_ptr, g * per, tl.minimum(programs, (g + 1) * per), i + 1, failed, spin_limit,
+                                BLOCK)  # fmt: skip
     tl.store(err_ptr, failed, mask=failed != 0)
 
 
@@ -95,6 +112,22 @@ def barrier_latency(programs: int, rounds: int = ROUNDS) -> dict:
             "us_per_hop": ms * 1e3 / rounds, "error": int(err.item())}  # fmt: skip
 
 
+def flags_latency(programs: int, rounds: int = ROUNDS, groups: int = 8) -> dict:
+    """Microseconds per meeting of ``programs`` programs through one flag each, waited for in ``groups`` groups."""
+    flags = torch.zeros(programs, device="cuda", dtype=torch.int32)
+    err = torch.zeros(1, device="cuda", dtype=torch.int32)
+    block = max(2, triton.next_power_of_2(triton.cdiv(programs, groups)))
+
+    def run():
+        flags.zero_()
+        _flags_kernel[(programs,)](flags, err, rounds, DEFAULT_SPIN_LIMIT, GROUPS=groups, BLOCK=block, num_warps=4,
+                                   **_options())  # fmt: skip
+
+    ms = triton.testing.do_bench(run, warmup=20, rep=200, return_mode="median")
+    return {"what": "flags", "programs": programs, "tile": f"{groups} groups", "rounds": rounds,
+            "us_per_hop": ms * 1e3 / rounds, "error": int(err.item())}  # fmt: skip
+
+
 FIELDS = ["what", "programs", "tile", "rounds", "us_per_hop", "error"]
 
 
@@ -120,6 +153,7 @@ def main(argv=None) -> None:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = self_tests() + [ping_pong(16, 64), ping_pong(16, 1024)]
     rows += [barrier_latency(p) for p in PROGRAMS if p <= sms]
+    rows += [flags_latency(p) for p in PROGRAMS if p <= sms]
     for row in rows:
         print(", ".join(f"{k}={row[k]:.3f}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in FIELDS))
     if args.csv:

@@ -298,7 +298,8 @@ def test_perf_grid_is_the_cudnn_comparison_grid():
 
 def test_exchange_kernels_compile_for_sm90_without_and_with_synchronisation():
     """The latency probe's kernels, built as they launch (fake sm_90 driver): the ping-pong uses the tagged words
-    alone (volatile polls, no atomic, acquire/release or fence), the barrier the counter; neither spills."""
+    alone (volatile polls, no atomic, acquire/release or fence), the barrier the counter, the flags one release a
+    program and acquire polls; none spills."""
     from benchmarks import exchange
     from tritonlstm.kernels.fake_driver import fake_cuda_driver, kernels_compile
 
@@ -310,13 +311,17 @@ def test_exchange_kernels_compile_for_sm90_without_and_with_synchronisation():
     with fake_cuda_driver(90) as drv:
         exchange._ping_pong_kernel[(2,)](words, err, 10, 100, ROWS=16, COLS=64, num_warps=4)
         exchange._barrier_kernel[(32,)](counter, err, 10, 100, num_warps=4)
-    assert [launch.grid for launch in drv.launches] == [(2, 1, 1), (32, 1, 1)]
+        exchange._flags_kernel[(96,)](torch.zeros(96, dtype=torch.int32), err, 10, 100, GROUPS=8, BLOCK=16,
+                                      num_warps=4)  # fmt: skip
+    assert [launch.grid for launch in drv.launches] == [(2, 1, 1), (32, 1, 1), (96, 1, 1)]
     asm = {}
-    for kernel in (exchange._ping_pong_kernel, exchange._barrier_kernel):
+    for kernel in (exchange._ping_pong_kernel, exchange._barrier_kernel, exchange._flags_kernel):
         (compiled,) = [k for caches in kernel.device_caches.values() for k in caches[0].values()]
         asm[kernel.__name__] = compiled.asm["ptx"]
     assert "ld.volatile.global" in asm["_ping_pong_kernel"] and not sync.search(asm["_ping_pong_kernel"])
     assert sync.search(asm["_barrier_kernel"])
+    # the flags: one release exchange a round, acquire adds of 0 in every group's poll (the tile regime's meeting)
+    assert "atom.global.gpu.release.exch" in asm["_flags_kernel"] and "acquire.add" in asm["_flags_kernel"]
     assert all(v.n_spills == 0 for v in drv.variants())
 
 

@@ -6,14 +6,16 @@
 #
 # Writes 8 files under $OUT: env-perf.txt (device, driver, versions, commit, install log), perf.log (everything
 # printed), exchange.csv (the self-test of every regime in fp16/bf16/fp32, the tagged words' one-way latency
-# between two programs, the counter barrier alone at 2-128 programs: python -m benchmarks.exchange),
+# between two programs, the counter barrier and the tile regime's per-producer flags alone at 2-128 programs:
+# python -m benchmarks.exchange),
 # bench-perf.csv and bench-perf-peaks.json (tritonlstm against cuDNN, fp16 and bf16, B in 16, 64, 256 x H in
 # 256, 768, 1024 at T=1024, fwd and fwd+bwd: benchmarks/run.py's schema; then the GRU row, tritonlstm-gru against
 # cudnn-gru on the quick grid's fp16 shapes, appended to the same CSV), and the plots bench-time-per-step.png,
 # bench-speedup.png, bench-memory.png. `DRY_RUN=1 bash benchmarks/gpu/perf.sh` lists them.
 #
 # Expected duration: 212 s on an H200 (2026-12-04: install, self-tests and latency ~65 s, the grid ~145 s, plots),
-# before the GRU row was added (not yet timed on a GPU: it runs under `timeout` in what is left of 285 s); the
+# before the GRU row and the tile regime (its self-tests, the flags rows) were added (neither timed on a GPU yet:
+# the exchange probe runs under a 150 s `timeout`, the GRU row in what is left of 285 s); the
 # grid runs under `timeout` (what is left of 250 s). A cut-off grid keeps its rows and the script exits 1.
 # Fails loudly (set -euo pipefail): a failed install, no GPU, a failed self-test or timed-out wait, a provider
 # that raised, or a cut-off grid exit nonzero (after writing what it has).
@@ -33,7 +35,7 @@ status=0
 
 echo "== python -m benchmarks.exchange (self-tests, tagged-word ping-pong, barrier)" | tee "$LOG"
 set +e
-timeout -s INT -k 10 120 "$PY" -m benchmarks.exchange --csv "$(out exchange.csv)" 2>&1 | tee -a "$LOG"
+timeout -s INT -k 10 150 "$PY" -m benchmarks.exchange --csv "$(out exchange.csv)" 2>&1 | tee -a "$LOG"
 (( PIPESTATUS[0] == 0 )) || { echo "== benchmarks.exchange failed" | tee -a "$LOG"; status=1; }
 
 budget=$(( 250 - $(elapsed) ))
