@@ -134,6 +134,21 @@ def _bwd_time(n, T, rev, b_len):
 
 
 @triton.jit
+def _bwd_step(n, T, rev, b_len, dg_d, gates_d, cs_d, dy_d, B, H, ldy):
+    """Step n of a backward that reads its step's tensors in place (batch-owned, tile): t, each row's validity, t
+    clamped into range, whether t is a row's first forward step, and the step's pointers: dG_{next}, dG_t, the
+    forward's gates at t, c_t, c_{t-1}, dy_t."""
+    t, t_next, tf_prev, v_t = _bwd_time(n, T, rev, b_len)
+    first_fwd = (tf_prev < 0) | (tf_prev >= T)
+    tn = tl.minimum(tl.maximum(t_next, 0), T - 1).to(tl.int64)
+    tc = tl.minimum(tl.maximum(t, 0), T - 1).to(tl.int64)
+    cs_p = cs_d + tl.minimum(tl.maximum(tf_prev, 0), T - 1).to(tl.int64) * B * H
+    G = 4 * H
+    return (t, v_t, tc, first_fwd, dg_d + tn * B * G, dg_d + tc * B * G, gates_d + tc * B * G, cs_d + tc * B * H, cs_p,
+            dy_d + tc * B * ldy)  # fmt: skip
+
+
+@triton.jit
 def _split_step_inputs(n, T, rev, b_len, gates_d, cs_d, c0_d, dy_d, o_b, o_u, o_g, o_c, m_b, m_u, m_g, m_bc, B, H,
                        ldy, HAS_DY: tl.constexpr, ZONEOUT: tl.constexpr, ACC_DTYPE: tl.constexpr):  # fmt: skip
     """The unit-split backward's inputs of step n that no other program writes: the forward's gates, c_{t-1} and c_t
@@ -608,18 +623,10 @@ def _seq_bwd_batch_kernel(
 
     # steps in the reverse of the forward's order, then one more pass (n == T) that forms dh0 from dG_first
     for n in range(0, T + 1):
-        t, t_next, tf_prev, v_t = _bwd_time(n, T, rev, b_len)
-        first_fwd = (tf_prev < 0) | (tf_prev >= T)
+        t, v_t, tc, first_fwd, dgn_t, dg_t, gates_t, cs_t, cs_p, dy_t = _bwd_step(n, T, rev, b_len, dg_d, gates_d, cs_d,
+                                                                                 dy_d, B, H, ldy)  # fmt: skip
         last_step = n == T - 1
         poison = tl.where(failed != 0, float("nan"), 0.0)
-        tn = tl.minimum(tl.maximum(t_next, 0), T - 1).to(tl.int64)
-        tc = tl.minimum(tl.maximum(t, 0), T - 1).to(tl.int64)
-        dgn_t = dg_d + tn * B * G
-        dg_t = dg_d + tc * B * G
-        gates_t = gates_d + tc * B * G
-        cs_t = cs_d + tc * B * H
-        cs_p = cs_d + tl.minimum(tl.maximum(tf_prev, 0), T - 1).to(tl.int64) * B * H
-        dy_t = dy_d + tc * B * ldy
         if HAS_PROJ:
             o_c = tl.arange(0, BLOCK_P)
             m_c = o_c < P
@@ -756,17 +763,9 @@ def _seq_bwd_tile_kernel(
     o_u1 = o_u0 + SUB_H
 
     for n in range(0, T + 1):
-        t, t_next, tf_prev, v_t = _bwd_time(n, T, rev, b_len)
-        first_fwd = (tf_prev < 0) | (tf_prev >= T)
+        t, v_t, _, first_fwd, dgn_t, dg_t, gates_t, cs_t, cs_p, dy_t = _bwd_step(n, T, rev, b_len, dg_d, gates_d, cs_d,
+                                                                                dy_d, B, H, ldy)  # fmt: skip
         last_step = n == T - 1
-        tn = tl.minimum(tl.maximum(t_next, 0), T - 1).to(tl.int64)
-        tc = tl.minimum(tl.maximum(t, 0), T - 1).to(tl.int64)
-        dgn_t = dg_d + tn * B * G
-        dg_t = dg_d + tc * B * G
-        gates_t = gates_d + tc * B * G
-        cs_t = cs_d + tc * B * H
-        cs_p = cs_d + tl.minimum(tl.maximum(tf_prev, 0), T - 1).to(tl.int64) * B * H
-        dy_t = dy_d + tc * B * ldy
         failed = wait_flags(flag_g, 0, NS, n, failed, spin_limit, FLAG_ALL)
         poison = tl.where(failed != 0, float("nan"), 0.0)
         b_rec0 = tl.zeros((BLOCK_B, SUB_H), dtype=ACC_DTYPE)

@@ -87,6 +87,27 @@ _USE = re.compile(r"%[\w.$-]+")
 _LOADS = ("tt.load ", "ttg.async_copy_global_to_local ", "tt.descriptor_load ", "ttng.async_tma_copy_global_to_local ")
 
 
+def _time_loop(ttgir: str) -> tuple[int, list[str]]:
+    """The time loop of a kernel's TTGIR (the first scf.for at the shallowest nesting depth): its first line's index
+    and its lines."""
+    lines = ttgir.splitlines()
+    func = next(i for i, line in enumerate(lines) if "tt.func public" in line)
+    depth, best = 0, None
+    for i, line in enumerate(lines[func + 1 :], func + 1):
+        if "scf.for" in line and (best is None or depth < best[1]):
+            best = (i, depth)
+        depth += line.count("{") - line.count("}")
+    assert best is not None, "no loop in the kernel"
+    start, d0 = best
+    body, depth = [], d0
+    for line in lines[start:]:
+        body.append(line)
+        depth += line.count("{") - line.count("}")
+        if depth == d0:
+            break
+    return start, body
+
+
 def _global_loads_in_time_loop(ttgir: str, arg_names: list[str], before: bool = False) -> list[str]:
     """Kernel pointer arguments that loads inside the time loop (the outermost scf.for) read from, in the order of
     their first load; ``before``: the loads ahead of the loop instead."""
@@ -105,20 +126,7 @@ def _global_loads_in_time_loop(ttgir: str, arg_names: list[str], before: bool = 
             re.findall(r"(%[\w.$-]+) = (%[\w.$-]+)", line.split("iter_args(", 1)[1]) if "iter_args(" in line else ()
         ):
             defs[a] = [b]  # a loop-carried value starts as its initial value
-    # the time loop: the first scf.for at the shallowest nesting depth
-    depth, best = 0, None
-    for i, line in enumerate(lines[func + 1 :], func + 1):
-        if "scf.for" in line and (best is None or depth < best[1]):
-            best = (i, depth)
-        depth += line.count("{") - line.count("}")
-    assert best is not None, "no loop in the kernel"
-    start, d0 = best
-    body, depth = [], d0
-    for line in lines[start:]:
-        body.append(line)
-        depth += line.count("{") - line.count("}")
-        if depth == d0:
-            break
+    start, body = _time_loop(ttgir)
 
     def roots(name: str, seen: set) -> set:
         if name in seen:

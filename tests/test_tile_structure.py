@@ -26,7 +26,14 @@ import torch
 import triton
 
 from tests.helpers import INTERPRETER
-from tests.test_sequence_structure import SMS, _STORAGE, _assert_fits_an_sm, _global_loads_in_time_loop, _launched
+from tests.test_sequence_structure import (
+    SMS,
+    _STORAGE,
+    _assert_fits_an_sm,
+    _global_loads_in_time_loop,
+    _launched,
+    _time_loop,
+)
 
 pytestmark = pytest.mark.skipif(
     INTERPRETER, reason="TRITON_INTERPRET=1 replaces triton.jit with the interpreter: nothing to compile"
@@ -55,25 +62,6 @@ _MMA = re.compile(r"#mma\d* = #ttg\.nvidia_mma<\{versionMajor = 3, versionMinor 
 _WGMMA = re.compile(r"wgmma\.mma_async\.sync\.aligned\.m64n(\d+)k(\d+)\.")
 
 
-def _time_loop(ttgir: str) -> list[str]:
-    """The lines of the time loop (the outermost scf.for of the kernel)."""
-    lines = ttgir.splitlines()
-    func = next(i for i, line in enumerate(lines) if "tt.func public" in line)
-    depth, best = 0, None
-    for i, line in enumerate(lines[func + 1 :], func + 1):
-        if "scf.for" in line and (best is None or depth < best[1]):
-            best = (i, depth)
-        depth += line.count("{") - line.count("}")
-    start, d0 = best
-    body, depth = [], d0
-    for line in lines[start:]:
-        body.append(line)
-        depth += line.count("{") - line.count("}")
-        if depth == d0:
-            break
-    return body
-
-
 @pytest.mark.parametrize("B, H, D, dtype, backward, masked, zoneout", TILE_CASES)
 def test_tile_structure(B, H, D, dtype, backward, masked, zoneout):
     from tritonlstm.kernels import config as C
@@ -82,7 +70,7 @@ def test_tile_structure(B, H, D, dtype, backward, masked, zoneout):
     assert cfg["regime"] == "tile", cfg
     cfg, grid, asm, variant, args = _launched(B, H, 0, D, dtype, backward, masked, zoneout)
     ttgir, ptx = asm["ttgir"], asm["ptx"]
-    loop = _time_loop(ttgir)
+    start, loop = _time_loop(ttgir)
     loads = _global_loads_in_time_loop(ttgir, args)
     units, rows = cfg["BLOCK_H"], cfg["BLOCK_B"]
     if backward:
@@ -92,7 +80,7 @@ def test_tile_structure(B, H, D, dtype, backward, masked, zoneout):
         # W_hh^T's chunks: shared-memory allocations before the loop, wgmma's B operands in place
         dots = [line for line in loop if "ttng.warp_group_dot " in line]
         assert dots and not any("ttg.local_load" in line for line in loop), "the resident slice is re-read"
-        allocated = {m.group(1) for line in ttgir.splitlines()[: ttgir.splitlines().index(loop[0])]
+        allocated = {m.group(1) for line in ttgir.splitlines()[:start]
                      for m in [re.match(r"\s*(%[\w.]+) = ttg\.local_alloc", line)] if m}  # fmt: skip
         operands = [re.search(r"warp_group_dot %[\w.#]+, (%[\w.]+)", line).group(1) for line in dots]
         assert all(op in allocated for op in operands), "a dot's W_hh^T chunk is not the resident allocation"
