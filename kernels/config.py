@@ -384,8 +384,8 @@ def split32_form(
 ) -> dict | None:
     """A candidate the rule does not pick (not timed on a GPU; benchmarks/NOTES.md): where the rule leaves the
     unit-split regime at 16 rows for the tile regime (B=64 with H >= 768 on 132 SMs), the split kernels with 32-row
-    batch tiles and 16
-    units per program, so every group still has an SM per program: ``ceil(B/32) * D * ceil(H/16) <= sm_count``.
+    batch tiles and 16 units per program, so every group still has an SM per program:
+    ``ceil(B/32) * D * ceil(H/16) <= sm_count``.
     Each dot is then 2 MMA row tiles by 8 column tiles, one tile per warp of 8 (no replication); the backward holds
     W_hh in chunks of ``CHUNK_ROWS`` gate rows with its dot split over the warps. 16-bit, no projection, H <= 1024
     (spill-free for sm_90, tests/test_sequence_structure.py); None where it does not apply."""

@@ -237,7 +237,8 @@ def publish_words(ptrs, values, tag, mask, WORD: tl.constexpr):
 
 # Per-producer flags (the large-batch "tile" regime): program s of a group stores its step's outputs, then
 # release-stores n + 1 into its own flag; a consumer acquires the flags of the producers whose columns it is about
-# to read, in producer order, until each holds at least the step it needs. No counter that every program
+# to read until each holds at least the step it needs (the forward chunk by chunk in producer order, the backward
+# all of them before its streamed loop). No counter that every program
 # increments (whose atomics serialise at one L2 address), and a consumer may start on the first producers' columns
 # while the last ones are still computing. Two slots of anything rewritten each step stay enough: a producer
 # publishes step n + 1 only after reading every producer's step n, which each published after reading step n - 1.
