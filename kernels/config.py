@@ -27,7 +27,7 @@ Regimes (each one a kernel in its own file, registered in :data:`LAUNCHERS`):
   W_hh^T[:, its gate columns] resident (chunks of ``K_CHUNK`` rows, wgmma operands in shared memory) and reads
   h_{t-1} a chunk at a time; the backward streams W_hh and dG_{t+1} from L2 in chunks of gate rows (it moves fewer
   bytes than a resident slice: :func:`tile_config`). The programs of a group meet through one flag per producer
-  (``FLAGS``: :func:`tritonlstm.kernels.jit.wait_flags`), not a counter. Self-tested as ``"tile"``; its fallback
+  (:func:`tritonlstm.kernels.jit.wait_flags`), not a counter. Self-tested as ``"tile"``; its fallback
   is the graphed per-step kernels.
 
 :func:`choose` is the rule for a shape; the plan (:mod:`tritonlstm.dispatch`) adds what a rule cannot know (the
@@ -427,7 +427,7 @@ def constexprs(cfg: dict, H: int, R: int, P: int, backward: bool) -> tuple[dict,
             k.update(BLOCK_G=cfg["K_CHUNK"], FLAG_ALL=max(2, p2(ns)), SUB_H=bh if bh <= 16 else bh // 2)
     elif tile:  # the resident W_hh^T in chunks of K_CHUNK rows covering R; h_{t-1} waited for chunk by chunk
         kc = cfg["K_CHUNK"]
-        k.update(BLOCK_R=kc, BLOCK_F=16, K_CHUNK=kc, K_CHUNKS=triton.cdiv(R, kc), EVEN_K=R % kc == 0, FLAGS=True,
+        k.update(BLOCK_R=kc, BLOCK_F=16, K_CHUNK=kc, K_CHUNKS=triton.cdiv(R, kc), EVEN_K=R % kc == 0,
                  FLAG_BLOCK=max(2, kc // bh))
     else:
         k.update(BLOCK_R=16, BLOCK_F=max(16, triton.next_power_of_2(H)) if split and P else 16)

@@ -220,10 +220,14 @@ def _load_dc(dc_d, dcn_d, o_b, o_u, m_b, m_u, n, H, HAS_DCN: tl.constexpr, ACC_D
 
 
 @triton.jit
-def _dg_dot(dgn_t, w_d, o_b, o_c, m_b, m_c, n, H, R, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
-            BLOCK_K: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):  # fmt: skip
-    """dG_{t+1} @ W_hh[:, o_c], both streamed from L2 in blocks of BLOCK_K gate rows (zero at the first step)."""
+def _dg_dot(dgn_t, w_d, o_b, o_c, m_c, o_c2, m_c2, m_b, n, H, R, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
+            BLOCK_K: tl.constexpr, TWO: tl.constexpr, ACC_DTYPE: tl.constexpr,
+            INPUT_PRECISION: tl.constexpr):  # fmt: skip
+    """dG_{t+1} @ W_hh[:, o_c] (and, with TWO, @ W_hh[:, o_c2] from the same blocks of dG: the tile backward's two
+    epilogue tiles), both operands streamed from L2 in blocks of BLOCK_K gate rows, zero at the first step (n == 0).
+    Returns the two products (the second unread without TWO)."""
     b_rec = tl.zeros((BLOCK_B, BLOCK_C), dtype=ACC_DTYPE)
+    b_rec2 = b_rec
     if n > 0:
         for k in range(0, 4 * H, BLOCK_K):
             o_k = k + tl.arange(0, BLOCK_K)
@@ -234,11 +238,13 @@ def _dg_dot(dgn_t, w_d, o_b, o_c, m_b, m_c, n, H, R, BLOCK_B: tl.constexpr, BLOC
                 other=0.0,
                 cache_modifier=".cg",
             )
-            b_w = tl.load(
-                w_d + torch_rows(o_k, H)[:, None] * R + o_c[None, :], mask=m_k[:, None] & m_c[None, :], other=0.0
-            )
+            p_w = w_d + torch_rows(o_k, H)[:, None] * R
+            b_w = tl.load(p_w + o_c[None, :], mask=m_k[:, None] & m_c[None, :], other=0.0)
             b_rec += tl.dot(b_dgn, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
-    return b_rec
+            if TWO:
+                b_w = tl.load(p_w + o_c2[None, :], mask=m_k[:, None] & m_c2[None, :], other=0.0)
+                b_rec2 += tl.dot(b_dgn, b_w, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+    return b_rec, b_rec2
 
 
 @triton.jit
@@ -630,8 +636,8 @@ def _seq_bwd_batch_kernel(
         if HAS_PROJ:
             o_c = tl.arange(0, BLOCK_P)
             m_c = o_c < P
-            b_rec = _dg_dot(dgn_t, w_d, o_b, o_c, m_b, m_c, n, H, R, BLOCK_B, BLOCK_P, BLOCK_K, ACC_DTYPE,
-                            INPUT_PRECISION)  # fmt: skip
+            b_rec, _ = _dg_dot(dgn_t, w_d, o_b, o_c, m_c, o_c, m_c, m_b, n, H, R, BLOCK_B, BLOCK_P, BLOCK_K, False,
+                               ACC_DTYPE, INPUT_PRECISION)  # fmt: skip
             b_dh = _bwd_grad_into_h(
                 b_rec, dy_t, dcarry_d, dhn_d, dh0_d, hm_d, o_b, o_c, m_b, m_c, v_t, n, T, B, H, R, ldy, poison, zs_ptr,
                 zo_stream, t, zo_h, HAS_DY, HAS_DHN, HAS_LENGTHS, HAS_MASK, 0, ACC_DTYPE,
@@ -664,8 +670,9 @@ def _seq_bwd_batch_kernel(
         else:
             for u in range(0, H, BLOCK_H):
                 o_u = u + tl.arange(0, BLOCK_H)
-                b_rec = _dg_dot(dgn_t, w_d, o_b, o_u, m_b, o_u < H, n, H, R, BLOCK_B, BLOCK_H, BLOCK_K, ACC_DTYPE,
-                                INPUT_PRECISION)  # fmt: skip
+                m_u = o_u < H
+                b_rec, _ = _dg_dot(dgn_t, w_d, o_b, o_u, m_u, o_u, m_u, m_b, n, H, R, BLOCK_B, BLOCK_H, BLOCK_K, False,
+                                   ACC_DTYPE, INPUT_PRECISION)  # fmt: skip
                 _bwd_unit_tile(
                     b_rec, dy_t, dcarry_d, dhn_d, dh0_d, hm_d, dc_d, dcn_d, dc0_d, c0_d, gates_t, cs_t, cs_p, dg_t,
                     first_fwd, o_b, u, m_b, v_t, n, T, B, H, R, ldy, last_step, poison, zs_ptr, zo_stream, t, zo_h,
@@ -768,20 +775,8 @@ def _seq_bwd_tile_kernel(
         last_step = n == T - 1
         failed = wait_flags(flag_g, 0, NS, n, failed, spin_limit, FLAG_ALL)
         poison = tl.where(failed != 0, float("nan"), 0.0)
-        b_rec0 = tl.zeros((BLOCK_B, SUB_H), dtype=ACC_DTYPE)
-        b_rec1 = b_rec0  # unread with one epilogue tile
-        if n > 0:
-            for k in range(0, G, BLOCK_G):
-                o_k = k + tl.arange(0, BLOCK_G)
-                m_k = o_k < G
-                b_dgn = tl.load(dgn_t + o_b[:, None] * G + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0,
-                                cache_modifier=".cg")  # fmt: skip
-                p_w = w_d + torch_rows(o_k, H)[:, None] * R
-                b_w = tl.load(p_w + o_u0[None, :], mask=m_k[:, None] & (o_u0 < H)[None, :], other=0.0)
-                b_rec0 = tl.dot(b_dgn, b_w, b_rec0, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
-                if BLOCK_H > SUB_H:
-                    b_w = tl.load(p_w + o_u1[None, :], mask=m_k[:, None] & (o_u1 < H)[None, :], other=0.0)
-                    b_rec1 = tl.dot(b_dgn, b_w, b_rec1, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+        b_rec0, b_rec1 = _dg_dot(dgn_t, w_d, o_b, o_u0, o_u0 < H, o_u1, o_u1 < H, m_b, n, H, R, BLOCK_B, SUB_H,
+                                 BLOCK_G, BLOCK_H > SUB_H, ACC_DTYPE, INPUT_PRECISION)  # fmt: skip
         _bwd_unit_tile(
             b_rec0, dy_t, dcarry_d, dhn_d, dh0_d, hm_d, dc_d, dcn_d, dc0_d, c0_d, gates_t, cs_t, cs_p, dg_t, first_fwd,
             o_b, u0, m_b, v_t, n, T, B, H, R, ldy, last_step, poison, zs_ptr, zo_stream, t, zo_h, zo_c, BLOCK_B, SUB_H,
@@ -827,7 +822,7 @@ def backward(
     dh_all = torch.empty(D, T, B, P, device=dev, dtype=dtype) if P else None
     dh0 = torch.empty(D, B, R, device=dev, dtype=dtype)
     dc0 = torch.empty(D, B, H, device=dev, dtype=dtype)
-    flags = torch.zeros(1 + D * nb * (ns if k.get("FLAG_ALL") else 1), device=dev, dtype=torch.int32)  # as forward
+    flags = torch.zeros(1 + D * nb * (ns if cfg["regime"] == "tile" else 1), device=dev, dtype=torch.int32)
     sync = flags[1:]
     if err is None:
         err = flags[:1]

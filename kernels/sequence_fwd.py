@@ -20,7 +20,7 @@ weight is re-laid out on the host per call. The grid is (batch tiles, directions
   (:func:`tritonlstm.kernels.jit.split_k_dot`), where a 16-row dot puts several warps on the same rows: the rule
   gives it float32 (whose plain dot spills) and the tagged form. R is covered by one or two power-of-two blocks (``BLOCK_R``,
   ``BLOCK_R2``; :func:`tritonlstm.kernels.config.k_blocks`), so H=768 is not padded to 1024.
-* The same kernel in the ``"tile"`` regime (``K_CHUNKS > 0``, ``FLAGS``: large batches): batch tiles of 64 or 128
+* The same kernel in the ``"tile"`` regime (``K_CHUNKS > 0``: large batches): batch tiles of 64 or 128
   rows, W_hh^T[:, the program's gate columns] resident in shared memory as ``K_CHUNKS`` chunks of ``K_CHUNK``
   rows (wgmma operands read in place), h_{t-1} read chunk by chunk after the flags of that chunk's producers
   (:func:`tritonlstm.kernels.jit.wait_flags`), and the program's own flag released after each step.
@@ -139,24 +139,14 @@ def _w_resident(w_d, k0, o_g, m_g, H, R, BLOCK: tl.constexpr, K_SPLIT: tl.conste
 
 
 @triton.jit
-def _h_chunk(y_d, h0_d, xh_d, n, o_b, k0, m_b, v_prev, tp, B, R, ldy, K_CHUNK: tl.constexpr, PARTIAL: tl.constexpr,
-             HAS_MASK: tl.constexpr):  # fmt: skip
-    """The tile regime's [BLOCK_B, K_CHUNK] chunk of h_{t-1} (times the dropout mask with HAS_MASK) at columns
-    k0 .. k0 + K_CHUNK, as :func:`_h_prev` reads it; only a PARTIAL chunk (the last, where K_CHUNK does not divide
-    R) masks columns. The chunk's offset goes into the per-row pointers, so every chunk shares one broadcast
-    column index: per-chunk index and mask tiles, invariant in the time loop, are hoisted out of it and held in
-    registers (a 128 x 64 tile of them per chunk spills the sm_90 build)."""
+def _h_rows(y_d, h0_d, xh_d, n, o_b, v_prev, tp, B, R, ldy, HAS_MASK: tl.constexpr):
+    """The tile regime's per-row pointers to h_{t-1} (times the dropout mask with HAS_MASK), as :func:`_h_prev`
+    reads it: the previous step's row of y (or of the h * mask slot), or h0 (* mask) where the row had no previous
+    step of its own. Chosen once per row and step; each chunk adds its column offsets."""
     if HAS_MASK:  # the previous step's slot of h * mask, or h0 * mask in slot 2
         xh_prev = xh_d + ((n + 1) % 2) * (B.to(tl.int64) * R)
-        p_row = tl.where(v_prev, xh_prev + o_b * R, xh_d + 2 * (B.to(tl.int64) * R) + o_b * R)
-    else:
-        p_row = tl.where(v_prev, y_d + (tp * B + o_b) * ldy, h0_d + o_b * R)
-    o_k = tl.arange(0, K_CHUNK)
-    if PARTIAL:
-        m = m_b[:, None] & (k0 + o_k < R)[None, :]
-    else:
-        m = m_b[:, None]
-    return tl.load((p_row + k0)[:, None] + o_k[None, :], mask=m, other=0.0, cache_modifier=".cg")
+        return tl.where(v_prev, xh_prev + o_b * R, xh_d + 2 * (B.to(tl.int64) * R) + o_b * R)
+    return tl.where(v_prev, y_d + (tp * B + o_b) * ldy, h0_d + o_b * R)
 
 
 @triton.jit
@@ -168,13 +158,22 @@ def _tile_dot(y_d, h0_d, xh_d, flag_g, b_ws, n, o_b, m_b, v_prev, tp, B, R, ldy,
     dimension in producer order: each chunk's producers are waited for (their flags at step n) just before its
     columns are loaded, so a program starts on the first producers' columns while the last ones still compute.
     (Waiting for every producer at once instead lets the compiler hoist every chunk's load above the dots, and
-    the sm_90 build spills 56-184 bytes: benchmarks/NOTES.md.) Returns ([BLOCK_B, N] in ACC_DTYPE, failed)."""
+    the sm_90 build spills 56-184 bytes: benchmarks/NOTES.md.) Only the last chunk, where K_CHUNK does not divide
+    R, masks columns; the chunk's offset goes into the row pointers, so every chunk shares one broadcast column
+    index (per-chunk index and mask tiles, invariant in the time loop, are hoisted out of it and held in
+    registers: a 128 x 64 tile of them per chunk spills the sm_90 build). Returns ([BLOCK_B, N] in ACC_DTYPE,
+    failed)."""
+    p_row = _h_rows(y_d, h0_d, xh_d, n, o_b, v_prev, tp, B, R, ldy, HAS_MASK)
+    o_k = tl.arange(0, K_CHUNK)
     b_acc = tl.zeros([BLOCK_B, N], dtype=ACC_DTYPE)
     for c in tl.static_range(K_CHUNKS):
         first = (c * K_CHUNK) // BLOCK_H  # the producers of this chunk's columns (one, where a producer has more)
         failed = wait_flags(flag_g, first, tl.minimum(NS, first + FLAG_BLOCK), n, failed, spin_limit, FLAG_BLOCK)
-        b_hc = _h_chunk(y_d, h0_d, xh_d, n, o_b, c * K_CHUNK, m_b, v_prev, tp, B, R, ldy, K_CHUNK,
-                        not EVEN_K and c + 1 == K_CHUNKS, HAS_MASK)  # fmt: skip
+        if not EVEN_K and c + 1 == K_CHUNKS:
+            m = m_b[:, None] & (c * K_CHUNK + o_k < R)[None, :]
+        else:
+            m = m_b[:, None]
+        b_hc = tl.load((p_row + c * K_CHUNK)[:, None] + o_k[None, :], mask=m, other=0.0, cache_modifier=".cg")
         b_acc = tl.dot(b_hc, b_ws[c], b_acc, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
     return b_acc, failed
 
@@ -304,7 +303,6 @@ def _seq_fwd_split_kernel(
     K_CHUNKS: tl.constexpr = 0,  # > 0 (the tile regime): W_hh^T resident as that many chunks of K_CHUNK rows
     K_CHUNK: tl.constexpr = 16,
     EVEN_K: tl.constexpr = False,  # K_CHUNK divides R
-    FLAGS: tl.constexpr = False,  # the tile regime: per-producer flags (sync_ptr [D, NB, NS]), not the counter
     FLAG_BLOCK: tl.constexpr = 2,  # >= the producers of one chunk's columns
 ):
     i_b, i_d, i_s = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
@@ -335,7 +333,7 @@ def _seq_fwd_split_kernel(
         m_d = m_ptr + i_d * B * H
     y_d = y_ptr + i_d * R
     sync = sync_ptr + i_d * tl.num_programs(0) + i_b
-    flag_g = sync_ptr + (i_d * tl.num_programs(0) + i_b) * NS  # the group's flags, one per unit program (FLAGS)
+    flag_g = sync_ptr + (i_d * tl.num_programs(0) + i_b) * NS  # the tile regime's flags [D, NB, NS], one a program
     failed = tl.program_id(0) * 0
 
     # the program's units and its slice of the weights, loaded once and kept on chip for the whole sequence
@@ -419,7 +417,7 @@ def _seq_fwd_split_kernel(
             b_acc = split_k_dot(b_hp, b_w, K_SPLIT, ACC_DTYPE, INPUT_PRECISION)
             if BLOCK_R2 > 0:
                 b_acc += split_k_dot(b_hp2, b_w2, K_SPLIT2, ACC_DTYPE, INPUT_PRECISION)
-        if TAGGED or FLAGS:  # a wait inside this step's dot that timed out poisons the step itself
+        if TAGGED or K_CHUNKS > 0:  # a wait inside this step's dot that timed out poisons the step itself
             poison = tl.where(failed != 0, float("nan"), 0.0)
         b_pre = b_acc + b_gx.to(ACC_DTYPE)
         b_hu = b_c  # unread without zoneout
@@ -481,7 +479,7 @@ def _seq_fwd_split_kernel(
         else:
             if HAS_MASK:
                 _publish_masked(xh_d, n, B, R, o_b, o_u, m_bx, b_m, b_hmx, y_ptr.dtype.element_ty, ACC_DTYPE)
-            if FLAGS:
+            if K_CHUNKS > 0:
                 release_flag(flag_g + i_s, n)
             else:
                 failed = barrier(sync, NS * (n + 1), failed, spin_limit)
@@ -617,7 +615,7 @@ def _seq_fwd_batch_kernel(
     tl.store(err_ptr, failed, mask=failed != 0)
 
 
-# the tile regime runs the split kernel with its tile constexprs (K_CHUNKS, FLAGS: config.constexprs)
+# the tile regime runs the split kernel with its tile constexprs (K_CHUNKS and the rest: config.constexprs)
 KERNELS = {"batch": _seq_fwd_batch_kernel, "split": _seq_fwd_split_kernel, "tile": _seq_fwd_split_kernel}
 
 
@@ -687,8 +685,9 @@ def forward(
     cs = torch.empty(D, T if store else 2, B, H, device=dev, dtype=acc)
     k, ns = constexprs(cfg, H, R, P, backward=False)
     nb = triton.cdiv(B, k["BLOCK_B"])
-    # the error flag, then the barrier counters: their offsets do not depend on B (no alignment-driven recompiles)
-    flags = torch.zeros(1 + D * nb * (ns if k.get("FLAGS") else 1), device=dev, dtype=torch.int32)
+    # the error flag, then the barrier counters (the tile regime: a flag a program): their offsets do not depend on
+    # B (no alignment-driven recompiles)
+    flags = torch.zeros(1 + D * nb * (ns if cfg["regime"] == "tile" else 1), device=dev, dtype=torch.int32)
     sync = flags[1:]
     if err is None:
         err = flags[:1]

@@ -49,14 +49,11 @@ def _both(layer, regs, upstream, fcfg, bcfg, err=None):
     """(tile results, per-step results): y, h_n, c_n, gates, cs, then the gradients."""
     from tritonlstm.kernels import sequence_bwd, sequence_fwd, step
 
-    out = []
-    for fwd, bwd, cf, cb in ((sequence_fwd.forward, sequence_bwd.backward, fcfg, bcfg), (step.forward, step.backward,
-                                                                                          None, None)):  # fmt: skip
-        args = (fcfg, err) if cf is not None else ()
-        y, h_n, c_n, gates, cs = fwd(layer, regs, True, *args)
-        grads = bwd(layer, regs, Saved(y, gates, cs), upstream, Needs(), *((cb, err) if cb is not None else ()))
-        out.append([y, h_n, c_n, gates, cs, *grads[:6]])
-    return out
+    y, h_n, c_n, gates, cs = sequence_fwd.forward(layer, regs, True, fcfg, err)
+    grads = sequence_bwd.backward(layer, regs, Saved(y, gates, cs), upstream, Needs(), bcfg, err)
+    wy, wh, wc, wgates, wcs = step.forward(layer, regs, True)
+    want = step.backward(layer, regs, Saved(wy, wgates, wcs), upstream, Needs())
+    return [y, h_n, c_n, gates, cs, *grads[:6]], [wy, wh, wc, wgates, wcs, *want[:6]]
 
 
 NAMES = ("y", "h_n", "c_n", "gates", "cs", *GRADS)
