@@ -276,9 +276,10 @@ of the SM's 227 KB holds a staged h_{t-1} chunk and the epilogue's layout conver
 tests/test_tile_structure.py)."""
 
 TILE_K_CHUNK = 128 if tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 7) else 64
-"""Rows of the tile forward's resident W_hh^T per chunk in 16-bit: the builds (sm_90, B=64-256, H=768-1024) are
-spill-free with 128 under Triton 3.6 (with 64 they spill 72-80 bytes) and with 64 under 3.9 (with 128, a
-kilobyte): tests/test_tile_structure.py checks the installed version's choice under both."""
+"""Rows of the tile forward's resident W_hh^T per chunk in 16-bit (a flag wait and a load of h_{t-1} each: fewer
+chunks, fewer round trips a step). Under Triton 3.9 only 64 builds spill-free (sm_90, B=64-256, H=768-1024; 128
+spills a kilobyte); under 3.6, 128 builds spill-free but for 64-row tiles at H=1024 (8 bytes a thread), and 64
+would double the chunks: tests/test_tile_structure.py checks the installed version's choice under both."""
 
 TILE_ROWS = (64, 128)
 """The tile regime's batch tiles: a wgmma is 64 rows a warpgroup, so no MMA runs on fewer."""

@@ -43,31 +43,88 @@ def tanh(x):
 
 
 @triton.jit
-def split_gates(b_x, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    """[BLOCK_B, 4*BLOCK_H] interleaved -> the i, f, g, o tiles, each [BLOCK_B, BLOCK_H]."""
-    # column 4j+k -> [BLOCK_B, BLOCK_H, k1, k2] with k = 2*k1 + k2; splitting k2 then k1 separates the gates
-    b_ig, b_fo = tl.split(tl.reshape(b_x, (BLOCK_B, BLOCK_H, 2, 2)))
+def split_gates4(b_x):
+    """``[..., 2, 2]`` gates, ``[..., k1, k2]`` holding gate ``2 * k1 + k2`` (a reshape of the interleaved
+    columns) -> the i, f, g, o tiles. Where each thread holds those two dimensions whole, the splits move no data
+    and the tiles keep the layout the gates came in: no layout conversion."""
+    b_ig, b_fo = tl.split(b_x)
     b_i, b_g = tl.split(b_ig)
     b_f, b_o = tl.split(b_fo)
     return b_i, b_f, b_g, b_o
 
 
 @triton.jit
+def join_gates4(b_i, b_f, b_g, b_o):
+    """Inverse of split_gates4: four tiles of one layout -> ``[..., 2, 2]``, the new dimensions in registers."""
+    return tl.join(tl.join(b_i, b_g), tl.join(b_f, b_o))
+
+
+# The unit-split and tile forwards' resident columns, permuted. The MMA accumulators (mma.sync's and wgmma's alike)
+# give each thread two adjacent columns of every 8-column tile its warp holds, and a warp holds tiles j, j + W,
+# j + 2W, ... of a dot's N tiles for W warps along N. Column c = 8 * tile + 2 * q + p of a program's 4 * BLOCK_H
+# holds gate 2 * h + p of unit 4 * j + q, with tile = h * BLOCK_H / 4 + j: a thread's pair p = 0, 1 in tile j and in
+# tile j + BLOCK_H / 4 (the other half, h = 1) are then the four gates of its unit, in registers, when those two
+# tiles are its warp's (W divides BLOCK_H / 4: one warp along N for wgmma, and where mma.sync puts its warps on N).
+# Taking the gates apart is then a reshape, a permute and two splits of register dimensions: no layout conversion
+# (tests/test_sequence_structure.py counts them).
+
+
+@triton.jit
+def permuted_gates(BLOCK_H: tl.constexpr):
+    """The permuted order of a program's 4 * BLOCK_H gate columns: (unit within the program, gate) per column."""
+    tl.static_assert(BLOCK_H % 4 == 0, "the permuted gate columns pair 8-column tiles: BLOCK_H a multiple of 4")
+    c = tl.arange(0, 4 * BLOCK_H)
+    HALF: tl.constexpr = BLOCK_H // 4  # tiles in each half
+    tile = c // 8
+    return 4 * (tile % HALF) + (c % 8) // 2, 2 * (tile // HALF) + c % 2
+
+
+@triton.jit
+def unpermute_gates(b_x, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """[BLOCK_B, 4 * BLOCK_H] in :func:`permuted_gates`' order -> [BLOCK_B, BLOCK_H, 2, 2] (:func:`split_gates4`'
+    form): [b, (h, j, q, p)] -> [b, (j, q), h, p]."""
+    b_x = tl.permute(tl.reshape(b_x, (BLOCK_B, 2, BLOCK_H // 4, 4, 2)), (0, 2, 3, 1, 4))
+    return tl.reshape(b_x, (BLOCK_B, BLOCK_H, 2, 2))
+
+
+@triton.jit
+def permute_gates(b_x, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Inverse of :func:`unpermute_gates`: [BLOCK_B, 4 * BLOCK_H] interleaved (a program's contiguous gate columns,
+    as loaded) -> :func:`permuted_gates`' order."""
+    b_x = tl.permute(tl.reshape(b_x, (BLOCK_B, BLOCK_H // 4, 4, 2, 2)), (0, 3, 1, 2, 4))
+    return tl.reshape(b_x, (BLOCK_B, 4 * BLOCK_H))
+
+
+@triton.jit
+def split_gates(b_x, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """[BLOCK_B, 4*BLOCK_H] interleaved -> the i, f, g, o tiles, each [BLOCK_B, BLOCK_H]."""
+    # column 4j+k -> [BLOCK_B, BLOCK_H, k1, k2] with k = 2*k1 + k2; splitting k2 then k1 separates the gates
+    return split_gates4(tl.reshape(b_x, (BLOCK_B, BLOCK_H, 2, 2)))
+
+
+@triton.jit
 def join_gates(b_i, b_f, b_g, b_o, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """Inverse of split_gates."""
-    return tl.reshape(tl.join(tl.join(b_i, b_g), tl.join(b_f, b_o)), (BLOCK_B, 4 * BLOCK_H))
+    return tl.reshape(join_gates4(b_i, b_f, b_g, b_o), (BLOCK_B, 4 * BLOCK_H))
+
+
+@triton.jit
+def cell_gates(b_i, b_f, b_g, b_o, b_c_prev):
+    """The cell on the four gates' pre-activations -> (i, f, g, o activated, c_t, o*tanh(c_t))."""
+    b_i = tl.sigmoid(b_i)
+    b_f = tl.sigmoid(b_f)
+    b_g = tanh(b_g)
+    b_o = tl.sigmoid(b_o)
+    b_c = b_f * b_c_prev + b_i * b_g
+    return b_i, b_f, b_g, b_o, b_c, b_o * tanh(b_c)
 
 
 @triton.jit
 def cell_forward(b_pre, b_c_prev, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """Gate pre-activations [BLOCK_B, 4*BLOCK_H] and c_{t-1} -> (activated gates interleaved, c_t, o*tanh(c_t))."""
     b_i, b_f, b_g, b_o = split_gates(b_pre, BLOCK_B, BLOCK_H)
-    b_i = tl.sigmoid(b_i)
-    b_f = tl.sigmoid(b_f)
-    b_g = tanh(b_g)
-    b_o = tl.sigmoid(b_o)
-    b_c = b_f * b_c_prev + b_i * b_g
-    return join_gates(b_i, b_f, b_g, b_o, BLOCK_B, BLOCK_H), b_c, b_o * tanh(b_c)
+    b_i, b_f, b_g, b_o, b_c, b_m = cell_gates(b_i, b_f, b_g, b_o, b_c_prev)
+    return join_gates(b_i, b_f, b_g, b_o, BLOCK_B, BLOCK_H), b_c, b_m
 
 
 @triton.jit
@@ -132,10 +189,17 @@ def and_(m, c):
 
 
 @triton.jit
-def barrier(sync_ptr, target, failed, spin_limit):
-    """Arrive at the group's counter, wait until it reaches ``target``; returns the updated failure flag."""
-    tl.debug_barrier()  # every thread's stores of this phase precede the release below
+def arrive(sync_ptr):
+    """Arrive at the group's counter: every thread's stores of this phase precede the release."""
+    tl.debug_barrier()
     tl.atomic_add(sync_ptr, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def wait_count(sync_ptr, target, failed, spin_limit):
+    """Wait until the group's counter reaches ``target`` (acquire), polling at most ``spin_limit`` times; returns
+    the updated failure flag. Work between :func:`arrive` and this (stores nobody in the group reads) overlaps the
+    other programs' arrivals."""
     cnt = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
     it = cnt * 0
     while (cnt < target) & (it < spin_limit) & (failed == 0):
@@ -143,6 +207,13 @@ def barrier(sync_ptr, target, failed, spin_limit):
         it += 1
     tl.debug_barrier()
     return failed | (cnt < target).to(tl.int32)
+
+
+@triton.jit
+def barrier(sync_ptr, target, failed, spin_limit):
+    """Arrive at the group's counter, wait until it reaches ``target``; returns the updated failure flag."""
+    arrive(sync_ptr)
+    return wait_count(sync_ptr, target, failed, spin_limit)
 
 
 @triton.jit

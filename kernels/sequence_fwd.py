@@ -18,12 +18,24 @@ weight is re-laid out on the host per call. The grid is (batch tiles, directions
   them and fetches them: no counter, no fence. With a projection a second exchange per step gives
   h_t = m_t W_hr^T split over P. ``K_SPLIT`` splits each dot over its inner dimension, one split per warp
   (:func:`tritonlstm.kernels.jit.split_k_dot`), where a 16-row dot puts several warps on the same rows: the rule
-  gives it float32 (whose plain dot spills) and the tagged form. R is covered by one or two power-of-two blocks (``BLOCK_R``,
-  ``BLOCK_R2``; :func:`tritonlstm.kernels.config.k_blocks`), so H=768 is not padded to 1024.
+  gives it float32 (whose plain dot spills) and the tagged form. R is covered by one or two power-of-two blocks
+  (``BLOCK_R``, ``BLOCK_R2``; :func:`tritonlstm.kernels.config.k_blocks`), so H=768 is not padded to 1024.
 * The same kernel in the ``"tile"`` regime (``K_CHUNKS > 0``: large batches): batch tiles of 64 or 128
   rows, W_hh^T[:, the program's gate columns] resident in shared memory as ``K_CHUNKS`` chunks of ``K_CHUNK``
   rows (wgmma operands read in place), h_{t-1} read chunk by chunk after the flags of that chunk's producers
   (:func:`tritonlstm.kernels.jit.wait_flags`), and the program's own flag released after each step.
+
+The unit-split and tile step, in order (issue 19's small-batch forward):
+
+* the resident slice's gate columns are permuted (:func:`tritonlstm.kernels.jit.permuted_gates`) so that, where
+  a warp holds both halves of its units' columns (every wgmma; mma.sync with one warp per 4 units), each thread's
+  accumulators are the four gates of its units and the epilogue takes them apart in registers;
+* the step's gate projections, loaded during the previous step (before its wait) and permuted alike, are the
+  dots' accumulators;
+* after the cell, the value the others read (h_t in y, its masked copy, or its tagged words) is stored and
+  published first; the stores no program reads inside the loop (c_t, the gates, the final states) follow the
+  release and overlap the wait. Between the last dot and the release there is one layout conversion, h_t's for
+  its store (tests/test_sequence_structure.py, tests/test_tile_structure.py), where the warps allow it.
 
 Both kernels take one signature (the split one adds TAGGED, WORD, the splits and the tile regime's constexprs), so
 the launcher binds one argument pack to either.
@@ -48,14 +60,21 @@ from tritonlstm.kernels.config import DEFAULT_SPIN_LIMIT, constexprs, sequence_c
 from tritonlstm.kernels.jit import (
     ACC,
     and_,
+    arrive,
     barrier,
     batch_rows,
-    cell_forward,
+    cell_gates,
+    join_gates4,
+    permute_gates,
+    permuted_gates,
     publish_words,
     release_flag,
+    split_gates4,
     split_k_dot,
     step_tag,
     torch_rows,
+    unpermute_gates,
+    wait_count,
     wait_flags,
     wait_words,
     word_values,
@@ -86,7 +105,7 @@ def _masked(b_h, hm_d, o_b, o_k, m_b, m_k, R, ACC_DTYPE: tl.constexpr):
 def _publish_masked(xh_d, n, B, R, o_b, o_x, m_bx, b_h, b_hm, STORE_DTYPE: tl.constexpr, ACC_DTYPE: tl.constexpr):
     """Store h_t * mask (h_t rounded to the storage dtype first, as the per-step kernels read it) in step n's slot.
     Rows past their length store garbage there: the next step reads h0 * mask for them."""
-    b_hx = (b_h.to(STORE_DTYPE).to(ACC_DTYPE) * b_hm).to(STORE_DTYPE)
+    b_hx = (b_h.to(STORE_DTYPE).to(ACC_DTYPE) * b_hm.to(ACC_DTYPE)).to(STORE_DTYPE)
     tl.store(xh_d + (n % 2) * (B.to(tl.int64) * R) + o_b[:, None] * R + o_x[None, :], b_hx, mask=m_bx)
 
 
@@ -124,18 +143,25 @@ def _h_prev(y_d, h0_d, xh_d, n, o_b, o_k, m_b, v_prev, tp, B, R, ldy, failed, sp
 
 
 @triton.jit
-def _w_resident(w_d, k0, o_g, m_g, H, R, BLOCK: tl.constexpr, K_SPLIT: tl.constexpr):
-    """W_hh^T[k0 .. k0 + BLOCK, gate columns o_g] of one direction, loaded once: [BLOCK, columns], or as
-    [K_SPLIT, BLOCK // K_SPLIT, columns] (the operand of :func:`tritonlstm.kernels.jit.split_k_dot`)."""
+def _w_resident(w_d, k0, o_r, m_r, R, BLOCK: tl.constexpr, K_SPLIT: tl.constexpr):
+    """W_hh^T[k0 .. k0 + BLOCK, torch rows o_r] of one direction, loaded once: [BLOCK, rows], or as
+    [K_SPLIT, BLOCK // K_SPLIT, rows] (the operand of :func:`tritonlstm.kernels.jit.split_k_dot`)."""
     if K_SPLIT == 1:
         o_k = k0 + tl.arange(0, BLOCK)[:, None]
-        b_w = tl.load(w_d + torch_rows(o_g, H)[None, :] * R + o_k, mask=(o_k < R) & m_g[None, :], other=0.0)
+        b_w = tl.load(w_d + o_r[None, :] * R + o_k, mask=(o_k < R) & m_r[None, :], other=0.0)
     else:
         KS: tl.constexpr = BLOCK // K_SPLIT
         o_k = k0 + tl.arange(0, K_SPLIT)[:, None, None] * KS + tl.arange(0, KS)[None, :, None]
-        b_w = tl.load(w_d + torch_rows(o_g, H)[None, None, :] * R + o_k, mask=(o_k < R) & m_g[None, None, :],
-                      other=0.0)  # fmt: skip
+        b_w = tl.load(w_d + o_r[None, None, :] * R + o_k, mask=(o_k < R) & m_r[None, None, :], other=0.0)
     return b_w
+
+
+@triton.jit
+def _acc_dot(b_hp, b_w, b_acc, K_SPLIT: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """b_acc + h_{t-1} @ a resident block of W_hh^T; a plain dot takes b_acc as its accumulator."""
+    if K_SPLIT == 1:
+        return tl.dot(b_hp, b_w, b_acc, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
+    return b_acc + split_k_dot(b_hp, b_w, K_SPLIT, ACC_DTYPE, INPUT_PRECISION)
 
 
 @triton.jit
@@ -150,22 +176,21 @@ def _h_rows(y_d, h0_d, xh_d, n, o_b, v_prev, tp, B, R, ldy, HAS_MASK: tl.constex
 
 
 @triton.jit
-def _tile_dot(y_d, h0_d, xh_d, flag_g, b_ws, n, o_b, m_b, v_prev, tp, B, R, ldy, NS, failed, spin_limit,
-              BLOCK_B: tl.constexpr, N: tl.constexpr, BLOCK_H: tl.constexpr, K_CHUNKS: tl.constexpr,
+def _tile_dot(y_d, h0_d, xh_d, flag_g, b_ws, b_acc, n, o_b, m_b, v_prev, tp, B, R, ldy, NS, failed, spin_limit,
+              BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, K_CHUNKS: tl.constexpr,
               K_CHUNK: tl.constexpr, EVEN_K: tl.constexpr, FLAG_BLOCK: tl.constexpr, HAS_MASK: tl.constexpr,
               ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):  # fmt: skip
-    """The tile regime's recurrent dot, h_{t-1} @ W_hh^T[:, its gate columns], chunk by chunk of the inner
+    """The tile regime's recurrent dot, b_acc + h_{t-1} @ W_hh^T[:, its gate columns], chunk by chunk of the inner
     dimension in producer order: each chunk's producers are waited for (their flags at step n) just before its
     columns are loaded, so a program starts on the first producers' columns while the last ones still compute.
     (Waiting for every producer at once instead lets the compiler hoist every chunk's load above the dots, and
     the sm_90 build spills 56-184 bytes: benchmarks/NOTES.md.) Only the last chunk, where K_CHUNK does not divide
     R, masks columns; the chunk's offset goes into the row pointers, so every chunk shares one broadcast column
     index (per-chunk index and mask tiles, invariant in the time loop, are hoisted out of it and held in
-    registers: a 128 x 64 tile of them per chunk spills the sm_90 build). Returns ([BLOCK_B, N] in ACC_DTYPE,
-    failed)."""
+    registers: a 128 x 64 tile of them per chunk spills the sm_90 build). Returns ([BLOCK_B, 4 * BLOCK_H] in
+    ACC_DTYPE, in the resident slice's permuted columns, failed)."""
     p_row = _h_rows(y_d, h0_d, xh_d, n, o_b, v_prev, tp, B, R, ldy, HAS_MASK)
     o_k = tl.arange(0, K_CHUNK)
-    b_acc = tl.zeros([BLOCK_B, N], dtype=ACC_DTYPE)
     for c in tl.static_range(K_CHUNKS):
         first = (c * K_CHUNK) // BLOCK_H  # the producers of this chunk's columns (one, where a producer has more)
         failed = wait_flags(flag_g, first, tl.minimum(NS, first + FLAG_BLOCK), n, failed, spin_limit, FLAG_BLOCK)
@@ -185,51 +210,36 @@ def _publish(xw_d, n, B, R, o_b, o_x, m_bx, b_h, b_hm, WORD: tl.constexpr, DTYPE
     rounds it) as step n's words in slot n % 2."""
     b_x = b_h.to(DTYPE)
     if HAS_MASK:
-        b_x = (b_x.to(ACC_DTYPE) * b_hm).to(DTYPE)
+        b_x = (b_x.to(ACC_DTYPE) * b_hm.to(ACC_DTYPE)).to(DTYPE)
     p_w = xw_d + (n % 2) * (B.to(tl.int64) * R) + o_b[:, None] * R + o_x[None, :]
     publish_words(p_w, b_x, step_tag(n, WORD), m_bx, WORD)
 
 
 @triton.jit
-def _fwd_epilogue(
-    b_pre,
-    b_cp,
-    v_t,
-    v_last,
-    last_step,
-    poison,
-    o_b,
-    o_u,
-    o_g,
-    m_b,
-    m_u,
-    m_g,
-    p_gx,
-    cs_t,
-    cn_ptr,
-    hn_ptr,
-    y_t,
-    B,
-    H,
-    R,
-    ldy,
-    b_hp,  # [BLOCK_B, BLOCK_H] h_{t-1} of these units (read with zoneout)
-    zs_ptr,
-    zo_stream,
-    t,
-    zo_h,
-    zo_c,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    STORE_GATES: tl.constexpr,
-    HAS_LENGTHS: tl.constexpr,
-    HAS_PROJ: tl.constexpr,
-    ZONEOUT: tl.constexpr,
-    ACC_DTYPE: tl.constexpr,
-):
-    """Cell update of one unit tile and its stores; returns (c_t, m_t = o * tanh(c_t)), both after zoneout."""
-    m_bu = m_b[:, None] & m_u[None, :]
-    b_gates, b_c, b_m = cell_forward(b_pre, b_cp, BLOCK_B, BLOCK_H)
+def _gates_in(gx_d, n, T, rev, B, G, o_b, o_g, m_b, m_g, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+              DTYPE: tl.constexpr):  # fmt: skip
+    """Step n's gate projections (x_t W_ih^T + b) of the program's contiguous gate columns o_g (in range: m_g), in
+    the resident slice's permuted order (:func:`tritonlstm.kernels.jit.permute_gates`), as DTYPE; zeros past the
+    last step. Loaded contiguous (vector loads, few pointers) and permuted in registers; the unit-split and tile
+    forwards load them a step ahead, before the wait. (The unit-split forward holds them in gx's dtype while they
+    wait, half the registers, the tile regime in the accumulator's: each is the spill-free build under Triton 3.6
+    and 3.9.)"""
+    t = n + rev * (T - 1 - 2 * n)
+    p = gx_d + t.to(tl.int64) * B * G + o_b[:, None] * G + o_g[None, :]
+    b_gx = tl.load(p, mask=and_(m_b[:, None] & m_g[None, :], n < T), other=0.0).to(DTYPE)
+    return permute_gates(b_gx, BLOCK_B, BLOCK_H)
+
+
+@triton.jit
+def _fwd_cell(b_pre, b_cp, v_t, o_b, o_u, b_hp, zs_ptr, zo_stream, t, B, H, zo_h, zo_c,
+              HAS_LENGTHS: tl.constexpr, ZONEOUT: tl.constexpr, ACC_DTYPE: tl.constexpr):  # fmt: skip
+    """The cell update of one unit tile from its gate pre-activations ``b_pre`` ([BLOCK_B, BLOCK_H, 2, 2],
+    :func:`tritonlstm.kernels.jit.split_gates4`' form) and c_{t-1}. ``b_hp``: h_{t-1} of these units (read with
+    zoneout). Returns (the activated gates as [BLOCK_B, BLOCK_H, 2, 2], c_t, m_t = o * tanh(c_t), h_t = m_t
+    zeroed past each row's length), c_t and m_t after zoneout. None is poisoned here: the stores add the poison
+    (:func:`_fwd_stores`), so each store's layout conversion follows the release that publishes h_t."""
+    b_i, b_f, b_g, b_o = split_gates4(b_pre)
+    b_i, b_f, b_g, b_o, b_c, b_m = cell_gates(b_i, b_f, b_g, b_o, b_cp)
     if ZONEOUT > 0:
         # the per-step kernels' zoneout exactly: the same Philox streams and counters, or p in eval
         b_kh = zoneout_rates(zs_ptr, zo_stream, t, o_b, o_u, B, H, zo_h, ZONEOUT, ACC_DTYPE)
@@ -238,19 +248,38 @@ def _fwd_epilogue(
         b_c = b_kc * b_cp + (1.0 - b_kc) * b_c
     if HAS_LENGTHS:
         b_c = tl.where(v_t[:, None], b_c, b_cp)
-    b_c += poison
+    b_h = b_m
+    if HAS_LENGTHS:
+        b_h = tl.where(v_t[:, None], b_h, 0.0)
+    return join_gates4(b_i, b_f, b_g, b_o), b_c, b_m, b_h
+
+
+@triton.jit
+def _store_h(y_t, ldy, o_b, o_u, m_bu, b_h):
+    """h_t of one unit tile into y (its step's rows, the direction's columns)."""
+    tl.store(y_t + o_b[:, None] * ldy + o_u[None, :], b_h.to(y_t.dtype.element_ty), mask=m_bu)
+
+
+@triton.jit
+def _fwd_stores(b_gates, b_c, b_h, poison, v_last, last_step, o_b, o_u, m_b, m_bu, m_g, p_gx, cs_t, cn_ptr, hn_ptr,
+                y_t, H, R, ldy, STORE_GATES: tl.constexpr, STORE_Y: tl.constexpr, HAS_PROJ: tl.constexpr):  # fmt: skip
+    """The step's stores that no program reads inside the time loop: h_t into y with STORE_Y (where the programs
+    exchange it elsewhere), c_t, the activated gates (over the gate projections: ``p_gx`` [BLOCK_B, 4 * BLOCK_H],
+    the units' contiguous gate columns, ``m_g`` those in range; a contiguous row of pointers keeps the store
+    vectorised and its pointers few), c_n and (without a projection) h_n. The unit-split kernels issue them after
+    publishing h_t, so they overlap the wait for the others. They add the poison (see :func:`_fwd_cell`)."""
+    b_h += poison
+    if STORE_Y:
+        _store_h(y_t, ldy, o_b, o_u, m_bu, b_h)
     o_bu = o_b[:, None] * H + o_u[None, :]
+    b_c += poison
     tl.store(cs_t + o_bu, b_c.to(cs_t.dtype.element_ty), mask=m_bu)
     tl.store(cn_ptr + o_bu, b_c.to(cn_ptr.dtype.element_ty), mask=and_(m_bu, last_step))
     if STORE_GATES:
-        tl.store(p_gx, (b_gates + poison).to(p_gx.dtype.element_ty), mask=m_b[:, None] & m_g[None, :])
+        b_gates = tl.reshape(b_gates + poison, (p_gx.shape[0], p_gx.shape[1]))  # back to the interleaved columns
+        tl.store(p_gx, b_gates.to(p_gx.dtype.element_ty), mask=m_b[:, None] & m_g[None, :])
     if not HAS_PROJ:
-        b_h = b_m + poison
-        if HAS_LENGTHS:
-            b_h = tl.where(v_t[:, None], b_h, 0.0)
-        tl.store(y_t + o_b[:, None] * ldy + o_u[None, :], b_h.to(y_t.dtype.element_ty), mask=m_bu)
         tl.store(hn_ptr + o_b[:, None] * R + o_u[None, :], b_h.to(hn_ptr.dtype.element_ty), mask=m_bu & v_last[:, None])
-    return b_c, b_m
 
 
 @triton.jit(do_not_specialize=["T", "B", "rev_mask", "spin_limit"])
@@ -338,23 +367,26 @@ def _seq_fwd_split_kernel(
 
     # the program's units and its slice of the weights, loaded once and kept on chip for the whole sequence
     o_u = i_s * BLOCK_H + tl.arange(0, BLOCK_H)
-    o_g = i_s * (4 * BLOCK_H) + tl.arange(0, 4 * BLOCK_H)
+    o_g = i_s * (4 * BLOCK_H) + tl.arange(0, 4 * BLOCK_H)  # the units' gate columns in gx
     m_u, m_g = o_u < H, o_g < G
+    # the resident slice's columns, permuted (jit.permuted_gates): unit o_pu's gate k_p, torch row k_p * H + o_pu
+    u_p, k_p = permuted_gates(BLOCK_H)
+    o_pu = i_s * BLOCK_H + u_p
+    m_pu = o_pu < H
     # R in one block of BLOCK_R columns, or two (BLOCK_R + BLOCK_R2: 768 as 512 + 256), so that no MMA runs on
     # more than a granule of padding where two powers of two cover R
     if K_CHUNKS > 0:
         # the tile regime: W_hh^T[:, its gate columns] as K_CHUNKS chunks of K_CHUNK rows, one tensor each (a
         # tuple, indexed by a static chunk number), so each step's dot takes h_{t-1} a chunk at a time; a chunk
         # of 16 rows or more is a wgmma operand read from shared memory in place (tests/test_tile_structure.py)
-        b_ws = ()
+        b_w = ()
         for c in tl.static_range(K_CHUNKS):
-            b_ws = b_ws + (_w_resident(w_d, c * K_CHUNK, o_g, m_g, H, R, K_CHUNK, 1),)
-        b_w = b_ws[0]
+            b_w = b_w + (_w_resident(w_d, c * K_CHUNK, k_p * H + o_pu, m_pu, R, K_CHUNK, 1),)
     else:
-        b_w = _w_resident(w_d, 0, o_g, m_g, H, R, BLOCK_R, K_SPLIT)
+        b_w = _w_resident(w_d, 0, k_p * H + o_pu, m_pu, R, BLOCK_R, K_SPLIT)
     b_w2 = b_w  # unread with one block
     if BLOCK_R2 > 0:
-        b_w2 = _w_resident(w_d, BLOCK_R, o_g, m_g, H, R, BLOCK_R2, K_SPLIT2)
+        b_w2 = _w_resident(w_d, BLOCK_R, k_p * H + o_pu, m_pu, R, BLOCK_R2, K_SPLIT2)
     b_c = tl.load(c0_d + o_b[:, None] * H + o_u[None, :], mask=m_b[:, None] & m_u[None, :], other=0.0).to(ACC_DTYPE)
     if HAS_PROJ:
         o_p = i_s * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -373,11 +405,15 @@ def _seq_fwd_split_kernel(
     if HAS_MASK:
         # recurrent dropout, applied where h_t is published: each program masks the columns of h_t it writes
         # into the exchange slots, so the consumers load h_{t-1} * mask as is
-        b_hmx = tl.load(hm_d + o_b[:, None] * R + o_x[None, :], mask=m_bx, other=0.0).to(ACC_DTYPE)
-    if TAGGED and ZONEOUT > 0:
-        # zoneout reads h_{t-1} of the program's own units: kept from the previous step, h0 before the first
+        # (held in its storage dtype, which carries it exactly: half the registers of the accumulator's)
+        b_hmx = tl.load(hm_d + o_b[:, None] * R + o_x[None, :], mask=m_bx, other=0.0)
+    if ZONEOUT > 0 and K_CHUNKS == 0:
+        # zoneout reads h_{t-1} of the program's own units: kept from the previous step (as y holds it, in the
+        # storage dtype), h0 before the first; no load after the wait
         b_h0u = tl.load(h0_d + o_b[:, None] * R + o_u[None, :], mask=m_b[:, None] & m_u[None, :], other=0.0)
         b_own = b_h0u
+    GX_DTYPE: tl.constexpr = ACC_DTYPE if K_CHUNKS > 0 else gx_ptr.dtype.element_ty
+    b_gx = _gates_in(gx_d, 0, T, rev, B, G, o_b, o_g, m_b, m_g, BLOCK_B, BLOCK_H, GX_DTYPE)  # step 0's
 
     for n in range(0, T):
         t = n + rev * (T - 1 - 2 * n)
@@ -394,19 +430,13 @@ def _seq_fwd_split_kernel(
             cs_t = cs_d + (n % 2) * (B.to(tl.int64) * H)
         gx_t = gx_d + t.to(tl.int64) * B * G
         y_t = y_d + t.to(tl.int64) * B * ldy
-        # unit-split: the step's gate projections (the host's GEMM, written before the launch) are loaded before
-        # the wait, so their latency hides behind it; then both blocks of h_{t-1}, before either dot: one wait, not
-        # one per dot. The tile regime waits and loads chunk by chunk, and loads the projections after its dot.
+        # unit-split: both blocks of h_{t-1} before either dot (one wait, not one per dot), into the step's gate
+        # projections (loaded during the previous step); the tile regime waits and loads chunk by chunk
         if K_CHUNKS > 0:
-            b_acc, failed = _tile_dot(y_d, h0_d, xh_d, flag_g, b_ws, n, o_b, m_b, v_prev, tp, B, R, ldy, NS,
-                                      failed, spin_limit, BLOCK_B, 4 * BLOCK_H, BLOCK_H, K_CHUNKS, K_CHUNK, EVEN_K,
+            b_acc, failed = _tile_dot(y_d, h0_d, xh_d, flag_g, b_w, b_gx.to(ACC_DTYPE), n, o_b, m_b, v_prev, tp, B, R,
+                                      ldy, NS, failed, spin_limit, BLOCK_B, BLOCK_H, K_CHUNKS, K_CHUNK, EVEN_K,
                                       FLAG_BLOCK, HAS_MASK, ACC_DTYPE, INPUT_PRECISION)  # fmt: skip
-            # after the dot: the tile's rows of them (and their pointers) held across it spill the sm_90 build
-            p_gx = gx_t + o_b[:, None] * G + o_g[None, :]
-            b_gx = tl.load(p_gx, mask=m_b[:, None] & m_g[None, :], other=0.0)
         else:
-            p_gx = gx_t + o_b[:, None] * G + o_g[None, :]
-            b_gx = tl.load(p_gx, mask=m_b[:, None] & m_g[None, :], other=0.0)
             b_hp, failed = _h_prev(y_d, h0_d, xh_d, n, o_b, tl.arange(0, BLOCK_R), m_b, v_prev, tp, B, R, ldy,
                                    failed, spin_limit, TAGGED, HAS_MASK, WORD, y_ptr.dtype.element_ty)  # fmt: skip
             b_hp2 = b_hp  # unread with one block
@@ -414,39 +444,49 @@ def _seq_fwd_split_kernel(
                 o_k2 = BLOCK_R + tl.arange(0, BLOCK_R2)
                 b_hp2, failed = _h_prev(y_d, h0_d, xh_d, n, o_b, o_k2, m_b, v_prev, tp, B, R, ldy, failed,
                                         spin_limit, TAGGED, HAS_MASK, WORD, y_ptr.dtype.element_ty)  # fmt: skip
-            b_acc = split_k_dot(b_hp, b_w, K_SPLIT, ACC_DTYPE, INPUT_PRECISION)
+            # the step's gate projections (b_gx, loaded during the previous step) are the dots' accumulators
+            b_acc = _acc_dot(b_hp, b_w, b_gx.to(ACC_DTYPE), K_SPLIT, ACC_DTYPE, INPUT_PRECISION)
             if BLOCK_R2 > 0:
-                b_acc += split_k_dot(b_hp2, b_w2, K_SPLIT2, ACC_DTYPE, INPUT_PRECISION)
+                b_acc = _acc_dot(b_hp2, b_w2, b_acc, K_SPLIT2, ACC_DTYPE, INPUT_PRECISION)
         if TAGGED or K_CHUNKS > 0:  # a wait inside this step's dot that timed out poisons the step itself
             poison = tl.where(failed != 0, float("nan"), 0.0)
-        b_pre = b_acc + b_gx.to(ACC_DTYPE)
+        b_pre = unpermute_gates(b_acc, BLOCK_B, BLOCK_H)  # [BLOCK_B, BLOCK_H, 2, 2], no data movement
+        p_gx = gx_t + o_b[:, None] * G + o_g[None, :]  # the activated gates' home
         b_hu = b_c  # unread without zoneout
         if ZONEOUT > 0:  # h_{t-1} of the program's own units, unmasked
-            if TAGGED:
-                b_hu = tl.where(v_prev[:, None], b_own, b_h0u)
-            else:
+            if K_CHUNKS > 0:  # read back (carried in registers, it spills Triton 3.6's tile build)
                 b_hu = _load_h_prev(y_d, h0_d, o_b, o_u, m_b, m_u, v_prev, tp, B, ldy, R)
-        b_c, b_m = _fwd_epilogue(
-            b_pre, b_c, v_t, v_last, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, p_gx, cs_t, cn_d, hn_d,
-            y_t, B, H, R, ldy, b_hu, zs_ptr, zo_stream, t, zo_h, zo_c, BLOCK_B, BLOCK_H, STORE_GATES,
-            HAS_LENGTHS, HAS_PROJ, ZONEOUT, ACC_DTYPE,
-        )  # fmt: skip
+            else:
+                b_hu = tl.where(v_prev[:, None], b_own, b_h0u)
+        m_bu = m_b[:, None] & m_u[None, :]
+        b_gates, b_c, b_m, b_h = _fwd_cell(b_pre, b_c, v_t, o_b, o_u, b_hu, zs_ptr, zo_stream, t, B, H, zo_h,
+                                           zo_c, HAS_LENGTHS, ZONEOUT, ACC_DTYPE)  # fmt: skip
+        # h_t goes into y before the release where y is what the others read (no tags, no dropout mask)
+        Y_EXCHANGED: tl.constexpr = not (HAS_PROJ or TAGGED or HAS_MASK)
+        if Y_EXCHANGED:
+            _store_h(y_t, ldy, o_b, o_u, m_bu, b_h + poison)
+        if ZONEOUT > 0 and K_CHUNKS == 0:  # (where the next step reads it, this step was the row's own: b_h is h_t)
+            b_own = b_h.to(y_ptr.dtype.element_ty)
+        # publish what the others read (h_t, or m_t with a projection) first, then the stores nobody in the loop
+        # reads, which overlap the others' arrivals, then wait
         if HAS_PROJ:
             # phase 2: publish m_t, then each program projects its slice of P from the whole m_t
             if TAGGED:
                 m_n = m_d + (n % 2) * (B.to(tl.int64) * H) + o_b[:, None] * H
+                # (here the stores precede the publication: after it, the tagged form's build spills)
+                _fwd_stores(b_gates, b_c, b_h, poison, v_last, last_step, o_b, o_u, m_b, m_bu, m_g, p_gx, cs_t, cn_d,
+                            hn_d, y_t, H, R, ldy, STORE_GATES, False, HAS_PROJ)  # fmt: skip
                 publish_words(m_n + o_u[None, :], (b_m + poison).to(y_ptr.dtype.element_ty), step_tag(n, WORD),
-                              m_b[:, None] & m_u[None, :], WORD)  # fmt: skip
+                              m_bu, WORD)  # fmt: skip
                 words, failed = wait_words(m_n + o_f[None, :], m_b[:, None] & m_f[None, :], step_tag(n, WORD),
                                            failed, spin_limit)  # fmt: skip
                 b_mf = word_values(words, y_ptr.dtype.element_ty)
             else:
-                tl.store(
-                    m_d + o_b[:, None] * H + o_u[None, :],
-                    b_m.to(m_d.dtype.element_ty),
-                    mask=m_b[:, None] & m_u[None, :],
-                )
-                failed = barrier(sync, NS * (2 * n + 1), failed, spin_limit)
+                tl.store(m_d + o_b[:, None] * H + o_u[None, :], b_m.to(m_d.dtype.element_ty), mask=m_bu)
+                arrive(sync)
+                _fwd_stores(b_gates, b_c, b_h, poison, v_last, last_step, o_b, o_u, m_b, m_bu, m_g, p_gx, cs_t, cn_d,
+                            hn_d, y_t, H, R, ldy, STORE_GATES, False, HAS_PROJ)  # fmt: skip
+                failed = wait_count(sync, NS * (2 * n + 1), failed, spin_limit)
                 b_mf = tl.load(
                     m_d + o_b[:, None] * H + o_f[None, :],
                     mask=m_b[:, None] & m_f[None, :],
@@ -471,18 +511,23 @@ def _seq_fwd_split_kernel(
                 if HAS_MASK:
                     _publish_masked(xh_d, n, B, R, o_b, o_p, m_bx, b_hr, b_hmx, y_ptr.dtype.element_ty, ACC_DTYPE)
                 failed = barrier(sync, NS * (2 * n + 2), failed, spin_limit)
-        elif TAGGED:
-            _publish(xh_d, n, B, R, o_b, o_u, m_bx, b_m + poison, b_hmx, WORD, y_ptr.dtype.element_ty, HAS_MASK,
-                     ACC_DTYPE)  # fmt: skip
-            if ZONEOUT > 0:
-                b_own = (b_m + poison).to(y_ptr.dtype.element_ty)
         else:
-            if HAS_MASK:
-                _publish_masked(xh_d, n, B, R, o_b, o_u, m_bx, b_m, b_hmx, y_ptr.dtype.element_ty, ACC_DTYPE)
-            if K_CHUNKS > 0:
-                release_flag(flag_g + i_s, n)
+            if TAGGED:
+                _publish(xh_d, n, B, R, o_b, o_u, m_bx, b_m + poison, b_hmx, WORD, y_ptr.dtype.element_ty, HAS_MASK,
+                         ACC_DTYPE)  # fmt: skip
             else:
-                failed = barrier(sync, NS * (n + 1), failed, spin_limit)
+                if HAS_MASK:
+                    _publish_masked(xh_d, n, B, R, o_b, o_u, m_bx, b_m, b_hmx, y_ptr.dtype.element_ty, ACC_DTYPE)
+                if K_CHUNKS > 0:
+                    release_flag(flag_g + i_s, n)
+                else:
+                    arrive(sync)
+            _fwd_stores(b_gates, b_c, b_h, poison, v_last, last_step, o_b, o_u, m_b, m_bu, m_g, p_gx, cs_t, cn_d, hn_d,
+                        y_t, H, R, ldy, STORE_GATES, not Y_EXCHANGED, HAS_PROJ)  # fmt: skip
+        # the next step's gate projections, before this step's wait: the accumulators of its dots
+        b_gx = _gates_in(gx_d, n + 1, T, rev, B, G, o_b, o_g, m_b, m_g, BLOCK_B, BLOCK_H, GX_DTYPE)
+        if not (HAS_PROJ or TAGGED or K_CHUNKS > 0):
+            failed = wait_count(sync, NS * (n + 1), failed, spin_limit)
     tl.store(err_ptr, failed, mask=failed != 0)
 
 
@@ -583,6 +628,7 @@ def _seq_fwd_batch_kernel(
                 b_acc += tl.dot(b_hp, b_wk, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
             p_gx = gx_t + o_b[:, None] * G + o_g[None, :]
             b_pre = b_acc + tl.load(p_gx, mask=m_b[:, None] & m_g[None, :], other=0.0).to(ACC_DTYPE)
+            b_pre = tl.reshape(b_pre, (BLOCK_B, BLOCK_H, 2, 2))  # jit.split_gates4's form
             m_bu = m_b[:, None] & m_u[None, :]
             o_bu = o_b[:, None] * H + o_u[None, :]
             b_cp = tl.load(cs_p + o_bu, mask=m_bu & (n > 0), other=0.0).to(ACC_DTYPE)
@@ -590,11 +636,10 @@ def _seq_fwd_batch_kernel(
             b_hu = b_cp  # unread without zoneout
             if ZONEOUT > 0:
                 b_hu = _load_h_prev(y_d, h0_d, o_b, o_u, m_b, m_u, v_prev, tp, B, ldy, R)
-            _, b_m = _fwd_epilogue(
-                b_pre, b_cp, v_t, v_last, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, p_gx, cs_t, cn_d,
-                hn_d, y_t, B, H, R, ldy, b_hu, zs_ptr, zo_stream, t, zo_h, zo_c, BLOCK_B, BLOCK_H, STORE_GATES,
-                HAS_LENGTHS, HAS_PROJ, ZONEOUT, ACC_DTYPE,
-            )  # fmt: skip
+            b_gates, b_c, b_m, b_h = _fwd_cell(b_pre, b_cp, v_t, o_b, o_u, b_hu, zs_ptr, zo_stream, t, B, H,
+                                               zo_h, zo_c, HAS_LENGTHS, ZONEOUT, ACC_DTYPE)  # fmt: skip
+            _fwd_stores(b_gates, b_c, b_h, poison, v_last, last_step, o_b, o_u, m_b, m_bu, m_g, p_gx, cs_t, cn_d,
+                        hn_d, y_t, H, R, ldy, STORE_GATES, not HAS_PROJ, HAS_PROJ)  # fmt: skip
             if HAS_PROJ:
                 # h_t += m_t[:, units] @ W_hr^T[units, :]; m_t rounded to the storage dtype as torch does
                 b_wr = tl.load(wr_d + o_p[None, :] * H + o_u[:, None], mask=m_u[:, None] & m_p[None, :], other=0.0)

@@ -108,9 +108,22 @@ def _time_loop(ttgir: str) -> tuple[int, list[str]]:
     return start, body
 
 
-def _global_loads_in_time_loop(ttgir: str, arg_names: list[str], before: bool = False) -> list[str]:
+def _chain_conversions(loop: list[str]) -> list[str]:
+    """The layout conversions on a forward step's critical path: between its last recurrent dot (``tt.dot`` or
+    wgmma) and the release that publishes h_t (the barrier's arrive, the tile regime's flag). The stores that
+    no program reads in the loop (c_t, the gates, the final states) come after the release, off the path."""
+    dots = [i for i, line in enumerate(loop) if "tt.dot " in line or "ttng.warp_group_dot " in line]
+    release = next(i for i, line in enumerate(loop) if re.search(r"tt\.atomic_rmw \w+, release", line))
+    assert dots and dots[-1] < release, "no dot before the release"
+    return [line.strip() for line in loop[dots[-1] : release] if "ttg.convert_layout" in line]
+
+
+def _global_loads_in_time_loop(
+    ttgir: str, arg_names: list[str], before: bool = False, where: dict | None = None
+) -> list[str]:
     """Kernel pointer arguments that loads inside the time loop (the outermost scf.for) read from, in the order of
-    their first load; ``before``: the loads ahead of the loop instead."""
+    their first load; ``before``: the loads ahead of the loop instead. ``where`` (a dict) receives each argument's
+    loads' line numbers in the loop body (indices into :func:`_time_loop`'s lines)."""
     lines = ttgir.splitlines()
     func = next(i for i, line in enumerate(lines) if "tt.func public" in line)
     params = re.findall(r"(%[\w.$-]+): !tt\.ptr|(%[\w.$-]+): (?:i|f)\d+", lines[func])
@@ -137,11 +150,15 @@ def _global_loads_in_time_loop(ttgir: str, arg_names: list[str], before: bool = 
         return set().union(*(roots(u, seen) for u in defs.get(name, [])))
 
     found: list[str] = []
-    for line in lines[func + 1 : start] if before else body[1:]:
+    for i, line in enumerate(lines[func + 1 : start] if before else body[1:], 1):
         for op in _LOADS:
             if op in line:
                 ptr = _USE.findall(line.split(op, 1)[1])[0].split("#")[0]
-                found += sorted(roots(ptr, set()) - set(found))
+                names = roots(ptr, set())
+                found += sorted(names - set(found))
+                if where is not None and not before:
+                    for name in names:
+                        where.setdefault(name, []).append(i)
     return found
 
 
@@ -224,7 +241,8 @@ def test_unit_split_structure(B, H, P, D, dtype, backward, masked, zoneout, tagg
     cfg, grid, asm, variant, args = _launched(B, H, P, D, dtype, backward, masked, zoneout,
                                               tuple(form.items()) if tagged else None)  # fmt: skip
     # the weights stay on chip: nothing in the time loop reads them from global memory
-    loads = _global_loads_in_time_loop(asm["ttgir"], args)
+    where: dict = {}
+    loads = _global_loads_in_time_loop(asm["ttgir"], args, where=where)
     assert "w_ptr" not in loads and "wr_ptr" not in loads, f"time loop loads {sorted(loads)}"
     if backward:
         exchanged = "dgw_ptr" if tagged else "dg_ptr"
@@ -245,7 +263,14 @@ def test_unit_split_structure(B, H, P, D, dtype, backward, masked, zoneout, tagg
         assert not tagged or "dg_ptr" not in loads, "dG_{t+1} comes from the words, not from dg"
     else:
         assert not tagged or "y_ptr" not in loads, "h_{t-1} comes from the words, not from y"
-        assert loads.index("gx_ptr") < loads.index(exchanged), f"the gate projections are loaded after the wait: {loads}"
+        # the gate projections a step ahead: step 0's before the loop, the next step's after this step's h_{t-1}
+        # and before the wait that ends the step (the barrier's first acquire poll; tagged: the next step's load)
+        assert "gx_ptr" in _global_loads_in_time_loop(asm["ttgir"], args, before=True)
+        _, loop = _time_loop(asm["ttgir"])
+        gx, = where["gx_ptr"]  # fmt: skip
+        assert min(where[exchanged]) < gx, f"the gate projections are loaded before h_{{t-1}}: {where}"
+        polls = [i for i, line in enumerate(loop) if re.search(r"tt\.atomic_rmw add, acquire", line)]
+        assert tagged or P or gx < min(polls), "the gate projections are loaded after the wait"
     if dtype == torch.float32:
         assert "mma.sync" not in ptx, "float32 is exact: no TF32 MMA"
     else:
@@ -276,6 +301,29 @@ def test_plain_forward_variants_without_replicated_mmas(change):
     mmas = _mmas(asm["ptx"])
     assert "K_SPLIT" not in cfg and mmas == _forward_mma_work(cfg, 1024, 0), (mmas, cfg)
     _assert_fits_an_sm(variant, grid, cfg)
+
+
+@pytest.mark.parametrize(
+    "H, masked, zoneout", [(256, False, 0), (1024, False, 0), (768, True, 2)], ids=["H256", "H1024", "H768-reg"]
+)
+def test_paired_forward_takes_its_gates_apart_without_conversions(H, masked, zoneout):
+    """The permuted resident columns (kernels/jit.py: permuted_gates) with one warp per 4 units (the ``wide-w4``
+    variant: 16 units, 4 warps): each warp holds both halves of its units' gate columns, so the gates come apart in
+    registers. On the step's critical path, from the last recurrent dot to the release that publishes h_t, the one
+    layout conversion is h_t's for its store; the step's other stores follow the release. The rule's 8 warps on 8
+    units split each unit's gates over two warps' tiles: more conversions there (the positive control)."""
+    from tritonlstm.kernels import config as C
+
+    rule = C.sequence_config(16, H, 0, 1, torch.float16, SMS, False)
+    paired = {**rule, "BLOCK_H": 16, "num_warps": 4}
+    _, grid, asm, variant, _ = _launched(16, H, 0, 1, torch.float16, False, masked, zoneout, tuple(paired.items()))
+    chain = _chain_conversions(_time_loop(asm["ttgir"])[1])
+    assert len(chain) <= 1, chain
+    assert _mmas(asm["ptx"]) == _forward_mma_work(paired, H, 0)
+    _assert_fits_an_sm(variant, grid, paired)
+    if not masked:
+        _, _, asm, _, _ = _launched(16, H, 0, 1, torch.float16, False)
+        assert len(_chain_conversions(_time_loop(asm["ttgir"])[1])) > 1
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])

@@ -9,6 +9,8 @@ picks, so the kernel compiles as it would launch (tests/test_sequence_structure.
 * every MMA is a wgmma (M = 64 a warpgroup) with no replicated rows or columns: the layout's warps cover at most the
   tile, and the forward's wgmma work per step is exactly BLOCK_B x 4 units x R, R a multiple of 16 (no padding
   beyond the granule);
+* the forward's gates come apart without a layout conversion: between its last dot and the release of its flag
+  the one conversion is h_t's, for its store (with zoneout, also h_{t-1}'s own units, read back);
 * no register spills, one program per SM (grid <= 132, registers and shared memory within an SM);
 * the programs meet through flags (acquire/release atomics), never the group's counter barrier.
 
@@ -30,6 +32,7 @@ from tests.test_sequence_structure import (
     SMS,
     _STORAGE,
     _assert_fits_an_sm,
+    _chain_conversions,
     _global_loads_in_time_loop,
     _launched,
     _time_loop,
@@ -75,7 +78,7 @@ def test_tile_structure(B, H, D, dtype, backward, masked, zoneout):
     if backward:
         assert "w_ptr" in loads and "dg_ptr" in loads, loads  # W_hh and dG_{t+1} streamed
     else:
-        assert "w_ptr" not in loads and "y_ptr" in loads, loads
+        assert "w_ptr" not in loads and ("xh_ptr" if masked else "y_ptr") in loads, loads  # h_{t-1}
         # W_hh^T's chunks: shared-memory allocations before the loop, wgmma's B operands in place
         dots = [line for line in loop if "ttng.warp_group_dot " in line]
         assert dots and not any("ttg.local_load" in line for line in loop), "the resident slice is re-read"
@@ -94,14 +97,20 @@ def test_tile_structure(B, H, D, dtype, backward, masked, zoneout):
         work = warpgroups * sum(64 * int(n) * int(k) for n, k in _WGMMA.findall(ptx))
         assert H % 16 == 0 and work == rows * 4 * units * H, (work, rows * 4 * units * H)
         assert body.count("ttng.warp_group_dot ") == triton.cdiv(H, cfg["K_CHUNK"])
+        # the permuted resident columns: the gates come apart in registers, and the one layout conversion between
+        # the last dot and the flag's release is h_t's for its store (the others' stores follow the release); with
+        # zoneout, h_{t-1} of the program's units is read back after the dot and converted too (carried in
+        # registers instead, it spills Triton 3.6's build)
+        chain = _chain_conversions(loop)
+        assert len(chain) <= (2 if zoneout else 1), chain
     # flags, not the counter: a program releases its own flag (an exchange) and acquires the others' (adds of 0);
     # the barrier's release-add on the group's counter is absent
     atomics = re.findall(r"tt\.atomic_rmw (\w+), (\w+)", ttgir)
     assert ("exch", "release") in atomics and ("add", "acquire") in atomics and ("add", "release") not in atomics
-    if TRITON36 and not backward and masked and H == 1024:
-        # Triton 3.6's build of the forward with recurrent dropout and training zoneout together at H=1024 spills
-        # 16 bytes a thread (each alone, or 3.9's build, none): benchmarks/NOTES.md
-        assert variant.n_spills <= 32, variant.n_spills
+    if TRITON36 and not backward and rows == 64 and H == 1024:
+        # Triton 3.6's forward of 64-row tiles at H=1024 spills 8 bytes a thread with the 128-row chunks
+        # (config.TILE_K_CHUNK), which halve its flag waits against 64-row chunks (spill-free): benchmarks/NOTES.md
+        assert variant.n_spills <= 16, variant.n_spills
         variant = dataclasses.replace(variant, n_spills=0)
     _assert_fits_an_sm(variant, grid, cfg)
 
