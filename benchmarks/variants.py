@@ -12,7 +12,11 @@ for the forward and backward alike:
 * ``tagged``: the tagged exchange (:func:`tritonlstm.kernels.config.tagged_form`: the forward's dots split);
 * ``tagged-plain``: the tagged exchange with plain dots;
 * ``*-wide``: twice the units per forward program, so half the programs poll the exchange;
-* ``w4``, ``wide-w4``: 4 warps a forward program (8 with the rule), plain dots;
+* ``w4``, ``wide-w4``: 4 warps a forward program (8 with the rule), plain dots; ``wide-w4`` (16 units, a warp per 4)
+  is the B=16 form whose warps each hold all four gates of their units, so its epilogue takes them apart in
+  registers (benchmarks/NOTES.md, "The forward's epilogue");
+* ``bwd-flags``: the backward's programs meet through one flag per program instead of the group's counter
+  (:func:`tritonlstm.kernels.config.flags_form`);
 * ``split32``: where the rule leaves the split regime (B=64 with H >= 768), the split kernels with 32-row batch
   tiles and 16 units a program (:func:`tritonlstm.kernels.config.split32_form`), forward and backward;
 * ``graphed``: where the rule gives the tile regime (B >= 64 with H >= 768), the graphed per-step kernels it
@@ -92,6 +96,12 @@ def _tagged_plain(cfg, backward):
     return _drop("K_SPLIT", "K_BLOCK")(_tagged(cfg, backward), backward)
 
 
+def _flags(cfg, backward):
+    from tritonlstm.kernels.config import flags_form
+
+    return flags_form(cfg, 0, backward)
+
+
 VARIANTS = {
     "rule": _identity,
     "plain": _drop("TAGGED", "K_SPLIT", "K_BLOCK"),
@@ -102,7 +112,10 @@ VARIANTS = {
     "tagged-wide": _wide(_tagged),
     "w4": _warps4(_identity),
     "wide-w4": _warps4(_wide(_identity)),
+    "bwd-flags": _flags,
 }
+
+
 def graphed_form(batch, hidden, proj_size, directions, dtype, sm_count, backward=False):
     """Where the rule gives the tile regime: the batch-owned config, which ``choose`` turns into the graphed per-step
     kernels (a W_hh that does not stay in one SM); elsewhere None."""

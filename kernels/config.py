@@ -19,8 +19,9 @@ Regimes (each one a kernel in its own file, registered in :data:`LAUNCHERS`):
   over the warps (``K_SPLIT``, self-tested as ``"split-k"``), the 16-bit forward's is one plain ``tl.dot``.
   ``"split-chunked"`` is the backward beyond H=512 (W_hh in chunks of gate rows). The tagged exchange
   (``TAGGED``, ``"split-tagged"``: one store publishes a value with its step, one load waits for it and fetches
-  it) is a built and tested form the rule does not pick (:data:`TAGGED_EXCHANGE`: it measured slower). Each
-  variant is self-tested at first use, and a failed one falls back to its plain form.
+  it) is a built and tested form the rule does not pick (:data:`TAGGED_EXCHANGE`: it measured slower), and so is
+  the backward through one flag per program (:func:`flags_form`, ``"split-flags"``: not timed yet). Each variant
+  is self-tested at first use, and a failed one falls back to its plain form.
 
 * ``"tile"`` (the large-batch regime): the split kernels on a persistent 2-D grid of batch tiles of 64 or 128
   rows x unit slices, at most one program per SM, where the 16-row unit-split form does not fit. The forward keeps
@@ -71,7 +72,8 @@ STEP_REGIMES = {"lstm": "step", "gru": "gru-step"}
 """Each cell's per-step kernels: the oracle and the last fallback of its other regimes."""
 
 SELF_TESTED = {
-    "split": "split", "split-tagged": "split", "split-k": "split", "split-chunked": "split", "batch": "batch",
+    "split": "split", "split-tagged": "split", "split-k": "split", "split-chunked": "split", "split-flags": "split",
+    "batch": "batch",
     "graphed": "graphed", "tile": "tile", "gru-split": "gru-split", "gru-split-k": "gru-split",
     "gru-split-chunked": "gru-split",
     "gru-batch": "gru-batch", "gru-graphed": "gru-graphed",
@@ -379,6 +381,17 @@ def tagged_form(cfg: dict, proj_size: int, dtype: torch.dtype, backward: bool) -
     return cfg
 
 
+def flags_form(cfg: dict, proj_size: int, backward: bool) -> dict:
+    """A candidate the rule does not pick (not timed on a GPU; benchmarks/NOTES.md): the unit-split backward's
+    programs meet through one flag per program (each releases its step, each waits for all of them before it
+    reads dG_{t+1}: :func:`tritonlstm.kernels.jit.release_flag`, :func:`~tritonlstm.kernels.jit.wait_flags`), not
+    the group's counter, and each loads its next step's inputs between its release and that wait. The backward
+    of a split config without a projection or tagged words; other configs come back unchanged."""
+    if not backward or cfg.get("regime") != "split" or proj_size or cfg.get("TAGGED"):
+        return cfg
+    return {**cfg, "FLAGS": True}
+
+
 def split32_form(
     batch: int, hidden: int, proj_size: int, directions: int, dtype: torch.dtype, sm_count: int | None,
     backward: bool = False,
@@ -426,6 +439,8 @@ def constexprs(cfg: dict, H: int, R: int, P: int, backward: bool) -> tuple[dict,
         )
         if tile:  # W_hh and dG_{t+1} streamed in blocks of K_CHUNK gate rows; one flag per program
             k.update(BLOCK_G=cfg["K_CHUNK"], FLAG_ALL=max(2, p2(ns)), SUB_H=bh if bh <= 16 else bh // 2)
+        elif split and cfg.get("FLAGS"):  # one flag per program instead of the group's counter
+            k.update(FLAGS=True, FLAG_ALL=max(2, p2(ns)))
     elif tile:  # the resident W_hh^T in chunks of K_CHUNK rows covering R; h_{t-1} waited for chunk by chunk
         kc = cfg["K_CHUNK"]
         k.update(BLOCK_R=kc, BLOCK_F=16, K_CHUNK=kc, K_CHUNKS=triton.cdiv(R, kc), EVEN_K=R % kc == 0,
@@ -465,6 +480,9 @@ def choose(
         if cfg.get("TAGGED"):
             fallback = Choice("split", barrier_form(cfg), why + ", barrier")
             return Choice("split", cfg, why + ", tagged exchange, dots split over the warps", fallback)
+        if cfg.get("FLAGS"):
+            counter = {k: v for k, v in cfg.items() if k != "FLAGS"}
+            return Choice("split", cfg, why + ", a flag per program", Choice("split", counter, why))
         if cfg.get("K_SPLIT", 1) > 1 and cfg.get("G_CHUNKS", 1) == 1:  # split over the backward's gate rows or R
             plain = {k: v for k, v in cfg.items() if k not in ("K_SPLIT", "K_BLOCK")}
             return Choice("split", cfg, why + ", dot split over the warps", Choice("split", plain, why))
@@ -596,6 +614,8 @@ def variant(cfg: dict) -> str:
         return "tile"
     if cfg.get("TAGGED"):
         return "split-tagged"
+    if cfg.get("FLAGS"):
+        return "split-flags"
     if cfg.get("G_CHUNKS", 1) > 1:
         return "split-chunked"
     return "split-k" if cfg.get("K_SPLIT", 1) > 1 else cfg["regime"]
@@ -632,5 +652,7 @@ def self_test_config(device: torch.device, dtype: torch.dtype, regime: str, H: i
         cfg["K_SPLIT"] = 4
     if regime == "split-tagged" and not (backward and (P or dtype == torch.float32)):  # the rule's tagged forms
         cfg.update(TAGGED=True, K_SPLIT=4)  # one split per warp
+    if regime == "split-flags" and backward and not P:  # flags_form: the backward's dot split as the rule's
+        cfg.update(FLAGS=True, K_SPLIT=4)
     return cfg
 

@@ -6,8 +6,9 @@ one kernel each, with the forward's (:mod:`tritonlstm.kernels.sequence_fwd`) lay
 * ``_seq_bwd_split_kernel`` (``"split"``): a program keeps W_hh[:, its units] (all 4H rows) on chip, in up to
   ``G_CHUNKS`` chunks of gate rows whose dots may be split ``K_SPLIT`` ways over the warps (the partial products
   summed in a fixed order). It exchanges dG_t as tagged words (``TAGGED``, one chunk and no projection: the
-  forward's helpers, :func:`tritonlstm.kernels.jit.wait_words`) or through the barrier. Each step's own inputs
-  (the forward's gates and cells, dy_t) are loaded before the previous step's wait and carried over.
+  forward's helpers, :func:`tritonlstm.kernels.jit.wait_words`), through the barrier, or (``FLAGS``: a candidate,
+  :func:`tritonlstm.kernels.config.flags_form`) through one flag per program. Each step's own inputs (the
+  forward's gates and cells, dy_t) are loaded before the previous step's wait and carried over.
 
 * ``_seq_bwd_tile_kernel`` (``"tile"``, large batches): the batch-owned step with its units split over the
   programs of a group, which meet through one flag per program; each program streams dG_{t+1} and W_hh[:, its
@@ -395,6 +396,8 @@ def _seq_bwd_split_kernel(
     INPUT_PRECISION: tl.constexpr,
     TAGGED: tl.constexpr = False,  # exchange dG_t as tagged words (WORD) instead of meeting at the barrier
     WORD: tl.constexpr = tl.int32,
+    FLAGS: tl.constexpr = False,  # meet through one flag per program (sync_ptr [D, NB, NS]), not the counter
+    FLAG_ALL: tl.constexpr = 2,  # >= NS (FLAGS)
 ):
     i_b, i_d, i_s = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     NS = tl.num_programs(2)
@@ -417,10 +420,13 @@ def _seq_bwd_split_kernel(
     dh0_d = dh0_ptr + i_d * B * R
     dy_d = dy_ptr + i_d * R
     sync = sync_ptr + i_d * tl.num_programs(0) + i_b
+    flag_g = sync_ptr + (i_d * tl.num_programs(0) + i_b) * NS  # FLAGS: [D, NB, NS], one a program
     dgw_d = dgw_ptr + i_d * 2 * B * G
     failed = tl.program_id(0) * 0
     if TAGGED:
         tl.static_assert(G_CHUNKS == 1 and not HAS_PROJ, "the tagged exchange takes one chunk, no projection")
+    if FLAGS:
+        tl.static_assert(not (TAGGED or HAS_PROJ), "flags replace the counter of the barrier form, no projection")
 
     o_u = i_s * BLOCK_H + tl.arange(0, BLOCK_H)
     o_g = i_s * (4 * BLOCK_H) + tl.arange(0, 4 * BLOCK_H)
@@ -468,6 +474,9 @@ def _seq_bwd_split_kernel(
         dgn_t = dg_d + tn * B * G
         dg_t = dg_d + tc * B * G
         # gradient reaching h_t[:, o_c] through the state: dG_{next} @ W_hh[:, o_c] plus the carried part
+        if FLAGS:  # every program's dG_{next}: the flags of step n - 1 (trivially met in step 0)
+            failed = wait_flags(flag_g, 0, NS, n, failed, spin_limit, FLAG_ALL)
+            poison = tl.where(failed != 0, float("nan"), 0.0)
         if TAGGED:  # one load of the words both waits for the other programs' dG_{next} and fetches it
             b_dgn, failed = _dg_wait(dgw_d, n, o_b, m_b, B, G, failed, spin_limit, BLOCK_G, WORD,
                                      dg_ptr.dtype.element_ty)  # fmt: skip
@@ -542,6 +551,8 @@ def _seq_bwd_split_kernel(
                     b_dh, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, b_gates, b_cp, b_c, dg_t,
                     dc0_d, H, b_kc, BLOCK_B, BLOCK_H, HAS_LENGTHS, ZONEOUT,
                 )  # fmt: skip
+                if FLAGS:  # dG_t is stored: release it, then load the next step's inputs while the others finish
+                    release_flag(flag_g + i_s, n)
                 b_gates, b_cp, b_c, b_dy = _split_step_inputs(
                     n + 1, T, rev, b_len, gates_d, cs_d, c0_d, dy_d, o_b, o_u, o_g, o_c, m_b, m_u, m_g, m_bc, B, H,
                     ldy, HAS_DY, ZONEOUT, ACC_DTYPE,
@@ -550,7 +561,7 @@ def _seq_bwd_split_kernel(
                     p_w = dgw_d + (n % 2) * (B.to(tl.int64) * G) + o_b[:, None] * G + o_g[None, :]
                     publish_words(p_w, b_dg.to(dg_ptr.dtype.element_ty), step_tag(n, WORD),
                                   m_b[:, None] & m_g[None, :], WORD)  # fmt: skip
-                else:
+                elif not FLAGS:
                     failed = barrier(sync, NS * (n + 1), failed, spin_limit)
     tl.store(err_ptr, failed, mask=failed != 0)
 
@@ -822,7 +833,8 @@ def backward(
     dh_all = torch.empty(D, T, B, P, device=dev, dtype=dtype) if P else None
     dh0 = torch.empty(D, B, R, device=dev, dtype=dtype)
     dc0 = torch.empty(D, B, H, device=dev, dtype=dtype)
-    flags = torch.zeros(1 + D * nb * (ns if cfg["regime"] == "tile" else 1), device=dev, dtype=torch.int32)
+    per_program = cfg["regime"] == "tile" or cfg.get("FLAGS", False)  # a flag a program, else a counter a group
+    flags = torch.zeros(1 + D * nb * (ns if per_program else 1), device=dev, dtype=torch.int32)
     sync = flags[1:]
     if err is None:
         err = flags[:1]

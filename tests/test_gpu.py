@@ -95,11 +95,12 @@ def test_gpu_tile_regime_matches_nn_lstm(B, H, bidirectional, dtype):
         assert_close(a, e, dtype, f"tile with lengths: {name}")
 
 
+@pytest.mark.parametrize("regime", ["tile", "split-flags"])  # (never run on a GPU yet)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_gpu_tile_self_test_passes(dtype):
+def test_gpu_new_regimes_pass_their_self_tests(regime, dtype):
     from tritonlstm.kernels import selftest
 
-    assert selftest.self_test("cuda", dtype, "tile") is None
+    assert selftest.self_test("cuda", dtype, regime) is None
 
 
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)

@@ -207,6 +207,38 @@ def test_tagged_exchange_is_the_barrier_bit_for_bit(dtype, P, masked, zoneout):
         assert (a is None and e is None) or torch.equal(a, e), f"{name}: the tagged backward differs from the barrier"
 
 
+@requires_interpreter
+@pytest.mark.parametrize(
+    "dtype, masked, zoneout",
+    [(torch.float32, False, 0), (torch.float16, True, 2), (torch.float32, False, 1)],
+    ids=["fp32", "fp16-dropout-zoneout", "fp32-zoneout-eval"],
+)
+def test_flags_backward_is_the_barrier_bit_for_bit(dtype, masked, zoneout):
+    """The split backward meeting through one flag per program (config.flags_form) against the same kernel at the
+    counter barrier: every gradient bit for bit, bidirectional with lengths, the backward's dot split 4 ways and
+    in two chunks of gate rows (the rule's forms beyond H=512)."""
+    inp = _inputs(5, 3, 4, 9, 0, 2, dtype)
+    case = ("", 5, 3, 4, 9, 0, (False, True), [5, 2, 4], True, "split")
+    regs = Regularisers(
+        _dropout_mask(case, dtype, 0.6, seed=3) if masked else None,
+        (0.25, 0.4) if zoneout else (0.0, 0.0),
+        torch.tensor([11]) if zoneout == 2 else None,
+    )
+    layer = _layer(inp, torch.tensor([5, 2, 4]), (False, True))
+    y, h_n, c_n, gates, cs = sequence_fwd.forward(layer, regs, True, _split(9))
+    saved, upstream = Saved(y, gates, cs), GradOutputs(*_upstream()(y, h_n, c_n))
+    for extra in ({}, {"K_SPLIT": 4}, {"G_CHUNKS": 2, "K_SPLIT": 2}):
+        counter = {**_split(9), **extra}
+        flags = C.flags_form(counter, 0, backward=True)
+        assert flags["FLAGS"] and C.variant(flags) == "split-flags"
+        err = torch.zeros(1, dtype=torch.int32)
+        want = sequence_bwd.backward(layer, regs, saved, upstream, Needs(), counter)
+        got = sequence_bwd.backward(layer, regs, saved, upstream, Needs(), flags, err)
+        assert int(err) == 0
+        for name, a, e in zip(GRADS, got, want):
+            assert (a is None and e is None) or torch.equal(a, e), f"{name}: the flags differ from the barrier {extra}"
+
+
 def test_tagged_words_carry_16_and_32_bit_values_only():
     assert sequence_fwd.tagged_words({"TAGGED": True}, torch.bfloat16) == {"TAGGED": True, "WORD": tl.int32}
     assert sequence_fwd.tagged_words({"TAGGED": True}, torch.float32) == {"TAGGED": True, "WORD": tl.int64}
@@ -355,13 +387,16 @@ def _stuck(H, spin_limit=3):
 
 
 @requires_interpreter
-@pytest.mark.parametrize("tagged", [False, True], ids=["barrier", "tagged"])
-@pytest.mark.parametrize("P", [0, 4], ids=["plain", "proj"])
-def test_forced_timeout_sets_flag_and_nan(P, tagged):
+@pytest.mark.parametrize(
+    "P, exchange", [(0, "barrier"), (0, "tagged"), (0, "flags"), (4, "barrier"), (4, "tagged")],
+    ids=["plain-barrier", "plain-tagged", "plain-flags", "proj-barrier", "proj-tagged"],
+)
+def test_forced_timeout_sets_flag_and_nan(P, exchange):
     inp = _inputs(3, 2, 4, 16, P, 1, torch.float32)
     layer = _layer(inp, None, (False,))
     err = torch.zeros(1, dtype=torch.int32)
-    stuck = {**_stuck(16), "TAGGED": True} if tagged else _stuck(16)
+    # (flags: the backward's; its forward is the barrier's)
+    stuck = {**_stuck(16), "TAGGED": exchange == "tagged", "FLAGS": exchange == "flags"}
     y, h_n, c_n, _, _ = sequence_fwd.forward(layer, Regularisers(), True, stuck, err)
     assert int(err.item()) == 1, "the error flag must be set"
     assert torch.isnan(y[-1]).any() and torch.isnan(h_n).any() and torch.isnan(c_n).any()
@@ -370,7 +405,7 @@ def test_forced_timeout_sets_flag_and_nan(P, tagged):
     for name, a, e in zip(("y", "h_n", "c_n"), (y, h_n, c_n), want):
         ok = torch.isnan(a) | torch.isclose(a, e, rtol=1e-4, atol=1e-5)
         assert ok.all(), f"{name}: a value that is neither NaN nor correct"
-    # the backward times out the same way (tagged without a projection, at the barrier with one)
+    # the backward times out the same way (tagged or flags without a projection, at the barrier with one)
     err_b = torch.zeros(1, dtype=torch.int32)
     saved = Saved(want[0], want[3], want[4])
     grads = sequence_bwd.backward(

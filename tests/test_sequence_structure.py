@@ -326,6 +326,30 @@ def test_paired_forward_takes_its_gates_apart_without_conversions(H, masked, zon
         assert len(_chain_conversions(_time_loop(asm["ttgir"])[1])) > 1
 
 
+@pytest.mark.parametrize("H, masked", [(512, False), (1024, True)], ids=["H512", "H1024-chunked-reg"])
+def test_flags_backward_meets_without_the_counter(H, masked):
+    """The split backward in config.flags_form (a candidate): a program releases its own flag (an exchange) and
+    acquires everyone's before it reads dG_{t+1}; no release-add on a counter. Its next step's inputs are loaded
+    after its release (so before the next wait), its dot keeps the rule's unreplicated split, and it builds without
+    spills on an SM per program, with recurrent dropout and zoneout too."""
+    from tritonlstm.kernels import config as C
+
+    rule = C.sequence_config(16, H, 0, 1, torch.bfloat16, SMS, True)
+    cfg = C.flags_form(rule, 0, True)
+    assert cfg["FLAGS"] and "FLAGS" not in rule
+    _, grid, asm, variant, args = _launched(16, H, 0, 1, torch.bfloat16, True, masked, 2 if masked else 0,
+                                            tuple(cfg.items()))  # fmt: skip
+    atomics = re.findall(r"tt\.atomic_rmw (\w+), (\w+)", asm["ttgir"])
+    assert ("exch", "release") in atomics and ("add", "acquire") in atomics and ("add", "release") not in atomics
+    where: dict = {}
+    _global_loads_in_time_loop(asm["ttgir"], args, where=where)
+    _, loop = _time_loop(asm["ttgir"])
+    release = next(i for i, line in enumerate(loop) if "tt.atomic_rmw exch, release" in line)
+    assert min(where["gates_ptr"]) > release and min(where["cs_ptr"]) > release, where
+    assert _mmas(asm["ptx"]) == _backward_mma_work(cfg, H)
+    _assert_fits_an_sm(variant, grid, cfg)
+
+
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
 def test_split32_form_builds_unreplicated_and_spill_free(backward):
     """The candidate for B=64 with H >= 768 (config.split32_form, timed by benchmarks.variants): 32-row batch tiles of

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A GPU call that times the unit-split kernels under config variants (python -m benchmarks.variants), with cuDNN in
 # the same run: the rule against the candidates that have not run on a GPU yet (benchmarks/NOTES.md: the plain
-# forward with 4 warps or 16 units a program, and split32 for B=64 at H >= 768), and the rule's tile regime
+# forward with 4 warps or 16 units a program, wide-w4 first, whose epilogue takes the gates apart in registers,
+# the backward meeting through flags, and split32 for B=64 at H >= 768), and the rule's tile regime
 # against the graphed per-step kernels it replaced (B=64 and 256 at H=1024). VARIANTS overrides the list
 # (all of them, and the tagged words' latency rows: VARIANTS=all).
 #
@@ -28,7 +29,7 @@ set +e
 if [[ ${VARIANTS:-} == all ]]; then
   pick=()
 else
-  read -ra pick <<<"--no-ping-pong --variants ${VARIANTS:-rule graphed tile-wide w4 rule-wide wide-w4 split32}"
+  read -ra pick <<<"--no-ping-pong --variants ${VARIANTS:-rule wide-w4 bwd-flags graphed tile-wide w4 rule-wide split32}"
 fi
 timeout -s INT -k 20 $(( budget + 60 )) "$PY" -m benchmarks.variants "${pick[@]}" --budget "$budget" \
   --csv "$(out variants.csv)" 2>&1 | tee "$(out variants.log)"
