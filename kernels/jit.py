@@ -128,29 +128,16 @@ def cell_forward(b_pre, b_c_prev, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
 
 
 @triton.jit
-def cell_factors(b_gates, b_c, b_c_prev, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    """The factors of the cell's gradient that take no incoming gradient, from the activated gates
-    [BLOCK_B, 4*BLOCK_H], c_t and c_{t-1}: (dc_t per dm_t, di per dc_t, df per dc_t, dg per dc_t, do per dm_t, f).
-    A kernel may form them before it waits for the incoming gradient (the tile backward does)."""
-    b_i, b_f, b_g, b_o = split_gates(b_gates, BLOCK_B, BLOCK_H)
-    b_tc = tanh(b_c)
-    return (b_o * (1.0 - b_tc * b_tc), b_g * b_i * (1.0 - b_i), b_c_prev * b_f * (1.0 - b_f), b_i * (1.0 - b_g * b_g),
-            b_tc * b_o * (1.0 - b_o), b_f)  # fmt: skip
-
-
-@triton.jit
-def cell_grads(b_dm, b_dc, k, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Gradient of m_t = o*tanh(c_t) and of c_t, with :func:`cell_factors` ``k`` -> (gate pre-activation gradients
-    interleaved, dc_{t-1})."""
-    k_c, k_i, k_f, k_g, k_o, b_f = k
-    b_dc = b_dc + b_dm * k_c
-    return join_gates(b_dc * k_i, b_dc * k_f, b_dc * k_g, b_dm * k_o, BLOCK_B, BLOCK_H), b_dc * b_f
-
-
-@triton.jit
 def cell_backward(b_dm, b_gates, b_c, b_c_prev, b_dc, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """Gradient of m_t = o*tanh(c_t) and of c_t -> (gate pre-activation gradients interleaved, dc_{t-1})."""
-    return cell_grads(b_dm, b_dc, cell_factors(b_gates, b_c, b_c_prev, BLOCK_B, BLOCK_H), BLOCK_B, BLOCK_H)
+    b_i, b_f, b_g, b_o = split_gates(b_gates, BLOCK_B, BLOCK_H)
+    b_tc = tanh(b_c)
+    b_dc = b_dc + b_dm * b_o * (1.0 - b_tc * b_tc)
+    b_di = b_dc * b_g * b_i * (1.0 - b_i)
+    b_df = b_dc * b_c_prev * b_f * (1.0 - b_f)
+    b_dg = b_dc * b_i * (1.0 - b_g * b_g)
+    b_do = b_dm * b_tc * b_o * (1.0 - b_o)
+    return join_gates(b_di, b_df, b_dg, b_do, BLOCK_B, BLOCK_H), b_dc * b_f
 
 
 @triton.jit

@@ -42,8 +42,7 @@ from tritonlstm.kernels.jit import (
     and_,
     barrier,
     batch_rows,
-    cell_factors,
-    cell_grads,
+    cell_backward,
     publish_words,
     release_flag,
     split_gates,
@@ -77,16 +76,6 @@ def _bwd_cell_inputs(gates_t, cs_t, cs_p, c0_d, first_fwd, o_b, o_u, o_g, m_b, m
 
 
 @triton.jit
-def _bwd_factors(b_gates, b_cp, b_c, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, ZONEOUT: tl.constexpr):
-    """The cell gradient's factors of one unit tile (:func:`tritonlstm.kernels.jit.cell_factors`) from the inputs
-    :func:`_bwd_cell_inputs` loads; with zoneout, c_t before zoneout is recomputed from the gates."""
-    if ZONEOUT > 0:
-        b_i, b_f, b_g, b_o = split_gates(b_gates, BLOCK_B, BLOCK_H)
-        b_c = b_f * b_cp + b_i * b_g
-    return cell_factors(b_gates, b_c, b_cp, BLOCK_B, BLOCK_H)
-
-
-@triton.jit
 def _bwd_cell(
     b_dh,
     b_dc,
@@ -99,7 +88,9 @@ def _bwd_cell(
     m_b,
     m_u,
     m_g,
-    b_k,  # the cell gradient's factors of this tile (:func:`_bwd_factors`)
+    b_gates,  # the forward's activated gates, c_{t-1}, c_t of this tile (:func:`_bwd_cell_inputs`)
+    b_cp,
+    b_c,
     dg_t,
     dc0_d,
     H,
@@ -114,11 +105,14 @@ def _bwd_cell(
     m_bu = m_b[:, None] & m_u[None, :]
     m_bg = m_b[:, None] & m_g[None, :]
     o_bu = o_b[:, None] * H + o_u[None, :]
-    if ZONEOUT > 0:  # the kept share of dc_t goes straight to c_{t-1}
-        b_dg, b_dcp = cell_grads(b_dh, (1.0 - b_kc) * b_dc, b_k, BLOCK_B, BLOCK_H)
+    if ZONEOUT > 0:
+        # c_t before zoneout, recomputed from the gates; the kept share of dc_t goes straight to c_{t-1}
+        b_i, b_f, b_g, b_o = split_gates(b_gates, BLOCK_B, BLOCK_H)
+        b_c = b_f * b_cp + b_i * b_g
+        b_dg, b_dcp = cell_backward(b_dh, b_gates, b_c, b_cp, (1.0 - b_kc) * b_dc, BLOCK_B, BLOCK_H)
         b_dcp += b_kc * b_dc
     else:
-        b_dg, b_dcp = cell_grads(b_dh, b_dc, b_k, BLOCK_B, BLOCK_H)
+        b_dg, b_dcp = cell_backward(b_dh, b_gates, b_c, b_cp, b_dc, BLOCK_B, BLOCK_H)
     if HAS_LENGTHS:
         b_dg = tl.where(v_t[:, None], b_dg, 0.0)
         b_dcp = tl.where(v_t[:, None], b_dcp, b_dc)
@@ -322,57 +316,6 @@ def _bwd_grad_into_h(
 
 
 @triton.jit
-def _tile_inputs(dy_t, dcarry_d, dhn_d, dc_d, dcn_d, c0_d, gates_t, cs_t, cs_p, first_fwd, o_b, u, m_b, v_t, n, T, H,
-                 R, ldy, BLOCK_H: tl.constexpr, HAS_DY: tl.constexpr, HAS_DHN: tl.constexpr, HAS_DCN: tl.constexpr,
-                 HAS_LENGTHS: tl.constexpr, ACC_DTYPE: tl.constexpr):  # fmt: skip
-    """The tile backward without the regularisers: everything the step of units u .. u + BLOCK_H reads besides
-    dG_{t+1}, all of it the program's own (the forward's saved tensors, dy_t, its scratch), and the cell gradient's
-    factors, so that it can be loaded and formed before the wait. Returns (the gradient reaching h_t not through
-    the state, dy_t, dc_t, the factors)."""
-    o_u = u + tl.arange(0, BLOCK_H)
-    o_g = 4 * u + tl.arange(0, 4 * BLOCK_H)
-    m_u, m_g = o_u < H, o_g < 4 * H
-    m_bu = m_b[:, None] & m_u[None, :]
-    o_br = o_b[:, None] * R + o_u[None, :]
-    b_add = tl.zeros((o_b.shape[0], BLOCK_H), dtype=ACC_DTYPE)  # (at most one of them is not masked off)
-    if HAS_LENGTHS:
-        b_add += tl.load(dcarry_d + o_br, mask=m_bu & (n > 0), other=0.0).to(ACC_DTYPE)
-    if HAS_DHN:
-        b_add += tl.load(dhn_d + o_br, mask=m_bu & (n == 0), other=0.0).to(ACC_DTYPE)
-    b_dy = tl.zeros((o_b.shape[0], BLOCK_H), dtype=ACC_DTYPE)
-    if HAS_DY:
-        b_dy = tl.load(dy_t + o_b[:, None] * ldy + o_u[None, :], mask=m_bu & v_t[:, None], other=0.0).to(ACC_DTYPE)
-    b_dc = _load_dc(dc_d, dcn_d, o_b, o_u, m_b, m_u, n, H, HAS_DCN, ACC_DTYPE)
-    b_gates, b_cp, b_c = _bwd_cell_inputs(gates_t, cs_t, cs_p, c0_d, first_fwd, o_b, o_u, o_g, m_b, m_u,
-                                          and_(m_g, n < T), H, 0, ACC_DTYPE)  # fmt: skip
-    return b_add, b_dy, b_dc, _bwd_factors(b_gates, b_cp, b_c, o_b.shape[0], BLOCK_H, 0)
-
-
-@triton.jit
-def _bwd_unit_tile_in(b_rec, ins, dcarry_d, dh0_d, dc_d, dc0_d, dg_t, o_b, u, m_b, v_t, n, T, H, R, last_step, poison,
-                      BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HAS_LENGTHS: tl.constexpr):  # fmt: skip
-    """:func:`_bwd_unit_tile` without the regularisers, on the inputs :func:`_tile_inputs` gave: the same
-    arithmetic."""
-    b_add, b_dy, b_dc, b_k = ins
-    o_u = u + tl.arange(0, BLOCK_H)
-    o_g = 4 * u + tl.arange(0, 4 * BLOCK_H)
-    m_u, m_g = o_u < H, o_g < 4 * H
-    m_bu = m_b[:, None] & m_u[None, :]
-    o_br = o_b[:, None] * R + o_u[None, :]
-    b_rec += b_add
-    tl.store(dh0_d + o_br, (b_rec + poison).to(dh0_d.dtype.element_ty), mask=and_(m_bu, n == T))
-    b_dh = b_rec + b_dy
-    if HAS_LENGTHS:
-        tl.store(dcarry_d + o_br, tl.where(v_t[:, None], 0.0, b_rec).to(dcarry_d.dtype.element_ty),
-                 mask=and_(m_bu, n < T))  # fmt: skip
-        b_dh = tl.where(v_t[:, None], b_dh, 0.0)
-    if n < T:
-        b_dc, b_dg = _bwd_cell(b_dh, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, b_k, dg_t, dc0_d, H,
-                               b_dc, BLOCK_B, BLOCK_H, HAS_LENGTHS, 0)  # fmt: skip
-        tl.store(dc_d + o_b[:, None] * H + o_u[None, :], b_dc.to(dc_d.dtype.element_ty), mask=m_bu)
-
-
-@triton.jit
 def _bwd_unit_tile(
     b_rec, dy_t, dcarry_d, dhn_d, dh0_d, hm_d, dc_d, dcn_d, dc0_d, c0_d, gates_t, cs_t, cs_p, dg_t, first_fwd, o_b,
     u, m_b, v_t, n, T, B, H, R, ldy, last_step, poison, zs_ptr, zo_stream, t, zo_h, zo_c, BLOCK_B: tl.constexpr,
@@ -396,9 +339,8 @@ def _bwd_unit_tile(
         b_gates, b_cp, b_c = _bwd_cell_inputs(gates_t, cs_t, cs_p, c0_d, first_fwd, o_b, o_u, o_g, m_b, m_u, m_g, H,
                                               ZONEOUT, ACC_DTYPE)  # fmt: skip
         b_dc, b_dg = _bwd_cell(
-            b_dh, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g,
-            _bwd_factors(b_gates, b_cp, b_c, BLOCK_B, BLOCK_H, ZONEOUT), dg_t, dc0_d, H, b_kc, BLOCK_B, BLOCK_H,
-            HAS_LENGTHS, ZONEOUT,
+            b_dh, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, b_gates, b_cp, b_c, dg_t, dc0_d, H,
+            b_kc, BLOCK_B, BLOCK_H, HAS_LENGTHS, ZONEOUT,
         )  # fmt: skip
         m_bu = m_b[:, None] & m_u[None, :]
         tl.store(dc_d + o_b[:, None] * H + o_u[None, :], b_dc.to(dc_d.dtype.element_ty), mask=m_bu)
@@ -596,9 +538,8 @@ def _seq_bwd_split_kernel(
                 )
                 b_dm = tl.dot(b_dhf, b_wr, out_dtype=ACC_DTYPE, input_precision=INPUT_PRECISION)
                 b_dc, b_dg = _bwd_cell(
-                    b_dm, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g,
-                    _bwd_factors(b_gates, b_cp, b_c, BLOCK_B, BLOCK_H, 0), dg_t, dc0_d, H, b_kc, BLOCK_B, BLOCK_H,
-                    HAS_LENGTHS, 0,
+                    b_dm, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, b_gates, b_cp, b_c, dg_t,
+                    dc0_d, H, b_kc, BLOCK_B, BLOCK_H, HAS_LENGTHS, 0,
                 )  # fmt: skip
                 b_gates, b_cp, b_c, b_dy = _split_step_inputs(
                     n + 1, T, rev, b_len, gates_d, cs_d, c0_d, dy_d, o_b, o_u, o_g, o_c, m_b, m_u, m_g, m_bc, B, H,
@@ -607,9 +548,8 @@ def _seq_bwd_split_kernel(
                 failed = barrier(sync, NS * (2 * n + 2), failed, spin_limit)
             else:
                 b_dc, b_dg = _bwd_cell(
-                    b_dh, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g,
-                    _bwd_factors(b_gates, b_cp, b_c, BLOCK_B, BLOCK_H, ZONEOUT), dg_t, dc0_d, H, b_kc, BLOCK_B,
-                    BLOCK_H, HAS_LENGTHS, ZONEOUT,
+                    b_dh, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, b_gates, b_cp, b_c, dg_t,
+                    dc0_d, H, b_kc, BLOCK_B, BLOCK_H, HAS_LENGTHS, ZONEOUT,
                 )  # fmt: skip
                 if FLAGS:  # dG_t is stored: release it, then load the next step's inputs while the others finish
                     release_flag(flag_g + i_s, n)
@@ -730,9 +670,8 @@ def _seq_bwd_batch_kernel(
                     b_gates, b_cp, b_c = _bwd_cell_inputs(gates_t, cs_t, cs_p, c0_d, first_fwd, o_b, o_u, o_g, m_b,
                                                           m_u, m_g, H, 0, ACC_DTYPE)  # fmt: skip
                     b_dc, b_dg = _bwd_cell(
-                        b_dm, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g,
-                        _bwd_factors(b_gates, b_cp, b_c, BLOCK_B, BLOCK_H, 0), dg_t, dc0_d, H, b_dc, BLOCK_B, BLOCK_H,
-                        HAS_LENGTHS, 0,
+                        b_dm, b_dc, v_t, last_step, poison, o_b, o_u, o_g, m_b, m_u, m_g, b_gates, b_cp, b_c, dg_t,
+                        dc0_d, H, b_dc, BLOCK_B, BLOCK_H, HAS_LENGTHS, 0,
                     )  # fmt: skip
                     tl.store(
                         dc_d + o_b[:, None] * H + o_u[None, :],
@@ -810,9 +749,7 @@ def _seq_bwd_tile_kernel(
     for every producer of dG_{t+1} once (a wait inside the streamed loop would stop its software pipelining), then
     streams dG_{t+1}'s row block and W_hh[:, its units] from L2 in blocks of BLOCK_G gate rows, one dot per
     epilogue tile sharing each block of dG, summed in a fixed order; dc and the carried gradient go through the
-    scratch buffers (program-private: its rows and units), not registers. Without the regularisers each epilogue
-    tile's own inputs, and the cell gradient's factors, are loaded and formed before the wait
-    (:func:`_tile_inputs`)."""
+    scratch buffers (program-private: its rows and units), not registers."""
     tl.static_assert(not HAS_PROJ, "the tile regime takes no projection")
     tl.static_assert(BLOCK_H == SUB_H or BLOCK_H == 2 * SUB_H, "one or two epilogue tiles a program")
     # offsets within a step in 32 bits (the rule checks B * 4H < 2**31): a 64-row tile's 64-bit offsets, hoisted
@@ -847,35 +784,21 @@ def _seq_bwd_tile_kernel(
         t, v_t, _, first_fwd, dgn_t, dg_t, gates_t, cs_t, cs_p, dy_t = _bwd_step(n, T, rev, b_len, dg_d, gates_d, cs_d,
                                                                                 dy_d, B, H, ldy)  # fmt: skip
         last_step = n == T - 1
-        # the epilogue tiles' own inputs (the forward's saved tensors, dy_t, the scratch) and the cell gradient's
-        # factors are loaded and formed before the wait, so their layout conversions precede it; with the
-        # regularisers after the dot, as they were (ahead, their loads and Philox streams spill the sm_90 build)
-        AHEAD: tl.constexpr = not (HAS_MASK or ZONEOUT > 0)
-        if AHEAD:
-            ins0 = _tile_inputs(dy_t, dcarry_d, dhn_d, dc_d, dcn_d, c0_d, gates_t, cs_t, cs_p, first_fwd, o_b, u0, m_b,
-                                v_t, n, T, H, R, ldy, SUB_H, HAS_DY, HAS_DHN, HAS_DCN, HAS_LENGTHS,
-                                ACC_DTYPE)  # fmt: skip
-            ins1 = ins0  # unread with one epilogue tile
-            if BLOCK_H > SUB_H:
-                ins1 = _tile_inputs(dy_t, dcarry_d, dhn_d, dc_d, dcn_d, c0_d, gates_t, cs_t, cs_p, first_fwd, o_b,
-                                    u0 + SUB_H, m_b, v_t, n, T, H, R, ldy, SUB_H, HAS_DY, HAS_DHN, HAS_DCN,
-                                    HAS_LENGTHS, ACC_DTYPE)  # fmt: skip
         failed = wait_flags(flag_g, 0, NS, n, failed, spin_limit, FLAG_ALL)
         poison = tl.where(failed != 0, float("nan"), 0.0)
         b_rec0, b_rec1 = _dg_dot(dgn_t, w_d, o_b, o_u0, o_u0 < H, o_u1, o_u1 < H, m_b, n, H, R, BLOCK_B, SUB_H,
                                  BLOCK_G, BLOCK_H > SUB_H, ACC_DTYPE, INPUT_PRECISION)  # fmt: skip
-        for k in tl.static_range(2 if BLOCK_H > SUB_H else 1):
-            b_rec = b_rec0 if k == 0 else b_rec1
-            if AHEAD:
-                _bwd_unit_tile_in(b_rec, ins0 if k == 0 else ins1, dcarry_d, dh0_d, dc_d, dc0_d, dg_t, o_b,
-                                  u0 + k * SUB_H, m_b, v_t, n, T, H, R, last_step, poison, BLOCK_B, SUB_H,
-                                  HAS_LENGTHS)  # fmt: skip
-            else:
-                _bwd_unit_tile(
-                    b_rec, dy_t, dcarry_d, dhn_d, dh0_d, hm_d, dc_d, dcn_d, dc0_d, c0_d, gates_t, cs_t, cs_p, dg_t,
-                    first_fwd, o_b, u0 + k * SUB_H, m_b, v_t, n, T, B, H, R, ldy, last_step, poison, zs_ptr, zo_stream,
-                    t, zo_h, zo_c, BLOCK_B, SUB_H, HAS_DY, HAS_DHN, HAS_DCN, HAS_LENGTHS, HAS_MASK, ZONEOUT, ACC_DTYPE,
-                )  # fmt: skip
+        _bwd_unit_tile(
+            b_rec0, dy_t, dcarry_d, dhn_d, dh0_d, hm_d, dc_d, dcn_d, dc0_d, c0_d, gates_t, cs_t, cs_p, dg_t, first_fwd,
+            o_b, u0, m_b, v_t, n, T, B, H, R, ldy, last_step, poison, zs_ptr, zo_stream, t, zo_h, zo_c, BLOCK_B, SUB_H,
+            HAS_DY, HAS_DHN, HAS_DCN, HAS_LENGTHS, HAS_MASK, ZONEOUT, ACC_DTYPE,
+        )  # fmt: skip
+        if BLOCK_H > SUB_H:
+            _bwd_unit_tile(
+                b_rec1, dy_t, dcarry_d, dhn_d, dh0_d, hm_d, dc_d, dcn_d, dc0_d, c0_d, gates_t, cs_t, cs_p, dg_t,
+                first_fwd, o_b, u0 + SUB_H, m_b, v_t, n, T, B, H, R, ldy, last_step, poison, zs_ptr, zo_stream, t, zo_h,
+                zo_c, BLOCK_B, SUB_H, HAS_DY, HAS_DHN, HAS_DCN, HAS_LENGTHS, HAS_MASK, ZONEOUT, ACC_DTYPE,
+            )  # fmt: skip
         if n < T:
             release_flag(flag_g + i_s, n)
     tl.store(err_ptr, failed, mask=failed != 0)
