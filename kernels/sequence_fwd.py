@@ -177,7 +177,7 @@ def _h_rows(y_d, h0_d, xh_d, n, o_b, v_prev, tp, B, R, ldy, HAS_MASK: tl.constex
 
 @triton.jit
 def _tile_dot(y_d, h0_d, xh_d, flag_g, b_ws, b_acc, n, o_b, m_b, v_prev, tp, B, R, ldy, NS, failed, spin_limit,
-              BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, K_CHUNKS: tl.constexpr,
+              BLOCK_H: tl.constexpr, K_CHUNKS: tl.constexpr,
               K_CHUNK: tl.constexpr, EVEN_K: tl.constexpr, FLAG_BLOCK: tl.constexpr, HAS_MASK: tl.constexpr,
               ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):  # fmt: skip
     """The tile regime's recurrent dot, b_acc + h_{t-1} @ W_hh^T[:, its gate columns], chunk by chunk of the inner
@@ -187,8 +187,8 @@ def _tile_dot(y_d, h0_d, xh_d, flag_g, b_ws, b_acc, n, o_b, m_b, v_prev, tp, B, 
     the sm_90 build spills 56-184 bytes: benchmarks/NOTES.md.) Only the last chunk, where K_CHUNK does not divide
     R, masks columns; the chunk's offset goes into the row pointers, so every chunk shares one broadcast column
     index (per-chunk index and mask tiles, invariant in the time loop, are hoisted out of it and held in
-    registers: a 128 x 64 tile of them per chunk spills the sm_90 build). Returns ([BLOCK_B, 4 * BLOCK_H] in
-    ACC_DTYPE, in the resident slice's permuted columns, failed)."""
+    registers: a 128 x 64 tile of them per chunk spills the sm_90 build). Returns (b_acc + the product,
+    [BLOCK_B, 4 * BLOCK_H] in ACC_DTYPE in the resident slice's permuted columns, failed)."""
     p_row = _h_rows(y_d, h0_d, xh_d, n, o_b, v_prev, tp, B, R, ldy, HAS_MASK)
     o_k = tl.arange(0, K_CHUNK)
     for c in tl.static_range(K_CHUNKS):
@@ -369,10 +369,10 @@ def _seq_fwd_split_kernel(
     o_u = i_s * BLOCK_H + tl.arange(0, BLOCK_H)
     o_g = i_s * (4 * BLOCK_H) + tl.arange(0, 4 * BLOCK_H)  # the units' gate columns in gx
     m_u, m_g = o_u < H, o_g < G
-    # the resident slice's columns, permuted (jit.permuted_gates): unit o_pu's gate k_p, torch row k_p * H + o_pu
+    # the resident slice's columns, permuted (jit.permuted_gates): unit o_pu's gate k_p, W_hh's row o_r
     u_p, k_p = permuted_gates(BLOCK_H)
     o_pu = i_s * BLOCK_H + u_p
-    m_pu = o_pu < H
+    o_r, m_pu = k_p * H + o_pu, o_pu < H
     # R in one block of BLOCK_R columns, or two (BLOCK_R + BLOCK_R2: 768 as 512 + 256), so that no MMA runs on
     # more than a granule of padding where two powers of two cover R
     if K_CHUNKS > 0:
@@ -381,12 +381,12 @@ def _seq_fwd_split_kernel(
         # of 16 rows or more is a wgmma operand read from shared memory in place (tests/test_tile_structure.py)
         b_w = ()
         for c in tl.static_range(K_CHUNKS):
-            b_w = b_w + (_w_resident(w_d, c * K_CHUNK, k_p * H + o_pu, m_pu, R, K_CHUNK, 1),)
+            b_w = b_w + (_w_resident(w_d, c * K_CHUNK, o_r, m_pu, R, K_CHUNK, 1),)
     else:
-        b_w = _w_resident(w_d, 0, k_p * H + o_pu, m_pu, R, BLOCK_R, K_SPLIT)
+        b_w = _w_resident(w_d, 0, o_r, m_pu, R, BLOCK_R, K_SPLIT)
     b_w2 = b_w  # unread with one block
     if BLOCK_R2 > 0:
-        b_w2 = _w_resident(w_d, BLOCK_R, k_p * H + o_pu, m_pu, R, BLOCK_R2, K_SPLIT2)
+        b_w2 = _w_resident(w_d, BLOCK_R, o_r, m_pu, R, BLOCK_R2, K_SPLIT2)
     b_c = tl.load(c0_d + o_b[:, None] * H + o_u[None, :], mask=m_b[:, None] & m_u[None, :], other=0.0).to(ACC_DTYPE)
     if HAS_PROJ:
         o_p = i_s * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -434,7 +434,7 @@ def _seq_fwd_split_kernel(
         # projections (loaded during the previous step); the tile regime waits and loads chunk by chunk
         if K_CHUNKS > 0:
             b_acc, failed = _tile_dot(y_d, h0_d, xh_d, flag_g, b_w, b_gx.to(ACC_DTYPE), n, o_b, m_b, v_prev, tp, B, R,
-                                      ldy, NS, failed, spin_limit, BLOCK_B, BLOCK_H, K_CHUNKS, K_CHUNK, EVEN_K,
+                                      ldy, NS, failed, spin_limit, BLOCK_H, K_CHUNKS, K_CHUNK, EVEN_K,
                                       FLAG_BLOCK, HAS_MASK, ACC_DTYPE, INPUT_PRECISION)  # fmt: skip
         else:
             b_hp, failed = _h_prev(y_d, h0_d, xh_d, n, o_b, tl.arange(0, BLOCK_R), m_b, v_prev, tp, B, R, ldy,
